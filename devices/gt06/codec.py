@@ -1,0 +1,620 @@
+"""GT06 (Concox / Jimi IoT) tracker protocol: stream framing, frame decoding, replies and builders.
+
+Pure bytes-in / values-out code, so the TCP listener, ``gateway decode gt06`` and the tracker
+simulator share one implementation that is testable without sockets.
+
+Wire format: ``78 78 LEN(1) PROTO CONTENT SERIAL(2) CRC(2) 0D 0A``, or ``79 79 LEN(2) ...`` for
+long frames. LEN counts PROTO through CRC; the CRC-ITU covers LEN through SERIAL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TextIO
+
+import msgspec
+
+__all__ = [
+    "Frame",
+    "FrameError",
+    "Framer",
+    "ack_for",
+    "build_alarm",
+    "build_frame",
+    "build_heartbeat",
+    "build_location",
+    "build_login",
+    "crc_itu",
+    "decode_frame",
+    "decode_hex_command",
+    "frame_to_json",
+]
+
+SHORT_START = b"\x78\x78"
+LONG_START = b"\x79\x79"
+STOP = b"\r\n"
+_MIN_LENGTH = 5  # PROTO + SERIAL + CRC: the LEN of a frame without content
+_MIN_FRAME = 10  # 78 78 05 PROTO SERIAL CRC 0D 0A
+
+PROTO_LOGIN = 0x01
+PROTO_LOCATION = 0x12
+PROTO_HEARTBEAT = 0x13
+PROTO_ALARM = 0x16
+PROTO_LOCATION_UTC = 0x22
+PROTO_ALARM_UTC = 0x26
+_ACKED = frozenset({PROTO_LOGIN, PROTO_HEARTBEAT, PROTO_ALARM, PROTO_ALARM_UTC})
+
+_UNITS_PER_DEGREE = 1_800_000  # coordinates travel as minutes * 30000
+_COURSE_MASK = 0x03FF
+_NORTH = 1 << 10
+_WEST = 1 << 11
+_FIX = 1 << 12
+_MNC_2_BYTES = 0x8000  # flag in the MCC word
+_ACC_ON = 0x02  # terminal-info bits
+_CHARGING = 0x04
+_LANGUAGE_ENGLISH = 0x02
+_TIMEZONE_UTC = b"\x00\x00"  # login time-zone/language word: GMT+0, east
+
+_ALARMS = {
+    0x00: "normal",
+    0x01: "sos",
+    0x02: "power_cut",
+    0x03: "vibration",
+    0x04: "enter_fence",
+    0x05: "exit_fence",
+    0x06: "overspeed",
+    0x09: "moving",
+    0x0E: "low_battery",
+    0x11: "power_off",
+    0x13: "tamper",
+    0x14: "door",
+}
+_ALARM_CODES = {name: code for code, name in _ALARMS.items()}
+_UNNAMED_ALARM = re.compile(r"alarm_0x([0-9a-f]{2})")
+_IMEI = re.compile(r"[0-9]{15}")
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc_itu(data: bytes) -> int:
+    """CRC-16/X-25 (the "CRC-ITU" of the GT06 documents): reflected 0x1021, init and xorout 0xFFFF."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ byte) & 0xFF]
+    return crc ^ 0xFFFF
+
+
+class FrameError(Exception):
+    """Bytes that cannot be used as a frame.
+
+    ``reason`` is a fixed token for metrics: garbage, bad_length, bad_stop, bad_crc, bad_content or
+    oversize. Messages carry at most protocol and length numbers, never payload bytes, because
+    they end up in logs and the payload holds IMEIs and positions.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class Frame(msgspec.Struct, omit_defaults=True, frozen=True, kw_only=True):
+    """One decoded device frame; fields a protocol does not carry stay None."""
+
+    type: str  # login | location | heartbeat | alarm | unknown
+    protocol: int
+    serial: int
+    imei: str | None = None
+    type_id: int | None = None
+    time: str | None = None  # ISO 8601 UTC
+    latitude: float | None = None
+    longitude: float | None = None
+    speed_kmh: int | None = None
+    course: int | None = None
+    valid: bool | None = None
+    satellites: int | None = None
+    mcc: int | None = None
+    mnc: int | None = None
+    lac: int | None = None
+    cell_id: int | None = None
+    acc: bool | None = None
+    voltage_level: int | None = None
+    gsm_signal: int | None = None
+    charging: bool | None = None
+    alarm: str | None = None
+    mileage: int | None = None
+    upload_mode: int | None = None
+    reupload: bool | None = None
+
+
+# --- framing ---------------------------------------------------------------------------------
+
+
+def _frame_size(head: bytes | bytearray) -> int | None:
+    """Total size announced by the header at the start of ``head``; None until the header is in."""
+    if len(head) < 2:
+        return None
+    if head[:2] == SHORT_START:
+        width = 1
+    elif head[:2] == LONG_START:
+        width = 2
+    else:
+        raise FrameError("garbage", "no start marker")
+    if len(head) < 2 + width:
+        return None
+    declared = int.from_bytes(head[2 : 2 + width], "big")
+    if declared < _MIN_LENGTH:
+        raise FrameError("bad_length", f"length field {declared} below {_MIN_LENGTH}")
+    return 2 + width + declared + 2
+
+
+def _check_integrity(frame: bytes) -> None:
+    if frame[-2:] != STOP:
+        raise FrameError("bad_stop", f"frame of {len(frame)} bytes")
+    if crc_itu(frame[2:-4]) != int.from_bytes(frame[-4:-2], "big"):
+        raise FrameError("bad_crc", f"frame of {len(frame)} bytes")
+
+
+def _find_start(buf: bytearray) -> int:
+    """Index of the first start marker; a trailing lone 78/79 is kept as a possible marker half."""
+    found = [i for i in (buf.find(SHORT_START), buf.find(LONG_START)) if i >= 0]
+    if found:
+        return min(found)
+    return len(buf) - 1 if buf and buf[-1] in (0x78, 0x79) else len(buf)
+
+
+class Framer:
+    """Splits a TCP byte stream into raw frames, whatever the read boundaries.
+
+    Frames are checked for length, stop bytes and CRC here: a start marker inside garbage then
+    cannot swallow the real frames after it, because a rejected candidate only costs one byte
+    before scanning resumes. Every rejected candidate is reported, each run of other garbage
+    once; memory stays bounded by ``max_buffer`` however large a single read is.
+    """
+
+    def __init__(self, max_frame: int = 1024, max_buffer: int = 4096) -> None:
+        if not _MIN_FRAME <= max_frame <= max_buffer:
+            raise ValueError(f"need {_MIN_FRAME} <= max_frame <= max_buffer")
+        self._max_frame = max_frame
+        self._max_buffer = max_buffer
+        self._buf = bytearray()
+        self._bad_run_reported = False
+
+    @property
+    def bytes_buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes | FrameError]:
+        """Add received bytes; return the frames and errors they completed, in stream order."""
+        out: list[bytes | FrameError] = []
+        rest = memoryview(data)
+        while True:
+            room = self._max_buffer - len(self._buf)
+            self._buf += rest[:room]
+            rest = rest[room:]
+            self._drain(out)
+            if not rest:
+                return out
+
+    def _drain(self, out: list[bytes | FrameError]) -> None:
+        while True:
+            self._skip_garbage(out)
+            try:
+                frame = self._take_frame()
+            except FrameError as exc:
+                out.append(exc)
+                self._bad_run_reported = True  # the rest of the rejected bytes is the same fault
+                del self._buf[:1]  # the next real marker may lie inside the rejected bytes
+                continue
+            if frame is None:
+                return
+            self._bad_run_reported = False
+            out.append(frame)
+
+    def _skip_garbage(self, out: list[bytes | FrameError]) -> None:
+        start = _find_start(self._buf)
+        if not start:
+            return
+        del self._buf[:start]
+        if not self._bad_run_reported:
+            self._bad_run_reported = True
+            out.append(FrameError("garbage", f"{start} bytes without a start marker"))
+
+    def _take_frame(self) -> bytes | None:
+        """Cut the frame at the head of the buffer; None while it is incomplete."""
+        size = _frame_size(self._buf)
+        if size is None:
+            return None
+        if size > self._max_frame:
+            raise FrameError("oversize", f"frame of {size} bytes exceeds {self._max_frame}")
+        if len(self._buf) < size:
+            return None
+        frame = bytes(self._buf[:size])
+        _check_integrity(frame)
+        del self._buf[:size]
+        return frame
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Walks a frame's content; running out means the content is too short for its protocol."""
+
+    def __init__(self, content: bytes, protocol: int) -> None:
+        self._content = content
+        self._pos = 0
+        self.protocol = protocol
+
+    @property
+    def remaining(self) -> int:
+        return len(self._content) - self._pos
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def take(self, size: int) -> bytes:
+        end = self._pos + size
+        if end > len(self._content):
+            raise self.error("content too short")
+        chunk = self._content[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def uint(self, size: int) -> int:
+        return int.from_bytes(self.take(size), "big")
+
+    def error(self, what: str) -> FrameError:
+        return FrameError("bad_content", f"protocol 0x{self.protocol:02X}: {what}")
+
+
+Fields = dict[str, object]
+
+
+def _signed(degrees: float, negative: bool) -> float:
+    return round(-degrees if negative and degrees else degrees, 6)
+
+
+def _read_position(r: _Reader) -> Fields:
+    stamp = r.take(6)
+    try:
+        when = datetime(2000 + stamp[0], *stamp[1:], tzinfo=UTC)
+    except ValueError:
+        raise r.error("impossible date-time") from None
+    gps_info = r.uint(1)
+    latitude = r.uint(4) / _UNITS_PER_DEGREE
+    longitude = r.uint(4) / _UNITS_PER_DEGREE
+    speed = r.uint(1)
+    flags = r.uint(2)
+    if latitude > 90 or longitude > 180:
+        raise r.error("coordinates out of range")
+    if flags & _COURSE_MASK > 360:
+        raise r.error("course out of range")
+    return {
+        "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "latitude": _signed(latitude, negative=not flags & _NORTH),
+        "longitude": _signed(longitude, negative=bool(flags & _WEST)),
+        "speed_kmh": speed,
+        "course": flags & _COURSE_MASK,
+        "valid": bool(flags & _FIX),
+        "satellites": gps_info & 0x0F,  # the high nibble is the GPS block length
+    }
+
+
+def _read_cell(r: _Reader) -> Fields:
+    mcc = r.uint(2)
+    mnc = r.uint(2 if mcc & _MNC_2_BYTES else 1)
+    return {"mcc": mcc & ~_MNC_2_BYTES, "mnc": mnc, "lac": r.uint(2), "cell_id": r.uint(3)}
+
+
+def _read_sized_cell(r: _Reader) -> Fields:
+    """Cell block behind a length byte, as in alarm frames.
+
+    The Concox document says the length counts itself (09) yet its own 0x26 example sends 08,
+    and 0 means no cell; so the length only ever skips surplus bytes, never rewinds.
+    """
+    declared = r.uint(1)
+    if not declared:
+        return {}
+    start = r.position
+    cell = _read_cell(r)
+    r.take(max(0, declared - 1 - (r.position - start)))
+    return cell
+
+
+def _read_status(r: _Reader) -> Fields:
+    info = r.uint(1)
+    return {
+        "acc": bool(info & _ACC_ON),
+        "charging": bool(info & _CHARGING),
+        "voltage_level": r.uint(1),
+        "gsm_signal": r.uint(1),
+    }
+
+
+def _alarm_name(code: int) -> str:
+    return _ALARMS.get(code, f"alarm_0x{code:02x}")
+
+
+def _decode_login(r: _Reader) -> Fields:
+    digits = r.take(8).hex()
+    if not digits.isdigit() or digits[0] != "0":
+        raise r.error("terminal id is not a 15-digit BCD IMEI")
+    fields: Fields = {"imei": digits[1:]}
+    if r.remaining >= 2:  # newer devices: type id, then a time-zone/language word we do not need
+        fields["type_id"] = r.uint(2)
+    return fields
+
+
+def _decode_location(r: _Reader) -> Fields:
+    fields = _read_position(r) | _read_cell(r)
+    if r.protocol == PROTO_LOCATION_UTC:
+        fields["acc"] = r.uint(1) != 0
+        fields["upload_mode"] = r.uint(1)
+        fields["reupload"] = r.uint(1) != 0
+        if r.remaining >= 4:
+            fields["mileage"] = r.uint(4)
+    return fields
+
+
+def _decode_heartbeat(r: _Reader) -> Fields:
+    fields = _read_status(r)
+    r.take(2)  # alarm/language: a heartbeat's alarm byte duplicates the alarm frames
+    return fields
+
+
+def _decode_alarm(r: _Reader) -> Fields:
+    fields = _read_position(r) | _read_sized_cell(r) | _read_status(r)
+    fields["alarm"] = _alarm_name(r.uint(1))
+    r.take(1)  # language
+    if r.remaining >= 4:
+        fields["mileage"] = r.uint(4)
+    return fields
+
+
+def _no_fields(r: _Reader) -> Fields:
+    return {}
+
+
+_DECODERS: dict[int, tuple[str, Callable[[_Reader], Fields]]] = {
+    PROTO_LOGIN: ("login", _decode_login),
+    PROTO_LOCATION: ("location", _decode_location),
+    PROTO_LOCATION_UTC: ("location", _decode_location),
+    PROTO_HEARTBEAT: ("heartbeat", _decode_heartbeat),
+    PROTO_ALARM: ("alarm", _decode_alarm),
+    PROTO_ALARM_UTC: ("alarm", _decode_alarm),
+}
+
+
+def decode_frame(raw: bytes) -> Frame:
+    """Decode exactly one raw frame (start marker through 0D 0A).
+
+    Unknown protocol numbers give a frame of type "unknown" rather than an error: the caller
+    counts and skips them without dropping the connection. Bytes after the fields a protocol
+    defines are ignored, since device variants append their own.
+    """
+    size = _frame_size(raw)
+    if size != len(raw):
+        header = "incomplete" if size is None else f"announces {size}"
+        raise FrameError("bad_length", f"{len(raw)} bytes, header {header}")
+    _check_integrity(raw)
+    width = 1 if raw[:2] == SHORT_START else 2
+    protocol = raw[2 + width]
+    kind, decode = _DECODERS.get(protocol, ("unknown", _no_fields))
+    fields = decode(_Reader(raw[3 + width : -6], protocol))
+    return Frame(type=kind, protocol=protocol, serial=int.from_bytes(raw[-6:-4], "big"), **fields)
+
+
+def ack_for(frame: Frame) -> bytes | None:
+    """The reply the device waits for: unanswered logins and heartbeats make it reconnect or
+    reboot, unanswered alarms are resent. Locations and unknown frames get none."""
+    if frame.protocol not in _ACKED:
+        return None
+    return build_frame(frame.protocol, b"", frame.serial)
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+def build_frame(protocol: int, content: bytes, serial: int, extended: bool = False) -> bytes:
+    """Wrap content in start marker, length, serial, CRC and stop bytes."""
+    width = 2 if extended else 1
+    declared = 1 + len(content) + 4
+    if declared >= 1 << (8 * width):
+        raise ValueError(f"content of {len(content)} bytes needs an extended frame")
+    body = declared.to_bytes(width, "big") + bytes([protocol]) + content + serial.to_bytes(2, "big")
+    start = LONG_START if extended else SHORT_START
+    return start + body + crc_itu(body).to_bytes(2, "big") + STOP
+
+
+def build_login(imei: str, serial: int, type_id: int | None = None) -> bytes:
+    """Login frame; with ``type_id`` in the newer layout that also carries a time-zone word (UTC)."""
+    if not _IMEI.fullmatch(imei):
+        raise ValueError("IMEI must be 15 digits")
+    content = bytes.fromhex("0" + imei)
+    if type_id is not None:
+        content += type_id.to_bytes(2, "big") + _TIMEZONE_UTC
+    return build_frame(PROTO_LOGIN, content, serial)
+
+
+def _position_bytes(
+    when: datetime, lat: float, lon: float, speed_kmh: int, course: int, satellites: int, valid: bool
+) -> bytes:
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ValueError("coordinates out of range")
+    if not (0 <= course <= 360 and 0 <= satellites <= 15):
+        raise ValueError("course must be 0-360 and satellites 0-15")
+    utc = when.astimezone(UTC) if when.tzinfo else when  # naive datetimes are taken as UTC
+    stamp = bytes([utc.year - 2000, utc.month, utc.day, utc.hour, utc.minute, utc.second])
+    flags = course | (_NORTH if lat >= 0 else 0) | (_WEST if lon < 0 else 0) | (_FIX if valid else 0)
+    return (
+        stamp
+        + bytes([0xC0 | satellites])  # 12-byte GPS block
+        + round(abs(lat) * _UNITS_PER_DEGREE).to_bytes(4, "big")
+        + round(abs(lon) * _UNITS_PER_DEGREE).to_bytes(4, "big")
+        + bytes([speed_kmh])
+        + flags.to_bytes(2, "big")
+    )
+
+
+def _cell_bytes(mcc: int, mnc: int, lac: int, cell_id: int) -> bytes:
+    wide = mnc > 0xFF
+    return (
+        (mcc | (_MNC_2_BYTES if wide else 0)).to_bytes(2, "big")
+        + mnc.to_bytes(2 if wide else 1, "big")
+        + lac.to_bytes(2, "big")
+        + cell_id.to_bytes(3, "big")
+    )
+
+
+def _terminal_info(acc: bool, charging: bool) -> int:
+    return (_ACC_ON if acc else 0) | (_CHARGING if charging else 0)
+
+
+def build_location(
+    serial: int,
+    when: datetime,
+    lat: float,
+    lon: float,
+    speed_kmh: int,
+    course: int,
+    satellites: int,
+    valid: bool = True,
+    mcc: int = 404,
+    mnc: int = 45,
+    lac: int = 4101,
+    cell_id: int = 12345,
+    protocol: int = PROTO_LOCATION_UTC,
+    acc: bool = True,
+    mileage: int | None = None,
+) -> bytes:
+    """Location frame: 0x12 (position + cell) or 0x22 (adds ACC, upload mode, optional mileage)."""
+    if protocol not in (PROTO_LOCATION, PROTO_LOCATION_UTC):
+        raise ValueError("location protocol must be 0x12 or 0x22")
+    content = _position_bytes(when, lat, lon, speed_kmh, course, satellites, valid)
+    content += _cell_bytes(mcc, mnc, lac, cell_id)
+    if protocol == PROTO_LOCATION_UTC:
+        content += bytes([int(acc), 0x00, 0x00])  # upload by time interval, real-time
+        if mileage is not None:
+            content += mileage.to_bytes(4, "big")
+    elif mileage is not None:
+        raise ValueError("mileage needs protocol 0x22")
+    return build_frame(protocol, content, serial)
+
+
+def build_heartbeat(
+    serial: int, acc: bool = True, charging: bool = False, voltage_level: int = 4, gsm_signal: int = 3
+) -> bytes:
+    """Heartbeat/status frame (0x13) with a normal alarm byte."""
+    content = bytes([_terminal_info(acc, charging), voltage_level, gsm_signal, 0x00, _LANGUAGE_ENGLISH])
+    return build_frame(PROTO_HEARTBEAT, content, serial)
+
+
+def _alarm_code(alarm: str) -> int:
+    if alarm in _ALARM_CODES:
+        return _ALARM_CODES[alarm]
+    unnamed = _UNNAMED_ALARM.fullmatch(alarm)
+    if unnamed is None:
+        raise ValueError(f"unknown alarm {alarm!r}")
+    return int(unnamed.group(1), 16)
+
+
+def build_alarm(
+    serial: int,
+    when: datetime,
+    lat: float,
+    lon: float,
+    alarm: str,
+    speed_kmh: int = 0,
+    course: int = 0,
+    satellites: int = 8,
+    valid: bool = True,
+    mcc: int = 404,
+    mnc: int = 45,
+    lac: int = 4101,
+    cell_id: int = 12345,
+    acc: bool = True,
+    charging: bool = False,
+    voltage_level: int = 4,
+    gsm_signal: int = 3,
+    protocol: int = PROTO_ALARM_UTC,
+) -> bytes:
+    """Alarm frame (0x16 or 0x26); ``alarm`` is a name as decoded, including "alarm_0xNN"."""
+    if protocol not in (PROTO_ALARM, PROTO_ALARM_UTC):
+        raise ValueError("alarm protocol must be 0x16 or 0x26")
+    cell = _cell_bytes(mcc, mnc, lac, cell_id)
+    content = (
+        _position_bytes(when, lat, lon, speed_kmh, course, satellites, valid)
+        + bytes([1 + len(cell)])  # the length byte counts itself
+        + cell
+        + bytes([_terminal_info(acc, charging), voltage_level, gsm_signal])
+        + bytes([_alarm_code(alarm), _LANGUAGE_ENGLISH])
+    )
+    return build_frame(protocol, content, serial)
+
+
+# --- `gateway decode gt06` -------------------------------------------------------------------
+
+_JSON_KEYS = (
+    "type", "protocol", "serial", "imei", "time", "latitude", "longitude", "speed_kmh",
+    "course", "valid", "satellites", "mcc", "mnc", "lac", "cell_id", "alarm",
+)  # fmt: skip
+
+
+def frame_to_json(frame: Frame) -> dict[str, object]:
+    """The keys ``gateway decode gt06`` prints (absent fields omitted) plus the reply as hex."""
+    out: dict[str, object] = {}
+    for key in _JSON_KEYS:
+        value = getattr(frame, key)
+        if value is not None:
+            out[key] = value
+    ack = ack_for(frame)
+    out["ack"] = ack.hex().upper() if ack else None
+    return out
+
+
+def _describe(item: bytes | FrameError) -> dict[str, object]:
+    if isinstance(item, FrameError):
+        return {"error": item.reason}
+    try:
+        return frame_to_json(decode_frame(item))
+    except FrameError as exc:
+        return {"error": exc.reason}
+
+
+def _decode_argument(argument: str) -> list[dict[str, object]]:
+    try:
+        data = bytes.fromhex("".join(argument.split()))
+    except ValueError:
+        data = b""
+    if not data:
+        return [{"error": "bad_hex"}]
+    framer = Framer()
+    results = [_describe(item) for item in framer.feed(data)]
+    if framer.bytes_buffered:  # a frame cut short by the end of the argument
+        results.append({"error": "bad_length"})
+    return results
+
+
+def decode_hex_command(hex_frames: list[str], out: TextIO) -> int:
+    """Print one JSON object per frame (or error) found in each hex argument; 1 if any failed."""
+    failed = False
+    for argument in hex_frames:
+        for result in _decode_argument(argument):
+            failed = failed or "error" in result
+            out.write(json.dumps(result) + "\n")
+    return 1 if failed else 0

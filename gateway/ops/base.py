@@ -1,0 +1,100 @@
+"""What every field operation shares: its rule Struct base, build context and helpers.
+
+An operation is a rule Struct (its validated parameters, decoded straight from
+the policy TOML) plus a ``build`` method returning a plain callable
+``value -> value`` used on the hot path. Returning ``UNSET`` removes the field.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, ClassVar
+
+import msgspec
+from msgspec import UNSET
+
+from gateway.keys import Keyring
+
+Transform = Callable[[Any], Any]
+
+SCALAR = str | int | float | bool
+
+
+class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
+    """Fields common to every rule: the clause it enforces and an optional name."""
+
+    why: str = ""
+    name: str = ""  # label in metrics and errors; defaults to the path
+    required: bool = False  # reject the message (missing_field) when absent or null
+
+    # The JSON types the operation accepts; anything else is a wrong_type rejection.
+    accepts: ClassVar[Any] = Any
+
+    def label(self) -> str:
+        return self.name or getattr(self, "path", "") or self.op_name()
+
+    @classmethod
+    def op_name(cls) -> str:
+        return cls.__struct_config__.tag
+
+    def build(self, env: BuildEnv) -> Transform:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class FieldRule(Rule, kw_only=True):
+    """A rule on one field path (``payment.upi_ref``, ``cells[].cell_id``)."""
+
+    path: str = ""
+
+
+class Epochs:
+    """Current pseudonym epoch ids; advanced by the engine once per message.
+
+    ``generation`` changes whenever a daily or monthly epoch rolls over, so
+    that pseudonymisers re-derive their key and clear their cache.
+    """
+
+    def __init__(self, now: float | None = None):
+        self.generation = 0
+        self._start = self._boundary = 0.0
+        self.ids = {"never": "0", "daily": "", "monthly": ""}
+        self.advance(time.time() if now is None else now)
+
+    def advance(self, now: float) -> None:
+        if self._start <= now < self._boundary:
+            return
+        day = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        self._start = day.timestamp()
+        self._boundary = self._start + 86400
+        self.ids = {"never": "0", "daily": day.strftime("%Y-%m-%d"), "monthly": day.strftime("%Y-%m")}
+        self.generation += 1
+
+
+@dataclass
+class BuildEnv:
+    """What a rule may use when it is compiled: keys, the epoch clock, counters."""
+
+    keyring: Keyring
+    epochs: Epochs
+    stats: Counter = field(default_factory=Counter)  # (rule label, event) -> count
+    cache_size: int = 65536
+
+
+class BoundedCache(dict):
+    """A dict that forgets its oldest entry beyond ``limit`` (FIFO, O(1))."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: Any, value: Any) -> Any:
+        if len(self) >= self.limit:
+            del self[next(iter(self))]
+        self[key] = value
+        return value
+
+
+__all__ = ["UNSET", "SCALAR", "Rule", "FieldRule", "Epochs", "BuildEnv", "BoundedCache", "Transform"]

@@ -1,0 +1,126 @@
+"""The simple operations: ``keep``, ``drop``, ``replace``, ``generalise``, ``mask``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from gateway.ops.base import SCALAR, BuildEnv, FieldRule, Transform
+from gateway.ops.detect import DETECTORS
+
+TYPES: dict[str, Any] = {
+    "any": Any,
+    "string": str,
+    "integer": int,
+    "number": int | float,
+    "boolean": bool,
+    "object": dict[str, Any],
+    "array": list[Any],
+}
+
+
+class Keep(FieldRule, tag="keep"):
+    """Forward the value unchanged. The leak guard still scans it, unless told
+    that a detector is expected here (``guard_allow = ["ip"]`` for a firmware
+    version like "1.2.3.4")."""
+
+    type: Literal["any", "string", "integer", "number", "boolean", "object", "array"] = "any"
+    guard_allow: list[str] = []
+
+    def __post_init__(self) -> None:
+        unknown = set(self.guard_allow) - set(DETECTORS)
+        if unknown:
+            raise ValueError(f"guard_allow: unknown detector(s) {sorted(unknown)}; known: {list(DETECTORS)}")
+
+    @property
+    def accepts(self) -> Any:  # type: ignore[override]
+        return TYPES[self.type]
+
+    def build(self, env: BuildEnv) -> Transform:
+        return _identity
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class Drop(FieldRule, tag="drop"):
+    """Remove the field. Declaring a drop documents the decision (with ``why``)
+    and keeps the field out of the unknown-field count."""
+
+    accepts = msgspec.Raw
+
+    def build(self, env: BuildEnv) -> Transform:  # never called: the executor drops directly
+        raise AssertionError("drop is applied by the executor")
+
+
+class Replace(FieldRule, tag="replace"):
+    """Replace any present value by a constant."""
+
+    accepts = msgspec.Raw
+    value: SCALAR
+
+    def build(self, env: BuildEnv) -> Transform:
+        constant = self.value
+        return lambda _: constant
+
+
+class Generalise(FieldRule, tag="generalise"):
+    """Map values to broader classes (``"Android 14.1" -> "Android"``); anything
+    not in ``map`` becomes ``default``. With ``match = "prefix"`` the longest
+    matching key wins."""
+
+    accepts = SCALAR
+    map: dict[str, SCALAR]
+    default: SCALAR = "other"
+    match: Literal["exact", "prefix"] = "exact"
+
+    def __post_init__(self) -> None:
+        if not self.map:
+            raise ValueError("map must not be empty")
+
+    def build(self, env: BuildEnv) -> Transform:
+        table, default = self.map, self.default
+        if self.match == "exact":
+            return lambda v: table.get(v if isinstance(v, str) else _key(v), default)
+        prefixes = sorted(table, key=len, reverse=True)
+
+        def generalise_prefix(v):
+            text = v if isinstance(v, str) else _key(v)
+            for p in prefixes:
+                if text.startswith(p):
+                    return table[p]
+            return default
+
+        return generalise_prefix
+
+
+def _key(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+class Mask(FieldRule, tag="mask"):
+    """Keep only the last ``keep_last`` characters (``************1111``).
+    A value no longer than ``keep_last`` is masked entirely."""
+
+    accepts = str | int
+    keep_last: int = 4
+    char: str = "*"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.keep_last <= 8:
+            raise ValueError("keep_last must be between 0 and 8")
+        if len(self.char) != 1:
+            raise ValueError("char must be a single character")
+
+    def build(self, env: BuildEnv) -> Transform:
+        k, c = self.keep_last, self.char
+
+        def mask(v: str | int) -> str:
+            text = str(v)
+            if len(text) <= k:
+                return c * len(text)
+            return c * (len(text) - k) + (text[-k:] if k else "")
+
+        return mask

@@ -1,0 +1,156 @@
+"""Detectors for identifiers hidden in free text, shared by ``scrub`` and the leak guard.
+
+Each family has its own compiled regex, run only when a byte-level gate says
+the text could hold it (no ``@``: no e-mail or UPI VPA; fewer than 8 digits: no
+card, IMEI, UTR or phone). Most kept strings ("locked", "card") pass every gate
+in well under a microsecond, which is what lets the leak guard run on the hot
+path. Every pattern may only start at a word boundary (a look-behind), so a long
+crash log or base64 blob is scanned in linear time. Cheap checks (Luhn, digit
+counts, ``ipaddress``) then decide what a candidate is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+DETECTORS = ("secret", "email", "upi_vpa", "ip", "card", "imei", "utr", "phone")
+TOKENS = {name: f"[{name.upper()}]" for name in DETECTORS}
+ALL = frozenset(DETECTORS)
+
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_SECRET = re.compile(
+    r"""(?<![A-Za-z0-9_])(?:
+        (?i:bearer|basic)\s+(?P<bearer>[A-Za-z0-9._~+/=-]{8,})
+      | (?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|upi[_-]?pin|pin|otp)
+        ["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}]+))""",
+    re.VERBOSE,
+)
+_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp")
+_AT = re.compile(r"(?<![A-Za-z0-9._%+-])(?P<local>[A-Za-z0-9._%+-]++)@(?P<domain>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)")
+_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.])")
+_IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\d{1,3}(?:\.\d{1,3}){3})?(?:%[\w.]+)?(?![\w:.])")
+_DIGITS = re.compile(
+    r"(?<![A-Za-z0-9+])(?<!\d[.,])\+?(?:\d{1,3}[ -]?)?(?:\(\d{1,5}\)[ -]?)?\d(?:[ -]?\d){5,22}+(?![A-Za-z0-9])"
+)
+_DATE = re.compile(r"(?:19|20)\d\d-[01]\d-[0-3]\d")
+_DIGIT_BYTES = b"0123456789"
+
+
+def luhn(digits: str) -> bool:
+    """Luhn check (payment cards, IMEIs) over a string of ASCII digits."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        x = ord(ch) - 48
+        if i & 1:
+            x *= 2
+            if x > 9:
+                x -= 9
+        total += x
+    return total % 10 == 0
+
+
+def classify_digits(run: str) -> str | None:
+    """What a run of digits (with optional ``+``, spaces, dashes, parentheses) is."""
+    if _DATE.match(run):  # "2026-11-23 10" in a log line is a timestamp, not a phone
+        return None
+    digits = "".join(ch for ch in run if ch.isdigit())
+    n = len(digits)
+    if 13 <= n <= 19 and luhn(digits):
+        if n == 15 and n == len(run) and not digits.startswith(("34", "37")):
+            return "imei"
+        return "card"
+    if n == 12 and n == len(run):
+        return "utr"
+    if 10 <= n <= 15 or (run.startswith("+") and n >= 8):
+        return "phone"
+    return None
+
+
+def classify_number(value: int) -> str | None:
+    """Identifiers a JSON integer can carry: a 12-digit UTR, a 15-digit IMEI or
+    a 16-19 digit card number (Luhn). 10, 13 and 14 digit numbers are left
+    alone: they are epoch seconds and milliseconds far more often."""
+    if -100_000_000_000 < value < 100_000_000_000:
+        return None
+    digits = str(abs(value))
+    n = len(digits)
+    if n == 12:
+        return "utr"
+    if (n == 15 or 16 <= n <= 19) and luhn(digits):
+        return "imei" if n == 15 else "card"
+    return None
+
+
+def _at(m: re.Match) -> str | None:
+    domain = m.group("domain")
+    if "." in domain:
+        tld = domain.rsplit(".", 1)[1]
+        return "email" if len(tld) >= 2 and tld.isalpha() else None
+    return "upi_vpa" if len(domain) >= 2 and domain.isalpha() else None
+
+
+def _ipv6(m: re.Match) -> str | None:
+    try:
+        ipaddress.IPv6Address(m.group().split("%", 1)[0])
+    except ValueError:
+        return None
+    return "ip"
+
+
+def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]:
+    """``(detector, start, end)`` for every enabled identifier, in order, not overlapping."""
+    raw = text.encode("utf-8", "surrogatepass")
+    digits = len(raw) - len(raw.translate(None, _DIGIT_BYTES))
+    hits: list[tuple[int, int, str]] = []
+    if "secret" in enabled and _SECRET_WORDS.search(raw.lower()):
+        for m in _SECRET.finditer(text):
+            group = "bearer" if m.group("bearer") is not None else "value"
+            hits.append((m.start(group), m.end(group), "secret"))
+    if b"@" in raw and not enabled.isdisjoint(("email", "upi_vpa")):
+        for m in _AT.finditer(text):
+            kind = _at(m)
+            if kind:
+                hits.append((m.start(), m.end(), kind))
+    if "ip" in enabled:
+        if digits >= 4 and b"." in raw:
+            hits.extend((m.start(), m.end(), "ip") for m in _IPV4.finditer(text))
+        if raw.count(b":") >= 2:
+            hits.extend((m.start(), m.end(), "ip") for m in _IPV6.finditer(text) if _ipv6(m))
+    if digits >= 8:
+        for m in _DIGITS.finditer(text):
+            kind = classify_digits(m.group())
+            if kind:
+                hits.append((m.start(), m.end(), kind))
+    if not hits:
+        return []
+    # Earliest first, longest first at the same start; drop what an earlier hit covers.
+    hits.sort(key=lambda h: (h[0], -h[1]))
+    out: list[tuple[str, int, int]] = []
+    end = -1
+    for start, stop, kind in hits:
+        if start >= end and kind in enabled:
+            out.append((kind, start, stop))
+            end = stop
+    return out
+
+
+def first(text: str, enabled: frozenset[str] = ALL) -> str | None:
+    """The detector name of the first identifier in ``text``, or None."""
+    hits = find(text, enabled)
+    return hits[0][0] if hits else None
+
+
+def scrub(text: str, enabled: frozenset[str] = ALL) -> str:
+    """Replace each identifier with its typed token (``[EMAIL]``, ``[CARD]`` ...)."""
+    hits = find(text, enabled)
+    if not hits:
+        return text
+    out: list[str] = []
+    pos = 0
+    for kind, start, end in hits:
+        out.append(text[pos:start])
+        out.append(TOKENS[kind])
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)

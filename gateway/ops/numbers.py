@@ -1,0 +1,152 @@
+"""Numbers and time: ``round``, ``bucket`` and ``bucket_time``.
+
+A battery at 87.3 % or a speed of 63 km/h is rarely identifying, but a precise
+odometer reading or a timestamp to the second can single out one trip. These
+operations keep the signal while dropping the precision.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Literal
+
+from msgspec import UNSET
+
+from gateway.ops.base import BuildEnv, FieldRule, Transform
+
+NUMBER = int | float
+
+
+def _decimals_of(step: float) -> int:
+    text = repr(float(step))
+    return 0 if "e" in text else max(0, len(text.split(".")[1].rstrip("0")))
+
+
+class Round(FieldRule, tag="round"):
+    """Round to ``decimals`` places, or to the nearest multiple of ``step``."""
+
+    accepts = NUMBER
+    decimals: int | None = None
+    step: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.decimals is None) == (self.step is None):
+            raise ValueError("set exactly one of decimals or step")
+        if self.step is not None and not self.step > 0:
+            raise ValueError("step must be > 0")
+        if self.decimals is not None and not -9 <= self.decimals <= 9:
+            raise ValueError("decimals must be between -9 and 9")
+
+    def build(self, env: BuildEnv) -> Transform:
+        if self.decimals is not None:
+            d = self.decimals
+            return lambda v: round(v, d) if math.isfinite(v) else UNSET
+        step, digits = self.step, _decimals_of(self.step)
+        integral = float(step).is_integer()
+
+        def round_step(v: int | float):
+            if not math.isfinite(v):
+                return UNSET
+            out = round(v / step) * step
+            return int(out) if integral and isinstance(v, int) else round(out, digits)
+
+        return round_step
+
+
+class Bucket(FieldRule, tag="bucket"):
+    """Floor to a multiple of ``step``, or label the range between ``edges`` ("10-50", "<10", ">=100")."""
+
+    accepts = NUMBER
+    step: float | None = None
+    edges: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.step is None) == (self.edges is None):
+            raise ValueError("set exactly one of step or edges")
+        if self.step is not None and not self.step > 0:
+            raise ValueError("step must be > 0")
+        if self.edges is not None and (not self.edges or self.edges != sorted(set(self.edges))):
+            raise ValueError("edges must be a non-empty, strictly increasing list")
+
+    def build(self, env: BuildEnv) -> Transform:
+        if self.step is not None:
+            step, digits = self.step, _decimals_of(self.step)
+            integral = float(step).is_integer()
+
+            def floor_step(v: int | float):
+                if not math.isfinite(v):
+                    return UNSET
+                out = math.floor(v / step) * step
+                return int(out) if integral and isinstance(v, int) else round(out, digits)
+
+            return floor_step
+        edges = self.edges
+        fmt = [_fmt(e) for e in edges]
+        labels = [f"<{fmt[0]}"] + [f"{a}-{b}" for a, b in zip(fmt, fmt[1:])] + [f">={fmt[-1]}"]
+
+        def label_range(v: int | float):
+            if not math.isfinite(v):
+                return UNSET
+            i = 0
+            while i < len(edges) and v >= edges[i]:
+                i += 1
+            return labels[i]
+
+        return label_range
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+_UNITS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+class BucketTime(FieldRule, tag="bucket_time"):
+    """Floor a timestamp (ISO 8601 string, or epoch seconds/milliseconds) to ``to`` or ``seconds``.
+
+    The output keeps the input's form: an ISO string comes back as an ISO
+    string in UTC (``2026-11-23T10:00:00Z``), epoch numbers stay numbers.
+    """
+
+    accepts = str | NUMBER
+    to: Literal["minute", "hour", "day", "month"] | None = None
+    seconds: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.to is None) == (self.seconds is None):
+            raise ValueError("set exactly one of to or seconds")
+        if self.seconds is not None and not 1 <= self.seconds <= 31 * 86400:
+            raise ValueError("seconds must be between 1 and 2678400")
+
+    def build(self, env: BuildEnv) -> Transform:
+        stats, label = env.stats, self.label()
+        month = self.to == "month"
+        width = self.seconds or _UNITS.get(self.to or "", 0)
+
+        def floor_ts(t: float) -> float:
+            if month:
+                d = datetime.fromtimestamp(t, timezone.utc)
+                return datetime(d.year, d.month, 1, tzinfo=timezone.utc).timestamp()
+            return t - t % width
+
+        def bucket_time(v: str | int | float):
+            try:
+                if isinstance(v, str):
+                    d = datetime.fromisoformat(v.strip())
+                    if d.tzinfo is None:
+                        d = d.replace(tzinfo=timezone.utc)  # naive device time is taken as UTC
+                    t = floor_ts(d.timestamp())
+                    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                if not math.isfinite(v):
+                    raise ValueError
+                millis = abs(v) >= 100_000_000_000  # later than 5138 AD in seconds: milliseconds
+                t = floor_ts(v / 1000 if millis else v)
+                out = t * 1000 if millis else t
+                return int(out) if isinstance(v, int) else float(out)
+            except (ValueError, OverflowError, OSError):
+                stats[(label, "invalid_time")] += 1
+                return UNSET
+
+        return bucket_time

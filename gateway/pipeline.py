@@ -1,0 +1,391 @@
+"""The hot path: ``(topic, payload bytes) -> Forward | Reject``, pure and in memory.
+
+Per message: route the topic (cached), check the size, one msgspec decode
+(straight into the policy's Struct types), the message-level drops, the
+compiled field steps, the leak guard over what is kept, one encode. No I/O, and
+no raw value in any rejection: a ``Reject`` carries a reason code, the rule's
+label and at most a path or detector name taken from the policy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import msgspec
+from msgspec import UNSET
+
+from gateway.keys import Keyring
+from gateway.ops.base import BoundedCache, Epochs
+from gateway.ops.detect import ALL, classify_number, find
+from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step, compile_policy
+from gateway.policy.load import Source
+from gateway.policy.topics import safe_level
+
+# Reasons a message is not forwarded (metric label values), besides the
+# ``reason`` of each policy's own drop_when rules.
+REASONS = {
+    "no_route": "no policy applies to the topic",
+    "bad_topic": "a captured topic level could not be transformed into a topic level",
+    "too_large": "payload larger than the policy's max_bytes",
+    "not_json": "payload is not valid JSON",
+    "not_object": "payload is not a JSON object",
+    "wrong_type": "a declared field has a type its rule does not accept",
+    "missing_field": "a required field is missing or null",
+    "too_deep": "nesting deeper than the policy's max_depth",
+    "leak": "the leak guard found an identifier in what would be forwarded",
+}
+NO_CONSENT: Mapping[str, frozenset[str]] = {}
+_EMPTY: frozenset[str] = frozenset()
+_AT = re.compile(r" - at `\$\.?(.*)`$")
+
+
+class Forward(NamedTuple):
+    topic: str
+    payload: bytes
+    plan: Plan
+    unknown: int = 0  # undeclared fields removed
+
+
+class Reject(NamedTuple):
+    reason: str
+    plan: Plan | None = None
+    rule: str = ""  # label of the rule that decided (from the policy)
+    detail: str = ""  # a declared path or a detector name, never payload data
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class Engine:
+    """Compiled policies plus the router. One per worker; not thread-safe."""
+
+    def __init__(self, sources: list[Source], keyring: Keyring, cache_size: int = 65536, now: float | None = None):
+        self.keyring = keyring
+        self.epochs = Epochs(now)
+        self.plans = [compile_policy(s, keyring, self.epochs, cache_size) for s in sources]
+        self._routes = BoundedCache(cache_size)
+        self._generation = self.epochs.generation
+
+    def route(self, topic: str) -> tuple[Plan, dict[str, str]] | None:
+        """The first plan (in configuration order) whose filters match ``topic``."""
+        levels = topic.split("/")
+        for plan in self.plans:
+            for f in plan.filters:
+                captures = f.match(levels)
+                if captures is not None:
+                    return plan, captures
+        return None
+
+    def _resolve(self, topic: str) -> tuple[Plan | None, dict[str, str], str | None]:
+        hit = self.route(topic)
+        if hit is None:
+            return None, {}, None
+        plan, captures = hit
+        values = {}
+        for name, fn in plan.captures.items():
+            if name in captures:
+                level = safe_level(fn(captures[name]))
+                if level is None:
+                    return plan, captures, None
+                values[name] = level
+        return plan, captures, plan.template.render(values)
+
+    def process(
+        self, topic: str, payload: bytes, now: float | None = None, consents: Mapping[str, frozenset[str]] = NO_CONSENT
+    ) -> Forward | Reject:
+        """Minimise one message. ``consents`` maps a device id to the purposes it consented to."""
+        epochs = self.epochs
+        if now is not None:
+            epochs.advance(now)
+        if epochs.generation != self._generation:  # pseudonyms in cached topics rolled over
+            self._routes.clear()
+            self._generation = epochs.generation
+        entry = self._routes.get(topic)
+        if entry is None:
+            entry = self._routes.put(topic, self._resolve(topic))
+        plan, captures, upstream = entry
+        if plan is None:
+            return Reject("no_route")
+        if upstream is None:
+            return Reject("bad_topic", plan)
+        meta = plan.source.policy.policy
+        if len(payload) > meta.max_bytes:
+            return Reject("too_large", plan)
+        unknown = 0
+        try:
+            try:
+                obj = plan.decode_strict(payload)
+            except msgspec.ValidationError as exc:
+                if not str(exc).startswith("Object contains unknown field"):
+                    raise
+                obj = plan.decode_lenient(payload)
+                unknown = _count_unknown(plan.root, msgspec.json.decode(payload), meta.max_depth)
+                plan.stats[("", "unknown_field")] += unknown
+            if not plan.structs:
+                if obj.__class__ is not dict:
+                    return Reject("not_object", plan)
+                msgspec.convert(obj, plan.root.lenient)  # types and required fields
+        except msgspec.ValidationError as exc:
+            return _invalid(plan, str(exc))
+        except msgspec.DecodeError:
+            return Reject("not_json", plan)
+        except (RecursionError, _TooDeep):
+            return Reject("too_deep", plan)
+
+        structs = plan.structs
+        for cond in plan.conditions:
+            if _condition(cond.rule, _read(obj, cond.steps, structs)):
+                plan.stats[(cond.rule.path, cond.rule.reason)] += 1
+                return Reject(cond.rule.reason, plan, cond.rule.path)
+
+        granted = _EMPTY
+        if plan.device_capture is not None:
+            granted = consents.get(captures[plan.device_capture], _EMPTY)
+        elif plan.device_steps is not None:
+            device = _read(obj, plan.device_steps, structs)
+            if device.__class__ is msgspec.Raw:
+                device = msgspec.json.decode(device)
+            if device is not UNSET and device is not None:
+                granted = consents.get(str(device), _EMPTY)
+
+        try:
+            if structs:
+                _apply(plan.root, obj, granted)
+                hit = _guard(plan, plan.root, obj, meta.max_depth - 1) if meta.leak_guard else _depth(plan.root, obj, meta.max_depth - 1)
+            else:
+                _apply_dict(plan.root, obj, granted)
+                hit = _guard_dict(plan, plan.root, obj, meta.max_depth - 1, meta.leak_guard)
+        except _TooDeep:
+            return Reject("too_deep", plan)
+        if hit is not None:
+            label, kind = hit
+            plan.stats[(label, "leak")] += 1
+            return Reject("leak", plan, label, kind)
+        return Forward(upstream, plan.encode(obj), plan, unknown)
+
+
+def _invalid(plan: Plan, message: str) -> Reject:
+    m = _AT.search(message)
+    path = re.sub(r"\[\d+\]", "[]", m.group(1)) if m else ""
+    detail = path if path in plan.paths else ""  # only paths the policy itself names
+    if message.startswith("Object missing required field"):
+        return Reject("missing_field", plan, detail=detail)
+    if message.startswith("Expected `object`") and not path:
+        return Reject("not_object", plan)
+    return Reject("wrong_type", plan, detail=detail)
+
+
+def _read(obj: Any, steps: list[Step], structs: bool) -> Any:
+    for step in steps:
+        if obj is UNSET or obj is None:
+            return UNSET
+        obj = getattr(obj, step.attr) if structs else obj.get(step.key, UNSET)
+    return obj
+
+
+def _condition(rule, value: Any) -> bool:
+    if value is UNSET:
+        return False
+    if value.__class__ is msgspec.Raw:
+        value = msgspec.json.decode(value)
+    if rule.present is not None:
+        return (value is not None) == rule.present
+    if rule.equals is not None:
+        return value == rule.equals and type(value) is type(rule.equals)
+    return any(value == v and type(value) is type(v) for v in rule.one_of)
+
+
+# -- the compiled steps over Structs (fail-closed policies) -----------------------------
+
+
+def _apply(node: Node, obj: Any, granted: frozenset[str]) -> None:
+    for step in node.drops:
+        if getattr(obj, step.attr) is not UNSET:
+            setattr(obj, step.attr, UNSET)
+            step.count += 1
+    for step in node.leaves:
+        v = getattr(obj, step.attr)
+        if v is UNSET or v is None:
+            continue
+        step.count += 1
+        if step.array:
+            fn = step.fn
+            setattr(obj, step.attr, [x for x in (None if e is None else fn(e) for e in v) if x is not UNSET])
+        else:
+            setattr(obj, step.attr, step.fn(v))
+    for loc in node.locations:
+        lat, lon = getattr(obj, loc.lat.attr), getattr(obj, loc.lon.attr)
+        point = _coarsen(loc, lat, lon, granted)
+        if point is not UNSET:
+            setattr(obj, loc.lat.attr, point[0])
+            setattr(obj, loc.lon.attr, point[1])
+    for step in node.children:
+        v = getattr(obj, step.attr)
+        if v is UNSET or v is None:
+            continue
+        if step.array:
+            for element in v:
+                if element is not None:
+                    _apply(step.child, element, granted)
+        else:
+            _apply(step.child, v, granted)
+
+
+def _coarsen(loc, lat: Any, lon: Any, granted: frozenset[str]) -> Any:
+    """The new (lat, lon); UNSET to leave both alone; a lone coordinate is removed."""
+    if lat is UNSET and lon is UNSET or lat is None and lon is None:
+        return UNSET
+    loc.count += 1
+    if lat is None or lon is None or lat is UNSET or lon is UNSET:
+        return UNSET, UNSET  # a lone coordinate is still precise
+    point = loc.fn(lat, lon, loc.rule.consent in granted)
+    return (UNSET, UNSET) if point is None else point
+
+
+def _guard(plan: Plan, node: Node, obj: Any, depth: int) -> tuple[str, str] | None:
+    for step in node.kept:
+        v = getattr(obj, step.attr)
+        if v is UNSET or v is None:
+            continue
+        kind = _scan(v, step.enabled, plan.coordinate_decimals, step.key, depth)
+        if kind is not None:
+            return step.label, kind
+    for step in node.children:
+        v = getattr(obj, step.attr)
+        if v is UNSET or v is None:
+            continue
+        for element in v if step.array else (v,):
+            if element is not None:
+                hit = _guard(plan, step.child, element, depth - 1)
+                if hit is not None:
+                    return hit
+    return None
+
+
+def _depth(node: Node, obj: Any, depth: int) -> None:
+    """With the guard off, still enforce max_depth on kept free-form values."""
+    for step in node.kept:
+        v = getattr(obj, step.attr)
+        if v.__class__ in (dict, list):
+            _scan(v, _EMPTY, 0, step.key, depth)
+    for step in node.children:
+        v = getattr(obj, step.attr)
+        if v is not UNSET and v is not None:
+            for element in v if step.array else (v,):
+                if element is not None:
+                    _depth(step.child, element, depth - 1)
+    return None
+
+
+def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, depth: int) -> str | None:
+    """The detector an identifier in ``v`` trips, or None. Raises _TooDeep past ``depth``."""
+    cls = v.__class__
+    if cls is str:
+        if enabled and v and not v.isalpha():
+            hits = find(v, enabled)
+            return hits[0][0] if hits else None
+    elif cls is int:
+        if enabled:
+            kind = classify_number(v)
+            return kind if kind in enabled else None
+    elif cls is float:
+        if enabled and COORDINATE_KEYS.fullmatch(key) and _decimals(v) > coordinate_decimals:
+            return "coordinate"
+    elif cls is dict:
+        if depth <= 0:
+            raise _TooDeep
+        for k, x in v.items():
+            hit = _scan(k, enabled, coordinate_decimals, "", depth) or _scan(x, enabled, coordinate_decimals, k, depth - 1)
+            if hit:
+                return hit
+    elif cls is list:
+        if depth <= 0:
+            raise _TooDeep
+        for x in v:
+            hit = _scan(x, enabled, coordinate_decimals, key, depth - 1)
+            if hit:
+                return hit
+    return None
+
+
+def _decimals(x: float) -> int:
+    text = repr(x)
+    mantissa, _, exponent = text.partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    return max(0, decimals - int(exponent)) if exponent else decimals
+
+
+def _count_unknown(node: Node, value: Any, depth: int) -> int:
+    """Undeclared fields in a decoded payload (only on the rare path where there are some)."""
+    if value.__class__ is not dict or depth <= 0:
+        return 0
+    n = 0
+    for k, v in value.items():
+        step = node.steps.get(k)
+        if step is None:
+            n += 1
+        elif step.child is not None:
+            for element in v if step.array and v.__class__ is list else (v,):
+                n += _count_unknown(step.child, element, depth - 1)
+    return n
+
+
+# -- the same steps over dicts (policies with default = "keep") -------------------------
+
+
+def _apply_dict(node: Node, d: dict, granted: frozenset[str]) -> None:
+    for step in node.drops:
+        if d.pop(step.key, UNSET) is not UNSET:
+            step.count += 1
+    for step in node.leaves:
+        v = d.get(step.key)
+        if v is None:
+            continue
+        step.count += 1
+        if step.array:
+            fn = step.fn
+            out = [x for x in (None if e is None else fn(e) for e in v) if x is not UNSET]
+        else:
+            out = step.fn(v)
+        if out is UNSET:
+            del d[step.key]
+        else:
+            d[step.key] = out
+    for loc in node.locations:
+        point = _coarsen(loc, d.get(loc.lat.key, UNSET), d.get(loc.lon.key, UNSET), granted)
+        if point is not UNSET:
+            for step, value in ((loc.lat, point[0]), (loc.lon, point[1])):
+                if value is UNSET:
+                    d.pop(step.key, None)
+                else:
+                    d[step.key] = value
+    for step in node.children:
+        v = d.get(step.key)
+        if v is None:
+            continue
+        for element in v if step.array else (v,):
+            if element is not None:
+                _apply_dict(step.child, element, granted)
+
+
+def _guard_dict(plan: Plan, node: Node, d: dict, depth: int, guard: bool) -> tuple[str, str] | None:
+    """Scan everything kept: declared ``keep`` fields and every undeclared one."""
+    for key, v in d.items():
+        step = node.steps.get(key)
+        if step is None or step.rule is not None and step.rule.op_name() == "keep":
+            enabled = (step.enabled if step else ALL) if guard else _EMPTY
+            kind = (_scan(key, enabled, 0, "", depth) if step is None else None) or _scan(
+                v, enabled, plan.coordinate_decimals, key, depth
+            )
+            if kind is not None:
+                return (step.label if step else "(default keep)"), kind
+        elif step.child is not None and v is not None:
+            for element in v if step.array else (v,):
+                if element is not None:
+                    hit = _guard_dict(plan, step.child, element, depth - 1, guard)
+                    if hit is not None:
+                        return hit
+    return None

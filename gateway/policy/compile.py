@@ -1,0 +1,351 @@
+"""Compile a policy into a plan: msgspec types plus flat step lists per object.
+
+Everything that can be decided once is decided here, so the hot path only
+walks lists: which attributes to drop, which callables to apply, which kept
+values the leak guard must look at. For a fail-closed policy the payload is
+decoded straight into Struct types generated from the declared paths, so an
+undeclared field is never even materialised and a wrong type is a precise
+``ValidationError``; a ``default = "keep"`` policy works on plain dicts instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from msgspec import NODEFAULT, UNSET, UnsetType
+
+from gateway.keys import Keyring
+from gateway.ops import Drop, Keep
+from gateway.ops.base import BuildEnv, Epochs, Rule, Transform
+from gateway.ops.detect import ALL, find
+from gateway.ops.location import CoarsenLocation
+from gateway.policy.load import PolicyError, Source, locate
+from gateway.policy.model import DropWhen, Policy
+from gateway.policy.topics import Template, TopicFilter, safe_level
+
+_SEGMENT = re.compile(r"([^.\[\]]+)(\[\])?")
+COORDINATE_KEYS = re.compile(r"(?i)lat|latitude|lon|lng|long|longitude")
+
+
+@dataclass(eq=False)
+class Step:
+    """One declared key of an object and what to do with it."""
+
+    key: str
+    attr: str = ""
+    rule: Rule | None = None  # None: only read (drop_when, device) then dropped
+    fn: Transform | None = None
+    array: bool = False  # the value is an array; ``fn`` / ``child`` apply per element
+    child: Node | None = None
+    count: int = 0  # how often the rule acted (a metric)
+    enabled: frozenset[str] = frozenset()  # keep: the leak-guard detectors that apply
+
+    @property
+    def op(self) -> str:
+        return self.rule.op_name() if self.rule is not None else "drop"
+
+    @property
+    def label(self) -> str:
+        return self.rule.label() if self.rule is not None else self.key
+
+
+@dataclass(eq=False)
+class Location:
+    lat: Step
+    lon: Step
+    rule: CoarsenLocation
+    fn: Any
+    count: int = 0
+
+
+@dataclass(eq=False)
+class Node:
+    """The steps for one JSON object (the root, or a nested object / array element)."""
+
+    steps: dict[str, Step] = field(default_factory=dict)
+    drops: list[Step] = field(default_factory=list)
+    leaves: list[Step] = field(default_factory=list)
+    locations: list[Location] = field(default_factory=list)
+    children: list[Step] = field(default_factory=list)
+    kept: list[Step] = field(default_factory=list)  # values the leak guard scans
+    strict: type | None = None  # Struct rejecting unknown fields
+    lenient: type | None = None  # Struct ignoring them (counted separately)
+
+
+@dataclass(eq=False)
+class Condition:
+    steps: list[Step]  # the path, root first
+    rule: DropWhen
+
+
+@dataclass(eq=False)
+class Plan:
+    """Everything the hot path needs for one policy."""
+
+    source: Source
+    filters: list[TopicFilter]
+    template: Template
+    captures: dict[str, Transform]
+    root: Node
+    conditions: list[Condition]
+    device_capture: str | None
+    device_steps: list[Step] | None
+    key_id: str
+    coordinate_decimals: int
+    stats: Counter
+    paths: frozenset[str]  # every declared path, for safe error details
+    structs: bool  # fail-closed policy decoded into Structs
+    decode_strict: Any = None
+    decode_lenient: Any = None
+    encode: Any = None
+
+    def __repr__(self) -> str:
+        return f"Plan({self.name!r})"
+
+    @property
+    def policy(self) -> Policy:
+        return self.source.policy
+
+    @property
+    def name(self) -> str:
+        return self.policy.policy.name
+
+    def steps(self) -> list[Step]:
+        """Every step with a rule, depth first (for explain and metrics)."""
+        out: list[Step] = []
+
+        def walk(node: Node) -> None:
+            for step in node.steps.values():
+                out.append(step)
+                if step.child is not None:
+                    walk(step.child)
+
+        walk(self.root)
+        return out
+
+
+def parse_path(path: str) -> list[tuple[str, bool]]:
+    """``cells[].cell_id`` -> ``[("cells", True), ("cell_id", False)]``."""
+    parts = path.split(".")
+    out = []
+    for part in parts:
+        m = _SEGMENT.fullmatch(part)
+        if not m:
+            raise ValueError(f"invalid path {path!r}: use dotted keys, with [] after an array")
+        out.append((m.group(1), m.group(2) is not None))
+    return out
+
+
+def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size: int = 65536) -> Plan:
+    """Build the plan, or raise ``PolicyError`` naming the rule at fault."""
+    policy, file = source.policy, source.file
+    text = ""
+    try:
+        with open(file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        pass
+
+    def fail(message: str, where: str) -> PolicyError:
+        return PolicyError(file, message, locate(text, where) if text else None, where)
+
+    env = BuildEnv(keyring, epochs, Counter(), cache_size)
+    root = Node()
+    paths: set[str] = set()
+
+    def place(path: str, where: str) -> tuple[Node, Step]:
+        try:
+            segments = parse_path(path)
+        except ValueError as exc:
+            raise fail(str(exc), where) from None
+        node = root
+        for i, (key, array) in enumerate(segments):
+            step = node.steps.get(key)
+            last = i == len(segments) - 1
+            if step is None:
+                step = node.steps[key] = Step(key, array=array)
+            elif step.array != array:
+                raise fail(f"{key!r} is used both as an array and not", where)
+            if last:
+                return node, step
+            if step.rule is not None:
+                raise fail(f"{path!r} is inside {key!r}, which has its own rule", where)
+            step.child = step.child or Node()
+            node = step.child
+        raise AssertionError
+
+    for i, rule in enumerate(policy.field):
+        where = f"field[{i}]"
+        if isinstance(rule, CoarsenLocation):
+            lat_parent, lon_parent = rule.lat.rpartition(".")[0], rule.lon.rpartition(".")[0]
+            if lat_parent != lon_parent or "[]" in rule.lat.rpartition(".")[2] + rule.lon.rpartition(".")[2]:
+                raise fail("lat and lon must be sibling fields of one object", where)
+            node, lat = place(rule.lat, where)
+            _, lon = place(rule.lon, where)
+            for step, path in ((lat, rule.lat), (lon, rule.lon)):
+                if step.rule is not None or step.child is not None:
+                    raise fail(f"{path!r} already has a rule", where)
+                step.rule = rule
+                paths.add(path)
+            node.locations.append(Location(lat, lon, rule, rule.build(env)))
+            continue
+        if not rule.path:
+            raise fail(f"{rule.op_name()} needs a path", where)
+        node, step = place(rule.path, where)
+        if step.rule is not None or step.child is not None:
+            raise fail(f"{rule.path!r} already has a rule", where)
+        step.rule = rule
+        paths.add(rule.path)
+        if isinstance(rule, Drop):
+            node.drops.append(step)
+        elif isinstance(rule, Keep):
+            step.enabled = ALL - set(rule.guard_allow)
+            node.kept.append(step)
+        else:
+            step.fn = rule.build(env)
+            node.leaves.append(step)
+
+    def chain(path: str, where: str) -> list[Step]:
+        """The steps from the root to ``path``, creating read-only ones as needed."""
+        place(path, where)
+        node, out = root, []
+        for key, _ in parse_path(path):
+            out.append(node.steps[key])
+            node = node.steps[key].child
+        paths.add(path)
+        return out
+
+    conditions = [Condition(chain(c.path, f"drop_when[{i}]"), c) for i, c in enumerate(policy.drop_when)]
+
+    meta = policy.policy
+    device_capture = device_steps = None
+    try:
+        filters = [TopicFilter(t) for t in policy.route.topics]
+        template = Template(policy.route.upstream)
+    except ValueError as exc:
+        raise fail(str(exc), "route.topics") from None
+    if not filters:
+        raise fail("a policy needs at least one topic filter", "route.topics")
+    captured = [{name for _, name in f.names} for f in filters]
+    for name in template.names:
+        if name not in policy.route.capture:
+            raise fail(f"upstream uses {{{name}}}: declare how to transform it in [route.capture.{name}]", "route")
+        if any(name not in c for c in captured):
+            raise fail(f"upstream uses {{{name}}}, which not every topic filter captures", "route")
+    for name, rule in policy.route.capture.items():
+        if getattr(rule, "path", ""):
+            raise fail("a capture rule has no path (it applies to the topic level)", f"route.capture.{name}")
+    captures = {name: rule.build(env) for name, rule in policy.route.capture.items()}
+    if meta.device:
+        m = re.fullmatch(r"\{([a-z_][a-z0-9_]*)\}", meta.device)
+        if m:
+            device_capture = m.group(1)
+            if any(device_capture not in c for c in captured):
+                raise fail(f"device {meta.device} is not captured by every topic filter", "policy.device")
+        elif "[]" in meta.device:
+            raise fail("the device path cannot go through an array", "policy.device")
+        else:
+            device_steps = chain(meta.device, "policy.device")
+
+    for name, rule in _constants(policy):
+        hit = _first_leak(rule)
+        if hit:
+            raise fail(f"this rule writes a constant that looks like a {hit}: the leak guard would block every message", name)
+
+    locations = [r for r in policy.field if isinstance(r, CoarsenLocation)]
+    coordinate_decimals = meta.coordinate_decimals
+    if coordinate_decimals is None:
+        coordinate_decimals = min((r.max_decimals for r in locations), default=3)
+
+    structs = meta.default == "drop"
+    _finish(root, structs, "Root")
+    plan = Plan(
+        source=source,
+        filters=filters,
+        template=template,
+        captures=captures,
+        root=root,
+        conditions=conditions,
+        device_capture=device_capture,
+        device_steps=device_steps,
+        key_id=keyring.active,
+        coordinate_decimals=coordinate_decimals,
+        stats=env.stats,
+        paths=frozenset(paths),
+        structs=structs,
+    )
+    if structs:
+        plan.decode_strict = msgspec.json.Decoder(root.strict).decode
+        plan.decode_lenient = msgspec.json.Decoder(root.lenient).decode
+    else:
+        plan.decode_strict = plan.decode_lenient = msgspec.json.Decoder().decode
+    plan.encode = (msgspec.msgpack.Encoder() if meta.output == "msgpack" else msgspec.json.Encoder()).encode
+    return plan
+
+
+def _constants(policy: Policy):
+    for i, rule in enumerate(policy.field):
+        yield f"field[{i}]", rule
+    for name, rule in policy.route.capture.items():
+        yield f"route.capture.{name}", rule
+
+
+def _first_leak(rule: Rule) -> str | None:
+    """Constants a rule emits (replace, generalise) must not themselves look like identifiers."""
+    values = []
+    if rule.op_name() == "replace":
+        values = [rule.value]
+    elif rule.op_name() == "generalise":
+        values = [*rule.map.values(), rule.default]
+    for v in values:
+        hits = find(v, ALL) if isinstance(v, str) else []
+        if hits:
+            return hits[0][0]
+    return None
+
+
+def _finish(node: Node, structs: bool, name: str) -> None:
+    """Sort the steps into the lists the executor walks and generate the Struct types."""
+    for i, step in enumerate(node.steps.values()):
+        step.attr = f"f{i}"
+        if step.rule is None and step.child is None:
+            node.drops.append(step)  # read by a condition, then removed (fail closed)
+        if step.child is not None:
+            _finish(step.child, structs, f"{name}_{i}")
+            node.children.append(step)
+    for strict in (True, False):
+        fields = []
+        for step in node.steps.values():
+            if step.child is not None:
+                inner = step.child.strict if strict else step.child.lenient
+            elif step.rule is None or isinstance(step.rule, Drop):
+                inner = Any if step.rule is None else msgspec.Raw
+            elif isinstance(step.rule, CoarsenLocation):
+                inner = float
+            else:
+                inner = step.rule.accepts
+            if inner is msgspec.Raw and not structs:
+                inner = Any  # dict mode validates with msgspec.convert, which has no Raw
+            if step.array:
+                inner = list[inner]
+            if step.rule is not None and step.rule.required:
+                fields.append((step.attr, inner, NODEFAULT))
+            elif inner is msgspec.Raw:  # Raw takes any JSON value, null included
+                fields.append((step.attr, msgspec.Raw | UnsetType, UNSET))
+            else:
+                fields.append((step.attr, inner | None | UnsetType, UNSET))
+        struct = msgspec.defstruct(
+            f"{name}{'' if strict else 'Lenient'}",
+            fields,
+            kw_only=True,
+            forbid_unknown_fields=strict,
+            rename={s.attr: s.key for s in node.steps.values()},
+        )
+        if strict:
+            node.strict = struct
+        else:
+            node.lenient = struct

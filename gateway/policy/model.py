@@ -1,0 +1,100 @@
+"""The policy file, as msgspec Structs: the schema *is* the type.
+
+A policy TOML file is decoded straight into ``Policy``; every table rejects
+keys it does not know, and each operation validates its own parameters, so a
+typo in a policy is an error with a path, never a silently ignored rule.
+See docs/policy.md for the language.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Union
+
+import msgspec
+
+from gateway.ops import FIELD_RULES, TOPIC_RULES
+from gateway.ops.base import SCALAR
+
+FieldRuleT = Union[FIELD_RULES]  # tagged on "op"
+TopicRuleT = Union[TOPIC_RULES]
+LABEL = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+class Meta(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    version: str
+    description: str = ""
+    source: str = ""  # the privacy policy this file enforces
+    default: Literal["drop", "keep"] = "drop"  # what happens to fields no rule names
+    max_bytes: int = 65536
+    max_depth: int = 16
+    output: Literal["json", "msgpack"] = "json"
+    leak_guard: bool = True
+    # Whose consent counts: "{capture}" (a topic segment) or a payload path.
+    device: str | None = None
+    # Leak guard: kept numbers under latitude/longitude-like names may have at
+    # most this many decimals. Default: the coarsest location rule's precision, else 3.
+    coordinate_decimals: int | None = None
+    retention: str = ""  # e.g. "P90D": forwarded as a user property for the cloud side
+
+    def __post_init__(self) -> None:
+        if not LABEL.fullmatch(self.name.replace("-", "_")):
+            raise ValueError("name must be lower-case letters, digits, '-' or '_'")
+        if not 1 <= self.max_bytes <= 16 * 1024 * 1024:
+            raise ValueError("max_bytes must be between 1 and 16777216")
+        if not 1 <= self.max_depth <= 64:
+            raise ValueError("max_depth must be between 1 and 64")
+
+
+class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    topics: list[str]  # MQTT filters; "{name}" is a "+" whose value is captured
+    upstream: str  # template, e.g. "fleet/{imei}/location"
+    capture: dict[str, TopicRuleT] = {}
+    qos: Literal[0, 1] = 1
+    expiry_s: int | None = None  # MQTT 5 message expiry interval on what is forwarded
+
+
+class DropWhen(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Drop the whole message when a field is present, equals a value, or is one of several."""
+
+    path: str
+    reason: str
+    present: bool | None = None
+    equals: SCALAR | None = None
+    one_of: list[SCALAR] | None = None
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.present, self.equals, self.one_of)) != 1:
+            raise ValueError("set exactly one of present, equals or one_of")
+        if not LABEL.fullmatch(self.reason):
+            raise ValueError("reason must match [a-z][a-z0-9_]* (it is a metric label)")
+        if "[]" in self.path:
+            raise ValueError("drop_when paths cannot go through arrays")
+
+
+class Test(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    topic: str
+    input: dict[str, Any]
+    name: str = ""
+    expect: dict[str, Any] | None = None
+    expect_drop: bool = False
+    expect_reason: str | None = None
+    expect_topic: str | None = None
+    consent: list[str] = []  # purposes on record for the message's device
+    now: str = "2026-01-15T12:00:00Z"  # fixes the pseudonym epoch
+
+    def __post_init__(self) -> None:
+        if self.expect_drop == (self.expect is not None):
+            raise ValueError("a test needs either expect (the output) or expect_drop = true")
+        if self.expect_reason is not None and not self.expect_drop:
+            raise ValueError("expect_reason goes with expect_drop = true")
+
+
+class Policy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    policy: Meta
+    route: Route
+    field: list[FieldRuleT] = []
+    drop_when: list[DropWhen] = []
+    test: list[Test] = []
