@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 import msgspec
 
@@ -91,7 +91,7 @@ _CRC_TABLE = _crc_table()
 
 
 def crc_itu(data: bytes) -> int:
-    """CRC-16/X-25 (the "CRC-ITU" of the GT06 documents): reflected 0x1021, init and xorout 0xFFFF."""
+    """CRC-16/X-25, the "CRC-ITU" of the GT06 documents: reflected 0x1021, init/xorout 0xFFFF."""
     crc = 0xFFFF
     for byte in data:
         crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ byte) & 0xFF]
@@ -282,7 +282,7 @@ class _Reader:
         return FrameError("bad_content", f"protocol 0x{self.protocol:02X}: {what}")
 
 
-Fields = dict[str, object]
+Fields = dict[str, Any]  # keyword arguments for Frame
 
 
 def _signed(degrees: float, negative: bool) -> float:
@@ -290,9 +290,9 @@ def _signed(degrees: float, negative: bool) -> float:
 
 
 def _read_position(r: _Reader) -> Fields:
-    stamp = r.take(6)
+    year, month, day, hour, minute, second = r.take(6)
     try:
-        when = datetime(2000 + stamp[0], *stamp[1:], tzinfo=UTC)
+        when = datetime(2000 + year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:
         raise r.error("impossible date-time") from None
     gps_info = r.uint(1)
@@ -337,6 +337,11 @@ def _read_sized_cell(r: _Reader) -> Fields:
 
 
 def _read_status(r: _Reader) -> Fields:
+    """Terminal info, voltage level and GSM level.
+
+    The levels are not range-checked: device captures send values such as 0x55 and 0x1B where
+    the document allows 0-6 and 0-4.
+    """
     info = r.uint(1)
     return {
         "acc": bool(info & _ACC_ON),
@@ -373,7 +378,7 @@ def _decode_location(r: _Reader) -> Fields:
 
 def _decode_heartbeat(r: _Reader) -> Fields:
     fields = _read_status(r)
-    r.take(2)  # alarm/language: a heartbeat's alarm byte duplicates the alarm frames
+    r.take(2)  # alarm/language: alarms are reported from alarm frames only
     return fields
 
 
@@ -420,8 +425,11 @@ def decode_frame(raw: bytes) -> Frame:
 
 
 def ack_for(frame: Frame) -> bytes | None:
-    """The reply the device waits for: unanswered logins and heartbeats make it reconnect or
-    reboot, unanswered alarms are resent. Locations and unknown frames get none."""
+    """The server reply the device waits for, or None for locations and unknown frames.
+
+    Unanswered logins and heartbeats make a device reconnect or reboot; unanswered alarms are
+    sent again.
+    """
     if frame.protocol not in _ACKED:
         return None
     return build_frame(frame.protocol, b"", frame.serial)
@@ -442,7 +450,7 @@ def build_frame(protocol: int, content: bytes, serial: int, extended: bool = Fal
 
 
 def build_login(imei: str, serial: int, type_id: int | None = None) -> bytes:
-    """Login frame; with ``type_id`` in the newer layout that also carries a time-zone word (UTC)."""
+    """Login frame; ``type_id`` selects the newer layout, which adds a time-zone word (UTC)."""
     if not _IMEI.fullmatch(imei):
         raise ValueError("IMEI must be 15 digits")
     content = bytes.fromhex("0" + imei)
@@ -452,7 +460,13 @@ def build_login(imei: str, serial: int, type_id: int | None = None) -> bytes:
 
 
 def _position_bytes(
-    when: datetime, lat: float, lon: float, speed_kmh: int, course: int, satellites: int, valid: bool
+    when: datetime,
+    lat: float,
+    lon: float,
+    speed_kmh: int,
+    course: int,
+    satellites: int,
+    valid: bool,
 ) -> bytes:
     if not (-90 <= lat <= 90 and -180 <= lon <= 180):
         raise ValueError("coordinates out of range")
@@ -460,7 +474,9 @@ def _position_bytes(
         raise ValueError("course must be 0-360 and satellites 0-15")
     utc = when.astimezone(UTC) if when.tzinfo else when  # naive datetimes are taken as UTC
     stamp = bytes([utc.year - 2000, utc.month, utc.day, utc.hour, utc.minute, utc.second])
-    flags = course | (_NORTH if lat >= 0 else 0) | (_WEST if lon < 0 else 0) | (_FIX if valid else 0)
+    flags = (
+        course | (_NORTH if lat >= 0 else 0) | (_WEST if lon < 0 else 0) | (_FIX if valid else 0)
+    )
     return (
         stamp
         + bytes([0xC0 | satellites])  # 12-byte GPS block
@@ -517,10 +533,16 @@ def build_location(
 
 
 def build_heartbeat(
-    serial: int, acc: bool = True, charging: bool = False, voltage_level: int = 4, gsm_signal: int = 3
+    serial: int,
+    acc: bool = True,
+    charging: bool = False,
+    voltage_level: int = 4,
+    gsm_signal: int = 3,
 ) -> bytes:
     """Heartbeat/status frame (0x13) with a normal alarm byte."""
-    content = bytes([_terminal_info(acc, charging), voltage_level, gsm_signal, 0x00, _LANGUAGE_ENGLISH])
+    content = bytes(
+        [_terminal_info(acc, charging), voltage_level, gsm_signal, 0x00, _LANGUAGE_ENGLISH]
+    )
     return build_frame(PROTO_HEARTBEAT, content, serial)
 
 

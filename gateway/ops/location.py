@@ -25,7 +25,7 @@ from typing import Callable, Literal
 
 import msgspec
 
-from gateway.ops.base import BuildEnv, Rule
+from gateway.ops.base import BoundedCache, BuildEnv, Rule
 
 M_PER_DEG = 111_320.0  # metres per degree of latitude (and of longitude at the equator)
 EARTH_RADIUS_M = 6_371_008.8
@@ -119,8 +119,12 @@ def _repr_decimals(step_deg: float) -> int:
 
 
 def _rounder(decimals: int) -> Callable[[float, float], tuple[float, float]]:
+    scale = 10**decimals
+
     def round_point(lat: float, lon: float) -> tuple[float, float]:
-        return round(lat, decimals) + 0.0, round(lon, decimals) + 0.0  # + 0.0: no "-0.0"
+        # floor(x * scale + 0.5) / scale: half up, and a short repr ("12.97"), without
+        # round(x, n), which converts through decimal strings and costs ~10x more.
+        return math.floor(lat * scale + 0.5) / scale, math.floor(lon * scale + 0.5) / scale
 
     return round_point
 
@@ -129,8 +133,10 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
     n_lat = max(1, math.floor(180.0 / (grid_m / M_PER_DEG)))
     step_lat = 180.0 / n_lat
     digits = _repr_decimals(step_lat)
-    # Longitude cells per latitude band, sized at the band's centre; cached per band.
+    # Per latitude band: its longitude cell count and width; per cell: its centre.
+    # A fleet visits few cells, so both are cached (bounded).
     bands: dict[int, tuple[int, float]] = {}
+    centres = BoundedCache(65536)
 
     def band(i: int) -> tuple[int, float]:
         centre = -90.0 + (i + 0.5) * step_lat
@@ -141,11 +147,14 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
     def snap(lat: float, lon: float) -> tuple[float, float]:
         i = min(int((lat + 90.0) / step_lat), n_lat - 1)
         n_lon, step_lon = bands.get(i) or band(i)
-        j = int((lon + 180.0) / step_lon) % n_lon
-        return (
-            round(-90.0 + (i + 0.5) * step_lat, digits) + 0.0,
-            round(-180.0 + (j + 0.5) * step_lon, digits) + 0.0,
-        )
+        cell = (i, int((lon + 180.0) / step_lon) % n_lon)
+        hit = centres.get(cell)
+        if hit is None:
+            hit = centres.put(cell, (
+                round(-90.0 + (i + 0.5) * step_lat, digits) + 0.0,
+                round(-180.0 + (cell[1] + 0.5) * step_lon, digits) + 0.0,
+            ))  # fmt: skip
+        return hit
 
     return snap
 

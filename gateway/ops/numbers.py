@@ -23,6 +23,27 @@ def _decimals_of(step: float) -> int:
     return 0 if "e" in text else max(0, len(text.split(".")[1].rstrip("0")))
 
 
+def _multiples(step: float, floor: bool) -> Transform:
+    """Nearest (or floor) multiple of ``step`` with a clean repr: n * 0.5 gives 2.5, not 2.5000000001.
+
+    Integer arithmetic on the scaled step instead of round(x, n), which is ~10x slower.
+    An integer input with an integral step stays an integer."""
+    digits = _decimals_of(step)
+    scale = 10**digits
+    istep = round(step * scale)
+    integral = digits == 0
+
+    def multiple(v: int | float):
+        if v.__class__ is float and not math.isfinite(v):
+            return UNSET
+        n = math.floor(v / step) if floor else round(v / step)
+        if integral and v.__class__ is int:
+            return n * istep
+        return n * istep / scale
+
+    return multiple
+
+
 class Round(FieldRule, tag="round"):
     """Round to ``decimals`` places, or to the nearest multiple of ``step``."""
 
@@ -42,16 +63,7 @@ class Round(FieldRule, tag="round"):
         if self.decimals is not None:
             d = self.decimals
             return lambda v: round(v, d) if math.isfinite(v) else UNSET
-        step, digits = self.step, _decimals_of(self.step)
-        integral = float(step).is_integer()
-
-        def round_step(v: int | float):
-            if not math.isfinite(v):
-                return UNSET
-            out = round(v / step) * step
-            return int(out) if integral and isinstance(v, int) else round(out, digits)
-
-        return round_step
+        return _multiples(self.step, floor=False)
 
 
 class Bucket(FieldRule, tag="bucket"):
@@ -71,16 +83,7 @@ class Bucket(FieldRule, tag="bucket"):
 
     def build(self, env: BuildEnv) -> Transform:
         if self.step is not None:
-            step, digits = self.step, _decimals_of(self.step)
-            integral = float(step).is_integer()
-
-            def floor_step(v: int | float):
-                if not math.isfinite(v):
-                    return UNSET
-                out = math.floor(v / step) * step
-                return int(out) if integral and isinstance(v, int) else round(out, digits)
-
-            return floor_step
+            return _multiples(self.step, floor=True)
         edges = self.edges
         fmt = [_fmt(e) for e in edges]
         labels = [f"<{fmt[0]}"] + [f"{a}-{b}" for a, b in zip(fmt, fmt[1:])] + [f">={fmt[-1]}"]

@@ -31,7 +31,7 @@ _SEGMENT = re.compile(r"([^.\[\]]+)(\[\])?")
 COORDINATE_KEYS = re.compile(r"(?i)lat|latitude|lon|lng|long|longitude")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Step:
     """One declared key of an object and what to do with it."""
 
@@ -42,6 +42,7 @@ class Step:
     array: bool = False  # the value is an array; ``fn`` / ``child`` apply per element
     child: Node | None = None
     count: int = 0  # how often the rule acted (a metric)
+    read: bool = False  # read by drop_when or as the device id, so it must be decoded
     enabled: frozenset[str] = frozenset()  # keep: the leak-guard detectors that apply
 
     @property
@@ -53,7 +54,7 @@ class Step:
         return self.rule.label() if self.rule is not None else self.key
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Location:
     lat: Step
     lon: Step
@@ -62,7 +63,7 @@ class Location:
     count: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """The steps for one JSON object (the root, or a nested object / array element)."""
 
@@ -72,8 +73,7 @@ class Node:
     locations: list[Location] = field(default_factory=list)
     children: list[Step] = field(default_factory=list)
     kept: list[Step] = field(default_factory=list)  # values the leak guard scans
-    strict: type | None = None  # Struct rejecting unknown fields
-    lenient: type | None = None  # Struct ignoring them (counted separately)
+    struct: type | None = None  # the declared fields; msgspec skips everything else in C
 
 
 @dataclass(eq=False)
@@ -99,8 +99,10 @@ class Plan:
     stats: Counter
     paths: frozenset[str]  # every declared path, for safe error details
     structs: bool  # fail-closed policy decoded into Structs
-    decode_strict: Any = None
-    decode_lenient: Any = None
+    max_bytes: int = 0
+    max_depth: int = 0
+    leak_guard: bool = True
+    decode: Any = None
     encode: Any = None
 
     def __repr__(self) -> str:
@@ -201,10 +203,11 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         step.rule = rule
         paths.add(rule.path)
         if isinstance(rule, Drop):
-            node.drops.append(step)
+            pass  # sorted into node.drops by _finish, once it is known whether it is read
         elif isinstance(rule, Keep):
             step.enabled = ALL - set(rule.guard_allow)
-            node.kept.append(step)
+            if rule.type != "boolean":  # a flag cannot carry an identifier
+                node.kept.append(step)
         else:
             step.fn = rule.build(env)
             node.leaves.append(step)
@@ -215,6 +218,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         node, out = root, []
         for key, _ in parse_path(path):
             out.append(node.steps[key])
+            node.steps[key].read = True
             node = node.steps[key].child
         paths.add(path)
         return out
@@ -277,12 +281,11 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         stats=env.stats,
         paths=frozenset(paths),
         structs=structs,
+        max_bytes=meta.max_bytes,
+        max_depth=meta.max_depth,
+        leak_guard=meta.leak_guard,
     )
-    if structs:
-        plan.decode_strict = msgspec.json.Decoder(root.strict).decode
-        plan.decode_lenient = msgspec.json.Decoder(root.lenient).decode
-    else:
-        plan.decode_strict = plan.decode_lenient = msgspec.json.Decoder().decode
+    plan.decode = msgspec.json.Decoder(root.struct if structs else Any).decode
     plan.encode = (msgspec.msgpack.Encoder() if meta.output == "msgpack" else msgspec.json.Encoder()).encode
     return plan
 
@@ -309,43 +312,40 @@ def _first_leak(rule: Rule) -> str | None:
 
 
 def _finish(node: Node, structs: bool, name: str) -> None:
-    """Sort the steps into the lists the executor walks and generate the Struct types."""
+    """Sort the steps into the lists the executor walks and generate the Struct type.
+
+    A plain ``drop`` that nothing reads is left out of the Struct: msgspec then
+    skips it while decoding, like any undeclared field. A dropped field that a
+    condition or the device lookup reads is decoded, then removed.
+    """
+    fields = []
     for i, step in enumerate(node.steps.values()):
         step.attr = f"f{i}"
-        if step.rule is None and step.child is None:
-            node.drops.append(step)  # read by a condition, then removed (fail closed)
+        plain_drop = isinstance(step.rule, Drop) or step.rule is None and step.child is None
+        if plain_drop and not step.read and structs:
+            continue
+        if plain_drop:
+            node.drops.append(step)
         if step.child is not None:
             _finish(step.child, structs, f"{name}_{i}")
             node.children.append(step)
-    for strict in (True, False):
-        fields = []
-        for step in node.steps.values():
-            if step.child is not None:
-                inner = step.child.strict if strict else step.child.lenient
-            elif step.rule is None or isinstance(step.rule, Drop):
-                inner = Any if step.rule is None else msgspec.Raw
-            elif isinstance(step.rule, CoarsenLocation):
-                inner = float
-            else:
-                inner = step.rule.accepts
-            if inner is msgspec.Raw and not structs:
-                inner = Any  # dict mode validates with msgspec.convert, which has no Raw
-            if step.array:
-                inner = list[inner]
-            if step.rule is not None and step.rule.required:
-                fields.append((step.attr, inner, NODEFAULT))
-            elif inner is msgspec.Raw:  # Raw takes any JSON value, null included
-                fields.append((step.attr, msgspec.Raw | UnsetType, UNSET))
-            else:
-                fields.append((step.attr, inner | None | UnsetType, UNSET))
-        struct = msgspec.defstruct(
-            f"{name}{'' if strict else 'Lenient'}",
-            fields,
-            kw_only=True,
-            forbid_unknown_fields=strict,
-            rename={s.attr: s.key for s in node.steps.values()},
-        )
-        if strict:
-            node.strict = struct
+            inner = step.child.struct
+        elif step.rule is None:
+            inner = Any
+        elif isinstance(step.rule, CoarsenLocation):
+            inner = float
         else:
-            node.lenient = struct
+            inner = step.rule.accepts
+        if inner is msgspec.Raw and not structs:
+            inner = Any  # dict mode validates with msgspec.convert, which has no Raw
+        if step.array:
+            inner = list[inner]
+        if step.rule is not None and step.rule.required:
+            fields.append((step.attr, inner, NODEFAULT))
+        elif inner is msgspec.Raw:  # Raw takes any JSON value, null included
+            fields.append((step.attr, msgspec.Raw | UnsetType, UNSET))
+        else:
+            fields.append((step.attr, inner | None | UnsetType, UNSET))
+    node.struct = msgspec.defstruct(
+        name, fields, kw_only=True, rename={s.attr: s.key for s in node.steps.values() if s.attr}
+    )
