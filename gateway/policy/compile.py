@@ -116,6 +116,19 @@ class Plan:
     def name(self) -> str:
         return self.policy.policy.name
 
+    def action_counts(self) -> Counter:
+        """How often each operation acted so far (``coarsen_location`` counts points)."""
+        counts: Counter = Counter()
+        nodes = [self.root]
+        while nodes:
+            node = nodes.pop()
+            for step in node.leaves + node.drops:
+                counts[step.op] += step.count
+            for loc in node.locations:
+                counts["coarsen_location"] += loc.count
+            nodes.extend(step.child for step in node.children)
+        return counts
+
     def steps(self) -> list[Step]:
         """Every step with a rule, depth first (for explain and metrics)."""
         out: list[Step] = []
