@@ -19,6 +19,7 @@ from msgspec import UNSET
 from gateway.keys import Keyring
 from gateway.ops.base import BoundedCache, Epochs
 from gateway.ops.detect import ALL, classify_number, find
+from gateway.policy import codegen
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step, compile_policy
 from gateway.policy.load import Source
 from gateway.policy.topics import safe_level
@@ -79,6 +80,9 @@ class Engine:
         self._seen = 0
         self.epochs = Epochs(now)
         self.plans = [compile_policy(s, keyring, self.epochs, cache_size) for s in sources]
+        for plan in self.plans:
+            if plan.structs:
+                plan.apply, plan.guard = codegen.build(plan.root, plan.leak_guard, _kept_scanner(plan), _coarsen)
         self._routes = BoundedCache(cache_size)
         self._generation = self.epochs.generation
 
@@ -166,11 +170,8 @@ class Engine:
 
         try:
             if structs:
-                _apply(plan.root, obj, granted)
-                if plan.leak_guard:
-                    hit = _guard(plan, plan.root, obj, plan.max_depth - 1)
-                else:
-                    hit = _depth(plan.root, obj, plan.max_depth - 1)
+                plan.apply(obj, granted)
+                hit = plan.guard(obj, plan.max_depth - 1)
             else:
                 _apply_dict(plan.root, obj, granted)
                 hit = _guard_dict(plan, plan.root, obj, plan.max_depth - 1, plan.leak_guard)
@@ -187,7 +188,7 @@ def _invalid(plan: Plan, message: str) -> Reject:
     m = _AT.search(message)
     path = re.sub(r"\[\d+\]", "[]", m.group(1)) if m else ""
     detail = path if path in plan.paths else ""  # only paths the policy itself names
-    if message.startswith("Object missing required field"):
+    if message.startswith("Object missing required field") or message.endswith(f"got `null` - at `$.{m.group(1)}`" if m else "\0"):
         return Reject("missing_field", plan, detail=detail)
     if message.startswith("Expected `object`") and not path:
         return Reject("not_object", plan)
@@ -204,7 +205,7 @@ def _read(obj: Any, steps: list[Step], structs: bool) -> Any:
 
 def _condition(rule, value: Any) -> bool:
     if value is UNSET:
-        return False
+        return rule.present is False
     if value.__class__ is msgspec.Raw:
         value = msgspec.json.decode(value)
     if rule.present is not None:
@@ -214,40 +215,12 @@ def _condition(rule, value: Any) -> bool:
     return any(value == v and type(value) is type(v) for v in rule.one_of)
 
 
-# -- the compiled steps over Structs (fail-closed policies) -----------------------------
+# -- shared by the generated Struct code (gateway.policy.codegen) and the dict executor ----
 
 
-def _apply(node: Node, obj: Any, granted: frozenset[str]) -> None:
-    for step in node.drops:
-        if getattr(obj, step.attr) is not UNSET:
-            setattr(obj, step.attr, UNSET)
-            step.count += 1
-    for step in node.leaves:
-        v = getattr(obj, step.attr)
-        if v is UNSET or v is None:
-            continue
-        step.count += 1
-        if step.array:
-            fn = step.fn
-            setattr(obj, step.attr, [x for x in (None if e is None else fn(e) for e in v) if x is not UNSET])
-        else:
-            setattr(obj, step.attr, step.fn(v))
-    for loc in node.locations:
-        lat, lon = getattr(obj, loc.lat.attr), getattr(obj, loc.lon.attr)
-        point = _coarsen(loc, lat, lon, granted)
-        if point is not UNSET:
-            setattr(obj, loc.lat.attr, point[0])
-            setattr(obj, loc.lon.attr, point[1])
-    for step in node.children:
-        v = getattr(obj, step.attr)
-        if v is UNSET or v is None:
-            continue
-        if step.array:
-            for element in v:
-                if element is not None:
-                    _apply(step.child, element, granted)
-        else:
-            _apply(step.child, v, granted)
+def _kept_scanner(plan: Plan):
+    decimals = plan.coordinate_decimals
+    return lambda v, enabled, key, depth: _scan(v, enabled, decimals, key, depth)
 
 
 def _coarsen(loc, lat: Any, lon: Any, granted: frozenset[str]) -> Any:
@@ -259,45 +232,6 @@ def _coarsen(loc, lat: Any, lon: Any, granted: frozenset[str]) -> Any:
         return UNSET, UNSET  # a lone coordinate is still precise
     point = loc.fn(lat, lon, loc.rule.consent in granted)
     return (UNSET, UNSET) if point is None else point
-
-
-def _guard(plan: Plan, node: Node, obj: Any, depth: int) -> tuple[str, str] | None:
-    for step in node.kept:
-        v = getattr(obj, step.attr)
-        cls = v.__class__
-        # Fast paths for what kept fields mostly hold: flags, small numbers, words.
-        if v is UNSET or v is None or cls is bool or cls is int and -100_000_000_000 < v < 100_000_000_000:
-            continue
-        if cls is str and (not v or v.isalpha()):
-            continue
-        kind = _scan(v, step.enabled, plan.coordinate_decimals, step.key, depth)
-        if kind is not None:
-            return step.label, kind
-    for step in node.children:
-        v = getattr(obj, step.attr)
-        if v is UNSET or v is None:
-            continue
-        for element in v if step.array else (v,):
-            if element is not None:
-                hit = _guard(plan, step.child, element, depth - 1)
-                if hit is not None:
-                    return hit
-    return None
-
-
-def _depth(node: Node, obj: Any, depth: int) -> None:
-    """With the guard off, still enforce max_depth on kept free-form values."""
-    for step in node.kept:
-        v = getattr(obj, step.attr)
-        if v.__class__ in (dict, list):
-            _scan(v, _EMPTY, 0, step.key, depth)
-    for step in node.children:
-        v = getattr(obj, step.attr)
-        if v is not UNSET and v is not None:
-            for element in v if step.array else (v,):
-                if element is not None:
-                    _depth(step.child, element, depth - 1)
-    return None
 
 
 def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, depth: int) -> str | None:

@@ -21,7 +21,7 @@ ALL = frozenset(DETECTORS)
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _SECRET = re.compile(
     r"""(?<![A-Za-z0-9_])(?:
-        (?i:bearer|basic)\s+(?P<bearer>[A-Za-z0-9._~+/=-]{8,})
+        (?i:bearer|basic)\s+(?=[A-Za-z0-9._~+/=-]*?(?:[0-9+/=]|[a-z][A-Z]))(?P<bearer>[A-Za-z0-9._~+/=-]{8,})
       | (?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|upi[_-]?pin|pin|otp)
         ["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}]+))""",
     re.VERBOSE,
@@ -33,7 +33,8 @@ _IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\d{
 _DIGITS = re.compile(
     r"(?<![A-Za-z0-9+])(?<!\d[.,])\+?(?:\d{1,3}[ -]?)?(?:\(\d{1,5}\)[ -]?)?\d(?:[ -]?\d){5,22}+(?![A-Za-z0-9])"
 )
-_DATE = re.compile(r"(?:19|20)\d\d-[01]\d-[0-3]\d")
+_DATE = re.compile(r"(?:19|20)\d\d-[01]\d-[0-3]\d|[0-3]\d-[01]\d-(?:19|20)\d\d")
+_GROUP = re.compile(r"\+?\(?\d+\)?")
 _DIGIT_BYTES = b"0123456789"
 # A value that is exactly an ISO 8601 timestamp holds no identifier; timestamps
 # are the commonest kept strings with many digits, so they skip the scans.
@@ -85,6 +86,36 @@ def classify_number(value: int) -> str | None:
     return None
 
 
+_RANK = {"card": 0, "imei": 0, "utr": 1, "phone": 2}
+
+
+def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
+    """Identifiers in a run of digit groups. The run is greedy across spaces and
+    dashes ("qty 2 4111 1111 1111 1111"), so when it is not one identifier as a
+    whole, sub-runs of whole groups are tried: Luhn-checked numbers first, then
+    UTRs, then phones, longer before shorter. Runs of more than 10 groups are
+    not split (no real identifier is written that way; it keeps scans linear)."""
+    run = m.group()
+    kind = classify_digits(run)
+    if kind:
+        return [(m.start(), m.end(), kind)]
+    groups = [(g.start(), g.end()) for g in _GROUP.finditer(run)]
+    if len(groups) > 10:
+        return []
+    candidates = []
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups) + 1):
+            start, end = groups[i][0], groups[j - 1][1]
+            kind = classify_digits(run[start:end])
+            if kind:
+                candidates.append((_RANK[kind], start - end, start, end, kind))
+    hits: list[tuple[int, int, str]] = []
+    for _, _, start, end, kind in sorted(candidates):
+        if all(end <= a or start >= b for a, b, _ in hits):
+            hits.append((start, end, kind))
+    return sorted((m.start() + a, m.start() + b, kind) for a, b, kind in hits)
+
+
 def _at(m: re.Match) -> str | None:
     domain = m.group("domain")
     if "." in domain:
@@ -124,9 +155,7 @@ def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]
             hits.extend((m.start(), m.end(), "ip") for m in _IPV6.finditer(text) if _ipv6(m))
     if digits >= 8:
         for m in _DIGITS.finditer(text):
-            kind = classify_digits(m.group())
-            if kind:
-                hits.append((m.start(), m.end(), kind))
+            hits.extend(_digit_run(m))
     if not hits:
         return []
     # Earliest first, longest first at the same start; drop what an earlier hit covers.

@@ -145,6 +145,8 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
         return bands.setdefault(i, (n_lon, 360.0 / n_lon))
 
     def snap(lat: float, lon: float) -> tuple[float, float]:
+        if lon >= 180.0:  # +180 is -180; dividing 360 by the step may fall a hair short of n_lon
+            lon -= 360.0
         i = min(int((lat + 90.0) / step_lat), n_lat - 1)
         n_lon, step_lon = bands.get(i) or band(i)
         cell = (i, int((lon + 180.0) / step_lon) % n_lon)

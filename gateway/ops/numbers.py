@@ -36,7 +36,13 @@ def _multiples(step: float, floor: bool) -> Transform:
     def multiple(v: int | float):
         if v.__class__ is float and not math.isfinite(v):
             return UNSET
-        n = math.floor(v / step) if floor else round(v / step)
+        q = v / step
+        if floor:
+            n = math.floor(q)
+            if q - n > 1 - 1e-9:  # 0.3 / 0.1 is 2.9999999999999996: that is 3 steps
+                n += 1
+        else:
+            n = round(q)
         if integral and v.__class__ is int:
             return n * istep
         return n * istep / scale
