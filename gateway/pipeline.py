@@ -69,7 +69,7 @@ class Engine:
         keyring: Keyring,
         cache_size: int = 65536,
         now: float | None = None,
-        unknown_sample: int = 16,
+        unknown_sample: int = 64,
     ):
         """``unknown_sample``: count undeclared fields in 1 message of N (1: every message).
 
@@ -96,19 +96,21 @@ class Engine:
                     return plan, captures
         return None
 
-    def _resolve(self, topic: str) -> tuple[Plan | None, dict[str, str], str | None]:
+    def _resolve(self, topic: str) -> tuple[Plan | None, str | None, str | None]:
+        """(plan, upstream topic, device id captured from the topic) for a topic; cached."""
         hit = self.route(topic)
         if hit is None:
-            return None, {}, None
+            return None, None, None
         plan, captures = hit
+        device = captures.get(plan.device_capture) if plan.device_capture else None
         values = {}
         for name, fn in plan.captures.items():
             if name in captures:
                 level = safe_level(fn(captures[name]))
                 if level is None:
-                    return plan, captures, None
+                    return plan, None, device
                 values[name] = level
-        return plan, captures, plan.template.render(values)
+        return plan, plan.template.render(values), device
 
     def process(
         self, topic: str, payload: bytes, now: float | None = None, consents: Mapping[str, frozenset[str]] = NO_CONSENT
@@ -123,7 +125,7 @@ class Engine:
         entry = self._routes.get(topic)
         if entry is None:
             entry = self._routes.put(topic, self._resolve(topic))
-        plan, captures, upstream = entry
+        plan, upstream, device = entry
         if plan is None:
             return Reject("no_route")
         if upstream is None:
@@ -159,8 +161,10 @@ class Engine:
                 return Reject(cond.rule.reason, plan, cond.rule.path)
 
         granted = _EMPTY
-        if plan.device_capture is not None:
-            granted = consents.get(captures[plan.device_capture], _EMPTY)
+        if consents is NO_CONSENT:  # nothing on record: skip the lookups
+            pass
+        elif device is not None:
+            granted = consents.get(device, _EMPTY)
         elif plan.device_steps is not None:
             device = _read(obj, plan.device_steps, structs)
             if device.__class__ is msgspec.Raw:

@@ -530,6 +530,7 @@ def test_privacy_zone_in_the_engine_removes_the_point_even_with_consent():
     "msg, rule, kind",
     [
         ({"note": "card 4111 1111 1111 1111"}, "note", "card"),
+        ({"note": "paid 2026-11-23 4111111111111111"}, "note", "card"),
         ({"note": "mail alice@example.com"}, "note", "email"),
         ({"note": "Bearer abcdefgh12345678"}, "note", "secret"),
         ({"amount": 412345678901}, "amount", "utr"),

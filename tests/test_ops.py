@@ -11,6 +11,7 @@ import base64
 import calendar
 import hashlib
 import hmac
+import ipaddress
 import math
 import os
 import stat
@@ -321,6 +322,15 @@ def test_reveal_tampered_or_malformed_fails():
 )
 def test_truncate_ip(params, value, expected):
     assert build(TruncateIp, path="ip", **params)(value) == expected
+
+
+@pytest.mark.parametrize("address", ["2002:cb00:714d::1", "2002:cb00:714d:ffff::1"])
+def test_truncate_ip_6to4_does_not_keep_the_whole_embedded_ipv4(address):
+    """6to4 (2002::/16) carries the site's IPv4 address in bits 16-48, so a /48 keeps
+    all of 203.0.113.77: the IPv4 host must be truncated like an IPv4 or mapped address."""
+    out = build(TruncateIp, path="ip")(address)
+    embedded = ipaddress.IPv6Address(out).sixtofour
+    assert embedded is None or str(embedded) != "203.0.113.77", out
 
 
 @pytest.mark.parametrize("bad", ["", "not an ip", "256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "1.2.3.4/24", "gggg::1", "12345"])

@@ -83,7 +83,7 @@ class Generalise(FieldRule, tag="generalise"):
     def build(self, env: BuildEnv) -> Transform:
         table, default = self.map, self.default
         if self.match == "exact":
-            return lambda v: table.get(v if isinstance(v, str) else _key(v), default)
+            return lambda v: table.get(v if v.__class__ is str else _key(v), default)
         prefixes = sorted(table, key=len, reverse=True)
 
         def generalise_prefix(v):

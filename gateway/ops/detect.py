@@ -31,10 +31,11 @@ _AT = re.compile(r"(?<![A-Za-z0-9._%+-])(?P<local>[A-Za-z0-9._%+-]++)@(?P<domain
 _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.])")
 _IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\d{1,3}(?:\.\d{1,3}){3})?(?:%[\w.]+)?(?![\w:.])")
 _DIGITS = re.compile(
-    r"(?<![A-Za-z0-9+])(?<!\d[.,])\+?(?:\d{1,3}[ -]?)?(?:\(\d{1,5}\)[ -]?)?\d(?:[ -]?\d){5,22}+(?![A-Za-z0-9])"
+    r"(?<![A-Za-z0-9+])(?<!\d[.,])(?>\+?(?:\(\d{1,5}\)[ -]?)?\d(?:\)?[ -]?\(?\d)*+\)?)(?![A-Za-z0-9])"
 )
 _DATE = re.compile(r"(?:19|20)\d\d-[01]\d-[0-3]\d|[0-3]\d-[01]\d-(?:19|20)\d\d")
 _GROUP = re.compile(r"\+?\(?\d+\)?")
+_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 _DIGIT_BYTES = b"0123456789"
 # A value that is exactly an ISO 8601 timestamp holds no identifier; timestamps
 # are the commonest kept strings with many digits, so they skip the scans.
@@ -59,14 +60,18 @@ def classify_digits(run: str) -> str | None:
     if _DATE.match(run):  # "2026-11-23 10" in a log line is a timestamp, not a phone
         return None
     digits = "".join(ch for ch in run if ch.isdigit())
+    return _kind(digits, len(digits) == len(run), run.startswith("+"))
+
+
+def _kind(digits: str, contiguous: bool, plus: bool) -> str | None:
     n = len(digits)
     if 13 <= n <= 19 and luhn(digits):
-        if n == 15 and n == len(run) and not digits.startswith(("34", "37")):
+        if n == 15 and contiguous and not digits.startswith(("34", "37")):
             return "imei"
         return "card"
-    if n == 12 and n == len(run):
+    if n == 12 and contiguous:
         return "utr"
-    if 10 <= n <= 15 or (run.startswith("+") and n >= 8):
+    if 10 <= n <= 15 or (plus and n >= 8):
         return "phone"
     return None
 
@@ -93,27 +98,39 @@ def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
     """Identifiers in a run of digit groups. The run is greedy across spaces and
     dashes ("qty 2 4111 1111 1111 1111"), so when it is not one identifier as a
     whole, sub-runs of whole groups are tried: Luhn-checked numbers first, then
-    UTRs, then phones, longer before shorter. Runs of more than 10 groups are
-    not split (no real identifier is written that way; it keeps scans linear)."""
+    UTRs, then phones, longer before shorter. A sub-run starts at a group of two
+    or more digits (or a "+"), never at a date, and holds at most 19 digits, so
+    the work is linear in the length of the run."""
     run = m.group()
     kind = classify_digits(run)
     if kind:
         return [(m.start(), m.end(), kind)]
-    groups = [(g.start(), g.end()) for g in _GROUP.finditer(run)]
-    if len(groups) > 10:
-        return []
+    groups = [(g.start(), g.end(), "".join(ch for ch in g.group() if ch.isdigit())) for g in _GROUP.finditer(run)]
+    in_date = bytearray(len(run))
+    for d in _DATE.finditer(run):
+        in_date[d.start() : d.end()] = b"\x01" * (d.end() - d.start())
     candidates = []
-    for i in range(len(groups)):
-        for j in range(i + 1, len(groups) + 1):
-            start, end = groups[i][0], groups[j - 1][1]
-            kind = classify_digits(run[start:end])
-            if kind:
-                candidates.append((_RANK[kind], start - end, start, end, kind))
+    for i, (start, _, first_digits) in enumerate(groups):
+        if len(first_digits) < 2 and run[start] != "+" or in_date[start]:
+            continue
+        digits, best = "", None
+        for k in range(i, len(groups)):
+            digits += groups[k][2]
+            if len(digits) > 19:
+                break
+            if len(digits) >= 8:
+                kind = _kind(digits, k == i and run[start].isdigit(), run[start] == "+")
+                if kind and (best is None or (_RANK[kind], start - groups[k][1]) < best[:2]):
+                    best = (_RANK[kind], start - groups[k][1], start, groups[k][1], kind)
+        if best is not None:
+            candidates.append(best)
     hits: list[tuple[int, int, str]] = []
+    taken = bytearray(len(run))
     for _, _, start, end, kind in sorted(candidates):
-        if all(end <= a or start >= b for a, b, _ in hits):
-            hits.append((start, end, kind))
-    return sorted((m.start() + a, m.start() + b, kind) for a, b, kind in hits)
+        if not any(taken[start:end]):
+            taken[start:end] = b"\x01" * (end - start)
+            hits.append((m.start() + start, m.start() + end, kind))
+    return sorted(hits)
 
 
 def _at(m: re.Match) -> str | None:
@@ -154,8 +171,12 @@ def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]
         if raw.count(b":") >= 2:
             hits.extend((m.start(), m.end(), "ip") for m in _IPV6.finditer(text) if _ipv6(m))
     if digits >= 8:
+        # A UUID's groups are hex, and an all-digit one is not a UTR or phone.
+        uuids = [m.span() for m in _UUID.finditer(text)] if b"-" in raw else []
         for m in _DIGITS.finditer(text):
-            hits.extend(_digit_run(m))
+            for hit in _digit_run(m):
+                if not any(a <= hit[0] and hit[1] <= b for a, b in uuids):
+                    hits.append(hit)
     if not hits:
         return []
     # Earliest first, longest first at the same start; drop what an earlier hit covers.

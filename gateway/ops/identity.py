@@ -50,45 +50,40 @@ class Pseudonymise(FieldRule, tag="pseudonymise"):
             raise ValueError("domain must be a simple identifier")
 
     def build(self, env: BuildEnv) -> Transform:
-        return Pseudonymiser(env.keyring, env.epochs, self, env.cache_size)
+        return pseudonymiser(env.keyring, env.epochs, self, env.cache_size)
 
 
-class Pseudonymiser:
-    """Compiled ``pseudonymise``: key derived per epoch, recent results cached."""
+def pseudonymiser(keyring: Keyring, epochs: Epochs, rule: Pseudonymise, cache_size: int) -> Transform:
+    """Compiled ``pseudonymise``: key derived per epoch, recent results cached.
 
-    def __init__(self, keyring: Keyring, epochs: Epochs, rule: Pseudonymise, cache_size: int):
-        self.keyring, self.epochs, self.rule = keyring, epochs, rule
-        self.cache = BoundedCache(cache_size)
-        self.generation = -1
-        self._rekey()
+    A closure rather than a class: it is called once per field per message."""
+    cache = BoundedCache(cache_size)
+    state: list = [None, -1]  # HMAC object of the current epoch, its generation
+    kid, length, prefix, after = keyring.active, rule.length, rule.keep_prefix, rule.keep_after
 
-    def _rekey(self) -> None:
-        epoch = self.epochs.ids[self.rule.rotate]
-        key = self.keyring.derive(f"pseudonymise|{self.rule.domain}|{self.rule.rotate}|{epoch}")
-        self.mac = hmac.HMAC(key, hashes.SHA256())
-        self.cache.clear()
-        self.generation = self.epochs.generation
+    def rekey() -> None:
+        epoch = epochs.ids[rule.rotate]
+        key = keyring.derive(f"pseudonymise|{rule.domain}|{rule.rotate}|{epoch}")
+        state[0], state[1] = hmac.HMAC(key, hashes.SHA256()), epochs.generation
+        cache.clear()
 
-    def digest(self, text: str) -> str:
-        mac = self.mac.copy()
-        mac.update(text.encode("utf-8", "surrogatepass"))
-        b32 = base64.b32encode(mac.finalize()).decode().lower()
-        return f"{self.keyring.active}.{b32[: self.rule.length]}"
-
-    def __call__(self, value: str | int) -> str:
-        if self.generation != self.epochs.generation:
-            self._rekey()
-        hit = self.cache.get(value)
+    def pseudonymise(value: str | int) -> str:
+        if state[1] != epochs.generation:
+            rekey()
+        hit = cache.get(value)
         if hit is not None:
             return hit
         text = str(value)
-        token = self.digest(text)
-        rule = self.rule
-        if rule.keep_prefix and len(text) > rule.keep_prefix:
-            token = f"{text[: rule.keep_prefix]}-{token}"
-        elif rule.keep_after and rule.keep_after in text:
-            token = f"{token}{rule.keep_after}{text.rsplit(rule.keep_after, 1)[1]}"
-        return self.cache.put(value, token)
+        mac = state[0].copy()
+        mac.update(text.encode("utf-8", "surrogatepass"))
+        token = f"{kid}.{base64.b32encode(mac.finalize()).decode().lower()[:length]}"
+        if prefix and len(text) > prefix:
+            token = f"{text[:prefix]}-{token}"
+        elif after and after in text:
+            token = f"{token}{after}{text.rsplit(after, 1)[1]}"
+        return cache.put(value, token)
+
+    return pseudonymise
 
 
 class Encrypt(FieldRule, tag="encrypt"):
@@ -97,28 +92,27 @@ class Encrypt(FieldRule, tag="encrypt"):
     accepts = str | int
 
     def build(self, env: BuildEnv) -> Transform:
-        return Encryptor(env.keyring, env.cache_size)
+        return encryptor(env.keyring, env.cache_size)
 
 
 def _siv(keyring: Keyring, kid: str | None = None) -> AESSIV:
     return AESSIV(keyring.derive("encrypt|aes-siv", length=64, kid=kid))
 
 
-class Encryptor:
+def encryptor(keyring: Keyring, cache_size: int) -> Transform:
     """Compiled ``encrypt``: AES-256-SIV under the active key, results cached."""
+    prefix = ENC_PREFIX + keyring.active + "."
+    seal = _siv(keyring).encrypt
+    cache = BoundedCache(cache_size)
 
-    def __init__(self, keyring: Keyring, cache_size: int):
-        self.kid = keyring.active
-        self.siv = _siv(keyring)
-        self.cache = BoundedCache(cache_size)
-
-    def __call__(self, value: str | int) -> str:
-        hit = self.cache.get(value)
+    def encrypt(value: str | int) -> str:
+        hit = cache.get(value)
         if hit is not None:
             return hit
-        sealed = self.siv.encrypt(str(value).encode("utf-8", "surrogatepass"), None)
-        token = ENC_PREFIX + self.kid + "." + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
-        return self.cache.put(value, token)
+        sealed = seal(str(value).encode("utf-8", "surrogatepass"), None)
+        return cache.put(value, prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode())
+
+    return encrypt
 
 
 def reveal(keyring: Keyring, token: str) -> str:

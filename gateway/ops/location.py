@@ -94,7 +94,7 @@ class CoarsenLocation(Rule, tag="coarsen_location"):
         fixed = snap(*self.at) if self.mode == "fixed" else None
 
         def coarsen_location(lat: float, lon: float, consented: bool):
-            if not valid(lat, lon):
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # False for NaN too
                 stats[(label, "invalid_location")] += 1
                 return None
             if zones and _in_zone(lat, lon, zones):
@@ -147,7 +147,9 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
     def snap(lat: float, lon: float) -> tuple[float, float]:
         if lon >= 180.0:  # +180 is -180; dividing 360 by the step may fall a hair short of n_lon
             lon -= 360.0
-        i = min(int((lat + 90.0) / step_lat), n_lat - 1)
+        i = int((lat + 90.0) / step_lat)
+        if i >= n_lat:  # lat = 90
+            i = n_lat - 1
         n_lon, step_lon = bands.get(i) or band(i)
         cell = (i, int((lon + 180.0) / step_lon) % n_lon)
         hit = centres.get(cell)

@@ -2,8 +2,9 @@
 
 A /24 (IPv4) or /48 (IPv6) still tells the cloud the operator and region of a
 login, which is what diagnostics need, without naming a household. IPv4-mapped
-IPv6 addresses (``::ffff:203.0.113.7``) are truncated with the IPv4 prefix, so
-they cannot be used to slip a full IPv4 address through an IPv6 rule.
+IPv6 addresses (``::ffff:203.0.113.7``) and 6to4 addresses (``2002:cb00:714d::``,
+which embed 203.0.113.77) are truncated with the IPv4 prefix, so they cannot be
+used to slip a full IPv4 address through an IPv6 rule.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class TruncateIp(FieldRule, tag="truncate_ip"):
         stats, label = env.stats, self.label()
         mask4 = (0xFFFFFFFF << (32 - self.ipv4_prefix)) & 0xFFFFFFFF
         mask6 = ((1 << 128) - 1) ^ ((1 << (128 - self.ipv6_prefix)) - 1)
+        prefix6to4 = 16 + self.ipv4_prefix  # 2002::/16, then the embedded IPv4 address
+        mask6to4 = ((1 << 128) - 1) ^ ((1 << (128 - prefix6to4)) - 1)
 
         def truncate_ip(value: str):
             hit = cache.get(value)
@@ -47,6 +50,8 @@ class TruncateIp(FieldRule, tag="truncate_ip"):
                 out = str(ipaddress.IPv4Address(int(ip) & mask4))
             elif ip.ipv4_mapped is not None:
                 out = "::ffff:" + str(ipaddress.IPv4Address(int(ip.ipv4_mapped) & mask4))
+            elif ip.sixtofour is not None:  # 2002:AABB:CCDD::/48 is the site's IPv4 AA.BB.CC.DD
+                out = str(ipaddress.IPv6Address(int(ip) & mask6 & mask6to4))
             else:
                 out = str(ipaddress.IPv6Address(int(ip) & mask6))
             return cache.put(value, out)

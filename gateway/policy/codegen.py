@@ -44,11 +44,18 @@ def build(node: Node, guard: bool, scan: Callable, coarsen: Callable) -> tuple[C
             f"        s{i}.count += 1",
         ]
     for i, loc in enumerate(node.locations):
-        ns[f"loc{i}"] = loc
+        ns[f"loc{i}"], ns[f"cl{i}"], ns[f"purpose{i}"] = loc, loc.fn, loc.rule.consent
+        lat, lon = f"obj.{loc.lat.attr}", f"obj.{loc.lon.attr}"
         apply_lines += [
-            f"    p = coarsen(loc{i}, obj.{loc.lat.attr}, obj.{loc.lon.attr}, granted)",
-            "    if p is not UNSET:",
-            f"        obj.{loc.lat.attr}, obj.{loc.lon.attr} = p",
+            f"    la, lo = {lat}, {lon}",
+            "    if la.__class__ is float and lo.__class__ is float:",  # the common case, inline
+            f"        p = cl{i}(la, lo, purpose{i} in granted)",
+            f"        loc{i}.count += 1",
+            f"        {lat}, {lon} = (UNSET, UNSET) if p is None else p",
+            "    elif la is not UNSET or lo is not UNSET:",  # nulls or a lone coordinate
+            f"        p = coarsen(loc{i}, la, lo, granted)",
+            "        if p is not UNSET:",
+            f"            {lat}, {lon} = p",
         ]
     for i, step in enumerate(node.kept):
         ns[f"k{i}"], ns[f"e{i}"], ns[f"l{i}"] = step.key, step.enabled if guard else frozenset(), step.label
