@@ -26,7 +26,7 @@ from gateway.policy.topics import safe_level
 
 # Reasons a message is not forwarded (metric label values), besides the
 # ``reason`` of each policy's own drop_when rules.
-REASONS = {
+REASONS = {  # keep in step with gateway.policy.model.BUILT_IN_REASONS
     "no_route": "no policy applies to the topic",
     "bad_topic": "a captured topic level could not be transformed into a topic level",
     "too_large": "payload larger than the policy's max_bytes",
@@ -96,8 +96,8 @@ class Engine:
                     return plan, captures
         return None
 
-    def _resolve(self, topic: str) -> tuple[Plan | None, str | None, str | None]:
-        """(plan, upstream topic, device id captured from the topic) for a topic; cached."""
+    def _resolve(self, topic: str) -> tuple[Plan | None, str | Reject | None, str | None]:
+        """(plan, upstream topic or why there is none, device id from the topic); cached per topic."""
         hit = self.route(topic)
         if hit is None:
             return None, None, None
@@ -110,6 +110,11 @@ class Engine:
                 if level is None:
                     return plan, None, device
                 values[name] = level
+                kept = plan.policy.route.capture[name].op_name() == "keep"
+                if kept and plan.leak_guard:  # a topic level is forwarded like a kept field
+                    hits = find(level, ALL - set(plan.policy.route.capture[name].guard_allow))
+                    if hits:
+                        return plan, Reject("leak", plan, f"route.capture.{name}", hits[0][0]), device
         return plan, plan.template.render(values), device
 
     def process(
@@ -128,8 +133,8 @@ class Engine:
         plan, upstream, device = entry
         if plan is None:
             return Reject("no_route")
-        if upstream is None:
-            return Reject("bad_topic", plan)
+        if upstream.__class__ is not str:
+            return upstream if upstream is not None else Reject("bad_topic", plan)
         if len(payload) > plan.max_bytes:
             return Reject("too_large", plan)
         try:
@@ -192,7 +197,8 @@ def _invalid(plan: Plan, message: str) -> Reject:
     m = _AT.search(message)
     path = re.sub(r"\[\d+\]", "[]", m.group(1)) if m else ""
     detail = path if path in plan.paths else ""  # only paths the policy itself names
-    if message.startswith("Object missing required field") or message.endswith(f"got `null` - at `$.{m.group(1)}`" if m else "\0"):
+    null_required = m is not None and "[" not in m.group(1) and message.endswith(f"got `null` - at `$.{m.group(1)}`")
+    if message.startswith("Object missing required field") or null_required:
         return Reject("missing_field", plan, detail=detail)
     if message.startswith("Expected `object`") and not path:
         return Reject("not_object", plan)
@@ -250,7 +256,7 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
             kind = classify_number(v)
             return kind if kind in enabled else None
     elif cls is float:
-        if enabled and COORDINATE_KEYS.fullmatch(key) and _decimals(v) > coordinate_decimals:
+        if COORDINATE_KEYS.fullmatch(key) and _decimals(v) > coordinate_decimals:
             return "coordinate"
     elif cls is dict:
         if depth <= 0:
@@ -335,8 +341,9 @@ def _guard_dict(plan: Plan, node: Node, d: dict, depth: int, guard: bool) -> tup
         step = node.steps.get(key)
         if step is None or step.rule is not None and step.rule.op_name() == "keep":
             enabled = (step.enabled if step else ALL) if guard else _EMPTY
+            decimals = plan.coordinate_decimals if guard else 99  # 99: no coordinate check
             kind = (_scan(key, enabled, 0, "", depth) if step is None else None) or _scan(
-                v, enabled, plan.coordinate_decimals, key, depth
+                v, enabled, decimals, key, depth
             )
             if kind is not None:
                 return (step.label if step else "(default keep)"), kind

@@ -8,6 +8,7 @@ operations keep the signal while dropping the precision.
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -19,8 +20,9 @@ NUMBER = int | float
 
 
 def _decimals_of(step: float) -> int:
-    text = repr(float(step))
-    return 0 if "e" in text else max(0, len(text.split(".")[1].rstrip("0")))
+    """Decimal places of a step as written (0.25 -> 2, 1e-05 -> 5, 10.0 -> 0)."""
+    exponent = Decimal(repr(float(step))).normalize().as_tuple().exponent
+    return max(0, -exponent)
 
 
 def _multiples(step: float, floor: bool) -> Transform:

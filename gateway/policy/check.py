@@ -39,6 +39,10 @@ def decode_output(payload: bytes, output: str) -> Any:
     return msgspec.msgpack.decode(payload) if output == "msgpack" else msgspec.json.decode(payload)
 
 
+def _canonical(value: Any) -> bytes:
+    return msgspec.json.encode(value, order="sorted")
+
+
 def run_tests(source: Source) -> tuple[int, list[str]]:
     """Run the inline tests of one policy: (number run, failure messages)."""
     engine = Engine([source], Keyring.test())
@@ -58,7 +62,7 @@ def run_test(engine: Engine, test: Test, output: str) -> str | None:
         got = decode_output(result.payload, output)
         if test.expect_drop:
             return f"expected a drop, got {msgspec.json.encode(got).decode()}"
-        if got != test.expect:
+        if _canonical(got) != _canonical(test.expect):  # 1, 1.0 and true are different outputs
             return (
                 f"output differs\n    expected: {msgspec.json.encode(test.expect).decode()}"
                 f"\n    got:      {msgspec.json.encode(got).decode()}"

@@ -21,14 +21,14 @@ from msgspec import NODEFAULT, UNSET, UnsetType
 from gateway.keys import Keyring
 from gateway.ops import Drop, Keep
 from gateway.ops.base import BuildEnv, Epochs, Rule, Transform
-from gateway.ops.detect import ALL, find
+from gateway.ops.detect import ALL, classify_number, find
 from gateway.ops.location import CoarsenLocation
 from gateway.policy.load import PolicyError, Source, locate
 from gateway.policy.model import DropWhen, Policy
 from gateway.policy.topics import Template, TopicFilter, safe_level
 
 _SEGMENT = re.compile(r"([^.\[\]]+)(\[\])?")
-COORDINATE_KEYS = re.compile(r"(?i)lat|latitude|lon|lng|long|longitude")
+COORDINATE_KEYS = re.compile(r"(?i)(?:.*[_-])?(?:lat|latitude|lon|lng|long|longitude)")  # gps_lat, home-lon ...
 
 
 @dataclass(eq=False, slots=True)
@@ -275,7 +275,15 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         if hit:
             raise fail(f"this rule writes a constant that looks like a {hit}: the leak guard would block every message", name)
 
+    for name, rule in policy.route.capture.items():
+        constants = [rule.value] if rule.op_name() == "replace" else [*rule.map.values(), rule.default] if rule.op_name() == "generalise" else []
+        if rule.op_name() == "mask":
+            constants = [rule.char]
+        if any(safe_level(c) is None for c in constants):
+            raise fail("this capture rule writes a value that is not a topic level (empty, '/', '+' or '#')", f"route.capture.{name}")
     locations = [r for r in policy.field if isinstance(r, CoarsenLocation)]
+    if any(r.consent for r in locations) and not meta.device:
+        raise fail("a consent-dependent rule needs [policy] device, to know whose consent counts", "policy.device")
     coordinate_decimals = meta.coordinate_decimals
     if coordinate_decimals is None:
         coordinate_decimals = min((r.max_decimals for r in locations), default=3)
@@ -320,9 +328,12 @@ def _first_leak(rule: Rule) -> str | None:
     elif rule.op_name() == "generalise":
         values = [*rule.map.values(), rule.default]
     for v in values:
-        hits = find(v, ALL) if isinstance(v, str) else []
-        if hits:
-            return hits[0][0]
+        if isinstance(v, str):
+            hits = find(v, ALL)
+            if hits:
+                return hits[0][0]
+        elif isinstance(v, int) and not isinstance(v, bool) and classify_number(v):
+            return classify_number(v)
     return None
 
 
@@ -337,7 +348,7 @@ def _finish(node: Node, structs: bool, name: str) -> None:
     for i, step in enumerate(node.steps.values()):
         step.attr = f"f{i}"
         plain_drop = isinstance(step.rule, Drop) or step.rule is None and step.child is None
-        if plain_drop and not step.read and structs:
+        if plain_drop and not step.read and structs and not (step.rule is not None and step.rule.required):
             continue
         if plain_drop:
             node.drops.append(step)

@@ -9,6 +9,7 @@ See docs/policy.md for the language.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any, Literal, Union
 
 import msgspec
@@ -19,6 +20,10 @@ from gateway.ops.base import SCALAR
 FieldRuleT = Union[FIELD_RULES]  # tagged on "op"
 TopicRuleT = Union[TOPIC_RULES]
 LABEL = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# Rejection reasons the engine itself uses (gateway.pipeline.REASONS), reserved.
+BUILT_IN_REASONS = frozenset(
+    {"no_route", "bad_topic", "too_large", "not_json", "not_object", "wrong_type", "missing_field", "too_deep", "leak"}
+)
 
 
 class Meta(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -45,6 +50,8 @@ class Meta(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_bytes must be between 1 and 16777216")
         if not 1 <= self.max_depth <= 64:
             raise ValueError("max_depth must be between 1 and 64")
+        if self.device is not None and not re.fullmatch(r"\{[a-z_][a-z0-9_]*\}|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*", self.device):
+            raise ValueError('device is "{capture}" (a topic level) or a dotted payload path such as "imei"')
 
 
 class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -53,6 +60,10 @@ class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     capture: dict[str, TopicRuleT] = {}
     qos: Literal[0, 1] = 1
     expiry_s: int | None = None  # MQTT 5 message expiry interval on what is forwarded
+
+    def __post_init__(self) -> None:
+        if self.expiry_s is not None and not 1 <= self.expiry_s <= 4294967295:
+            raise ValueError("expiry_s must be between 1 and 4294967295 seconds")
 
 
 class DropWhen(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -70,6 +81,8 @@ class DropWhen(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("set exactly one of present, equals or one_of")
         if not LABEL.fullmatch(self.reason):
             raise ValueError("reason must match [a-z][a-z0-9_]* (it is a metric label)")
+        if self.reason in BUILT_IN_REASONS:
+            raise ValueError(f"reason {self.reason!r} is a built-in rejection reason; choose another name")
         if "[]" in self.path:
             raise ValueError("drop_when paths cannot go through arrays")
 
@@ -86,6 +99,11 @@ class Test(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     now: str = "2026-01-15T12:00:00Z"  # fixes the pseudonym epoch
 
     def __post_init__(self) -> None:
+        try:
+            if datetime.fromisoformat(self.now).tzinfo is None:
+                raise ValueError
+        except ValueError:
+            raise ValueError('now must be an ISO 8601 time with a zone, e.g. "2026-01-15T12:00:00Z"') from None
         if self.expect_drop == (self.expect is not None):
             raise ValueError("a test needs either expect (the output) or expect_drop = true")
         if self.expect_reason is not None and not self.expect_drop:

@@ -50,8 +50,8 @@ class TopicFilter:
         n = len(self.levels)
         if len(levels) < n or (len(levels) > n and not self.multi):
             return None
-        if self.multi and levels and levels[0].startswith("$") and self.levels[:1] == [None]:
-            return None  # wildcards never match $SYS-style topics
+        if levels[0].startswith("$") and (self.levels[:1] == [None] or not self.levels):
+            return None  # a filter starting with a wildcard never matches $SYS-style topics (MQTT 4.7.2)
         for want, got in zip(self.levels, levels):
             if want is not None and want != got:
                 return None
@@ -64,12 +64,13 @@ class Template:
     def __init__(self, text: str):
         if not text or "+" in text or "#" in text:
             raise ValueError(f"upstream topic {text!r} must be a concrete topic (no wildcards)")
+        if "{" in NAME.sub("", text) or "}" in NAME.sub("", text):
+            raise ValueError(f"upstream topic {text!r}: use {{name}} with a lower-case capture name, no other braces")
         self.text = text
         self.names = NAME.findall(text)
-        self._format = NAME.sub(lambda m: "{" + m.group(1) + "}", text)
 
     def render(self, values: dict[str, str]) -> str:
-        return self._format.format_map(values)
+        return self.text.format_map(values)
 
 
 def safe_level(value: object) -> str | None:

@@ -1,0 +1,1 @@
+"""Long-running gateway service pieces: broker I/O and delivery guarantees."""
