@@ -39,6 +39,7 @@ REASONS = {  # keep in step with gateway.policy.model.BUILT_IN_REASONS
 }
 NO_CONSENT: Mapping[str, frozenset[str]] = {}
 _EMPTY: frozenset[str] = frozenset()
+_tuple_new = tuple.__new__
 _AT = re.compile(r" - at `\$\.?(.*)`$")
 
 
@@ -190,7 +191,7 @@ class Engine:
             label, kind = hit
             plan.stats[(label, "leak")] += 1
             return Reject("leak", plan, label, kind)
-        return Forward(upstream, plan.encode(obj), plan, unknown)
+        return _tuple_new(Forward, (upstream, plan.encode(obj), plan, unknown))  # C-level NamedTuple build
 
 
 def _invalid(plan: Plan, message: str) -> Reject:

@@ -39,7 +39,7 @@ _UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}
 _DIGIT_BYTES = b"0123456789"
 # A value that is exactly an ISO 8601 timestamp holds no identifier; timestamps
 # are the commonest kept strings with many digits, so they skip the scans.
-_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?)?(?:Z|[+-]\d\d:?\d\d)?")
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?)?(?:Z|[+-]\d\d:?\d\d)?")
 
 
 def luhn(digits: str) -> bool:
@@ -151,7 +151,7 @@ def _ipv6(m: re.Match) -> str | None:
 
 def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]:
     """``(detector, start, end)`` for every enabled identifier, in order, not overlapping."""
-    if len(text) <= 35 and _ISO_TIME.fullmatch(text):
+    if len(text) <= 35 and ISO_TIME.fullmatch(text):
         return []
     raw = text.encode("utf-8", "surrogatepass")
     digits = len(raw) - len(raw.translate(None, _DIGIT_BYTES))

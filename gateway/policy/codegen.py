@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from msgspec import UNSET
 
-from gateway.ops.detect import classify_number, find
+from gateway.ops.detect import ISO_TIME, classify_number, find
 from gateway.policy.compile import Node
 
 NUMBER_LIMIT = 100_000_000_000  # integers below this cannot be a UTR, IMEI or card number
@@ -23,7 +23,9 @@ NUMBER_LIMIT = 100_000_000_000  # integers below this cannot be a UTR, IMEI or c
 
 def build(node: Node, guard: bool, scan: Callable, coarsen: Callable) -> tuple[Callable, Callable]:
     """``(apply, guard)`` for ``node`` and, recursively, its children."""
-    ns: dict[str, Any] = {"UNSET": UNSET, "scan": scan, "coarsen": coarsen, "find": find, "number": classify_number}
+    ns: dict[str, Any] = {
+        "UNSET": UNSET, "scan": scan, "coarsen": coarsen, "find": find, "number": classify_number, "iso": ISO_TIME.fullmatch,
+    }  # fmt: skip
     apply_lines = ["def apply(obj, granted):"]
     guard_lines = ["def guard(obj, depth):"]
 
@@ -65,7 +67,7 @@ def build(node: Node, guard: bool, scan: Callable, coarsen: Callable) -> tuple[C
             guard_lines += [
                 "    c = v.__class__",
                 "    if c is str:",
-                "        if v and not v.isalpha():",
+                "        if v and not v.isalpha() and not (len(v) <= 35 and iso(v)):",
                 f"            h = find(v, e{i})",
                 "            if h:",
                 f"                return l{i}, h[0][0]",
