@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reference import hkdf_sha256
 from gateway.keys import Keyring
 from gateway.ops.identity import reveal
 from gateway.pipeline import Engine, Forward, Reject
@@ -36,14 +37,6 @@ M_PER_DEG = 111_320.0
 # -- helpers ------------------------------------------------------------------------------
 
 
-def hkdf_sha256(ikm: bytes, info: bytes, length: int = 32) -> bytes:
-    prk = hmac.new(b"\x00" * 32, ikm, hashlib.sha256).digest()
-    okm, block, counter = b"", b"", 1
-    while len(okm) < length:
-        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
-        okm += block
-        counter += 1
-    return okm[:length]
 
 
 def pseudonym(value, domain="default", rotate="never", epoch="0", length=16, kid="test"):

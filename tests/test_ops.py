@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec import UNSET
 
+from reference import hkdf_sha256
 from gateway.keys import KeyFileError, Keyring, keygen
 from gateway.ops import (
     Bucket,
@@ -52,15 +53,6 @@ EARTH_R = 6_371_008.8
 # -- independent reference implementations ----------------------------------------------
 
 
-def hkdf_sha256(ikm: bytes, info: bytes, length: int = 32) -> bytes:
-    """RFC 5869 with salt=None (a zero-filled salt of hash length)."""
-    prk = hmac.new(b"\x00" * 32, ikm, hashlib.sha256).digest()
-    okm, block, counter = b"", b"", 1
-    while len(okm) < length:
-        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
-        okm += block
-        counter += 1
-    return okm[:length]
 
 
 def expected_pseudonym(value, *, secret=TEST_SECRET, kid="test", domain="default", rotate="never", epoch="0", length=16):

@@ -159,13 +159,7 @@ def parse_path(path: str) -> list[tuple[str, bool]]:
 
 def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size: int = 65536) -> Plan:
     """Build the plan, or raise ``PolicyError`` naming the rule at fault."""
-    policy, file = source.policy, source.file
-    text = ""
-    try:
-        with open(file, encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        pass
+    policy, file, text = source.policy, source.file, source.text
 
     def fail(message: str, where: str) -> PolicyError:
         return PolicyError(file, message, locate(text, where) if text else None, where)

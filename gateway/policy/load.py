@@ -33,6 +33,7 @@ class Source(msgspec.Struct, frozen=True):
     policy: Policy
     file: str
     sha256: str  # of the file's bytes: which exact rules minimised a message
+    text: str = ""  # the TOML, so later errors can name a line
 
 
 def load(path: str | Path) -> Source:
@@ -59,7 +60,7 @@ def loads(data: bytes, file: str = "<policy>") -> Source:
         message, _, at = str(exc).partition(" - at `")
         path = at.rstrip("`").removeprefix("$.").removeprefix("$")
         raise PolicyError(file, message, locate(text, path), path) from None
-    return Source(policy, file, hashlib.sha256(data).hexdigest())
+    return Source(policy, file, hashlib.sha256(data).hexdigest(), text)
 
 
 def locate(text: str, path: str) -> int | None:
