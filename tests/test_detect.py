@@ -480,3 +480,15 @@ def test_scrub_of_1mb_adversarial_input_is_fast(name):
     start = time.perf_counter()
     scrub(text)
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("GET https://jdoe:Hunter2@10.0.0.5:8443/api failed", "GET https://[SECRET]@[IP]:8443/api failed"),
+        ("mqtts://gw:s3cret@broker.example.com:8883", "mqtts://[SECRET]@broker.example.com:8883"),
+        ("see https://example.com/a:b@c", "see https://example.com/a:b@c"),  # after the host: a path
+    ],
+)
+def test_credentials_in_urls_are_secrets(text, expected):
+    assert scrub(text) == expected

@@ -23,7 +23,8 @@ _SECRET = re.compile(
     r"""(?<![A-Za-z0-9_])(?:
         (?i:bearer|basic)\s+(?=[A-Za-z0-9._~+/=-]*?(?:[0-9+/=]|[a-z][A-Z]))(?P<bearer>[A-Za-z0-9._~+/=-]{8,})
       | (?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|upi[_-]?pin|pin|otp)
-        ["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}]+))""",
+        ["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}]+))
+  | (?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@""",
     re.VERBOSE,
 )
 _SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp")
@@ -156,9 +157,9 @@ def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]
     raw = text.encode("utf-8", "surrogatepass")
     digits = len(raw) - len(raw.translate(None, _DIGIT_BYTES))
     hits: list[tuple[int, int, str]] = []
-    if "secret" in enabled and _SECRET_WORDS.search(raw.lower()):
+    if "secret" in enabled and (b"://" in raw or _SECRET_WORDS.search(raw.lower())):
         for m in _SECRET.finditer(text):
-            group = "bearer" if m.group("bearer") is not None else "value"
+            group = m.lastgroup if m.lastgroup == "userinfo" else "bearer" if m.group("bearer") is not None else "value"
             hits.append((m.start(group), m.end(group), "secret"))
     if b"@" in raw and not enabled.isdisjoint(("email", "upi_vpa")):
         for m in _AT.finditer(text):
