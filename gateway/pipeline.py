@@ -22,21 +22,10 @@ from gateway.ops.detect import ALL, classify_number, find
 from gateway.policy import codegen
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step, compile_policy
 from gateway.policy.load import Source
+from gateway.policy.model import BUILT_IN_REASONS
 from gateway.policy.topics import safe_level
 
-# Reasons a message is not forwarded (metric label values), besides the
-# ``reason`` of each policy's own drop_when rules.
-REASONS = {  # keep in step with gateway.policy.model.BUILT_IN_REASONS
-    "no_route": "no policy applies to the topic",
-    "bad_topic": "a captured topic level could not be transformed into a topic level",
-    "too_large": "payload larger than the policy's max_bytes",
-    "not_json": "payload is not valid JSON",
-    "not_object": "payload is not a JSON object",
-    "wrong_type": "a declared field has a type its rule does not accept",
-    "missing_field": "a required field is missing or null",
-    "too_deep": "nesting deeper than the policy's max_depth",
-    "leak": "the leak guard found an identifier in what would be forwarded",
-}
+REASONS = BUILT_IN_REASONS  # besides the ``reason`` of each policy's own drop_when rules
 NO_CONSENT: Mapping[str, frozenset[str]] = {}
 _EMPTY: frozenset[str] = frozenset()
 _tuple_new = tuple.__new__

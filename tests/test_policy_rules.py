@@ -116,3 +116,15 @@ def test_inline_test_time_needs_a_zone(tmp_path, capsys, now):
     path.write_bytes(policy(tail=test))
     assert main(["check", str(path)]) == 2
     assert "zone" in capsys.readouterr().err
+
+
+def test_with_the_guard_off_kept_objects_are_only_depth_checked():
+    data = policy('[[field]]\npath = "cfg"\nop = "keep"\ntype = "object"\n', extra="leak_guard = false\nmax_depth = 3")
+    assert msgspec.json.decode(run(data, {"cfg": {"lat": 12.345678}}).payload) == {"cfg": {"lat": 12.345678}}
+    assert run(data, {"cfg": {"a": {"b": {"c": 1}}}}).reason == "too_deep"
+
+
+def test_subscription_filter_replaces_captures_with_plus():
+    from gateway.policy.topics import TopicFilter
+
+    assert TopicFilter("smartlocker/{site}/{cabinet}/#").subscription == "smartlocker/+/+/#"

@@ -131,19 +131,6 @@ class Plan:
             nodes.extend(step.child for step in node.children)
         return counts
 
-    def steps(self) -> list[Step]:
-        """Every step with a rule, depth first (for explain and metrics)."""
-        out: list[Step] = []
-
-        def walk(node: Node) -> None:
-            for step in node.steps.values():
-                out.append(step)
-                if step.child is not None:
-                    walk(step.child)
-
-        walk(self.root)
-        return out
-
 
 def parse_path(path: str) -> list[tuple[str, bool]]:
     """``cells[].cell_id`` -> ``[("cells", True), ("cell_id", False)]``."""

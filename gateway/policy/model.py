@@ -20,10 +20,19 @@ from gateway.ops.base import SCALAR
 FieldRuleT = Union[FIELD_RULES]  # tagged on "op"
 TopicRuleT = Union[TOPIC_RULES]
 LABEL = re.compile(r"[a-z][a-z0-9_]{0,62}")
-# Rejection reasons the engine itself uses (gateway.pipeline.REASONS), reserved.
-BUILT_IN_REASONS = frozenset(
-    {"no_route", "bad_topic", "too_large", "not_json", "not_object", "wrong_type", "missing_field", "too_deep", "leak"}
-)
+# Reasons the engine itself rejects a message for (metric label values); a
+# policy's own drop_when reasons may not reuse them.
+BUILT_IN_REASONS = {
+    "no_route": "no policy applies to the topic",
+    "bad_topic": "a captured topic level could not be transformed into a topic level",
+    "too_large": "payload larger than the policy's max_bytes",
+    "not_json": "payload is not valid JSON",
+    "not_object": "payload is not a JSON object",
+    "wrong_type": "a declared field has a type its rule does not accept",
+    "missing_field": "a required field is missing or null",
+    "too_deep": "nesting deeper than the policy's max_depth",
+    "leak": "the leak guard found an identifier in what would be forwarded",
+}
 
 
 class Meta(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
