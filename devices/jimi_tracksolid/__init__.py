@@ -1,0 +1,1 @@
+"""Jimi IoT Tracksolid / Tracksolid Pro GPS trackers: message types, topics, simulator."""
