@@ -179,6 +179,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.service.config import ConfigError, load_config
+    from gateway.service.supervisor import supervise
+    from gateway.service.worker import PolicySetError, Worker
+    from gateway.telemetry import configure_logging
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"gateway: invalid config: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    configure_logging(json={"auto": None, "json": True, "console": False}[cfg.log.format], level=cfg.log.level)
+    if args.workers < 1:
+        print("gateway: --workers must be at least 1", file=sys.stderr)
+        return EXIT_INVALID
+    if args.workers > 1 and args.worker is None:
+        if not cfg.group:
+            print("gateway: --workers > 1 needs a shared-subscription group: set group = \"...\" in the config",
+                  file=sys.stderr)
+            return EXIT_INVALID
+        return supervise(args.config, args.workers)
+    try:
+        return asyncio.run(Worker(cfg, args.worker or 0, args.workers).run())
+    except (PolicySetError, ConfigError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="Telemetry data-minimisation gateway.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -231,6 +261,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("protocol", choices=("gt06",))
     sp.add_argument("hex", nargs="+")
     sp.set_defaults(func=cmd_decode)
+
+    sp = sub.add_parser("run", help="run the gateway service (local broker -> minimise -> cloud)")
+    sp.add_argument("--config", required=True, help="config.toml (see docs/configuration.md)")
+    sp.add_argument("--workers", type=int, default=1, help="worker processes on a shared subscription")
+    sp.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
+    sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("demo", help="minimise the bundled sample messages and show before/after")
     sp.set_defaults(func=cmd_demo)

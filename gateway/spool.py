@@ -62,6 +62,7 @@ class Entry(msgspec.Struct, frozen=True):
     payload: bytes
     qos: int
     properties: bytes
+    created: float = 0.0  # when it was spooled (time.time()), e.g. to honour a message expiry
 
 
 def _size(topic: str, payload: bytes, properties: bytes) -> int:
@@ -165,7 +166,7 @@ class Spool:
         """The oldest ``limit`` entries, oldest first; they stay until ``delete``."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, device, topic, payload, qos, properties FROM spool"
+                "SELECT id, device, topic, payload, qos, properties, created FROM spool"
                 " ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()

@@ -191,6 +191,36 @@ class Metrics:
         self.policy_info = Gauge(
             "gateway_policy_info", "Loaded policies (1 each)", ["policy", "version", "sha256"], registry=r
         )
+        self.uplink_acked = PromCounter(
+            "gateway_uplink_acked_total", "Messages the cloud broker acknowledged (PUBACK)", registry=r
+        )
+        self.cloud_refused = PromCounter(
+            "gateway_cloud_refused_total", "Messages the cloud broker refused (PUBACK reason >= 0x80); kept", registry=r
+        )
+        self.spooled = PromCounter("gateway_spooled_total", "Messages written to the spool", registry=r)
+        self.spool_refused = PromCounter(
+            "gateway_spool_refused_total", "Messages the full spool refused (left unacknowledged at the local broker)",
+            registry=r,
+        )
+        self.spool_expired = PromCounter(
+            "gateway_spool_expired_total", "Spooled messages whose MQTT 5 expiry passed before delivery", registry=r
+        )
+        self.redelivered = PromCounter(
+            "gateway_redelivered_total", "Messages the local broker redelivered (DUP): possible duplicates upstream",
+            registry=r,
+        )
+        self.dead_lettered = PromCounter(
+            "gateway_dead_lettered_total", "Rejected messages republished raw to the local dead-letter topic", registry=r
+        )
+        self.consent_updates = PromCounter(
+            "gateway_consent_updates_total", "Consent records read (result: granted|revoked|invalid)", ["result"],
+            registry=r,
+        )
+        self.gt06 = PromCounter(
+            "gateway_gt06_events_total", "GT06 listener events (connections, frames, bad input)", ["event"], registry=r
+        )
+        for result in ("granted", "revoked", "invalid"):
+            self.consent_updates.labels(result)
         for side in ("local", "cloud"):  # export 0 before the first connection attempt
             self.connected.labels(side).set(0)
             self.reconnects.labels(side)
@@ -198,6 +228,7 @@ class Metrics:
             self.policy_reloads.labels(result)
         self._engine = _EngineCollector()
         r.register(self._engine)
+        self._per_policy: dict[str, tuple[Any, Any]] = {}
 
     def register_engine(self, engine: Engine) -> None:
         """Export ``engine``'s plans; call again with the new engine after a hot reload."""
@@ -218,10 +249,13 @@ class Metrics:
         """
         plan: Plan | None = result.plan
         name = plan.name if plan is not None else (policy or NO_POLICY)
-        self.messages_in.labels(name).inc()
+        children = self._per_policy.get(name)
+        if children is None:  # labels() costs a lock and a dict build: resolve once per policy
+            children = self._per_policy[name] = (self.messages_in.labels(name), self.messages_out.labels(name))
+        children[0].inc()
         self.processing.observe(seconds)
-        if isinstance(result, Forward):
-            self.messages_out.labels(name).inc()
+        if result.__class__ is Forward:
+            children[1].inc()
             return
         self.dropped.labels(name, result.reason).inc()
         if result.reason == "leak":

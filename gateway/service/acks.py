@@ -22,12 +22,13 @@ with automatic acks.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
 
-__all__ = ["ManualAckUnsupported", "ack", "enable_manual_acks"]
+__all__ = ["ManualAckUnsupported", "ack", "acker", "enable_manual_acks"]
 
 # Clients switched to manual acks by `enable_manual_acks`: `ack` refuses others,
 # whose messages paho has already acknowledged behind our back.
@@ -85,3 +86,20 @@ def ack(client: aiomqtt.Client, message: aiomqtt.Message) -> None:
     rc = _paho(client).ack(message.mid, message.qos)
     if rc != paho.MQTT_ERR_SUCCESS:
         raise aiomqtt.MqttError(f"PUBACK for mid {message.mid} failed: {paho.error_string(rc)}")
+
+
+def acker(client: aiomqtt.Client) -> Callable[[int], None]:
+    """A fast ``ack(mid)`` for QoS 1 messages of ``client``, for the per-message path.
+
+    Checked once here (manual acks on, paho 2.x present) instead of per call.
+    A failed PUBACK only means the connection is gone: the broker then redelivers
+    the message on the next session, so there is nothing to raise.
+    """
+    if client not in _manual:
+        raise RuntimeError("enable_manual_acks() was not called for this client: paho already acknowledged it")
+    send = _paho(client).ack
+
+    def ack_mid(mid: int) -> None:
+        send(mid, 1)
+
+    return ack_mid

@@ -1,0 +1,250 @@
+"""``config.toml`` for ``gateway run``: one flat, documented struct per section.
+
+Decoded straight into msgspec Structs, so an unknown key or a wrong type is an
+error naming the key, never a silently ignored setting. Secrets (broker
+passwords, the key file) are never in this file: it names an environment
+variable or a file that holds them, so the config can be reviewed and versioned
+while the secrets stay where the operator keeps them. See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import ssl
+import tomllib
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+__all__ = ["Config", "ConfigError", "Endpoint", "load_config"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key (never a secret)."""
+
+
+class Endpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One broker connection (``[local]`` or ``[cloud]``)."""
+
+    url: str  # mqtt://host:port or mqtts://host:port; no credentials in the URL
+    client_id: str = "telemetry-gateway"
+    username: str = ""
+    username_env: str = ""
+    password_env: str = ""  # name of an environment variable holding the password
+    password_file: str = ""  # or a file holding it (first line)
+    ca_file: str = ""  # CA bundle for mqtts:// (default: the system's)
+    cert_file: str = ""  # client certificate for mutual TLS
+    key_file: str = ""
+    allow_insecure: bool = False  # permit plaintext mqtt:// to a non-loopback host
+    keepalive_s: int = 30
+    session_expiry_s: int = 86400  # local side: how long the broker keeps our queue while we are away
+    max_inflight: int = 1000  # unacknowledged QoS 1 messages in flight on this connection
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError("url must start with mqtt:// or mqtts://")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("url must not carry credentials: use username/password_env/password_file")
+        if not parts.hostname:
+            raise ValueError("url has no host")
+        if parts.path not in ("", "/"):
+            raise ValueError("url must not have a path")
+        if self.password_env and self.password_file:
+            raise ValueError("set password_env or password_file, not both")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together (mutual TLS)")
+        if (self.cert_file or self.ca_file) and parts.scheme != "mqtts":
+            raise ValueError("ca_file/cert_file need an mqtts:// url")
+        if not 5 <= self.keepalive_s <= 3600:
+            raise ValueError("keepalive_s must be between 5 and 3600")
+        if not 0 <= self.session_expiry_s <= 4294967295:
+            raise ValueError("session_expiry_s must be between 0 and 4294967295")
+        if not 1 <= self.max_inflight <= 65535:
+            raise ValueError("max_inflight must be between 1 and 65535")
+        if not self.client_id or len(self.client_id) > 64:
+            raise ValueError("client_id must be 1-64 characters")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("mqtts://")
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """(username, password) from the environment or files, read when connecting.
+
+        Read per connection attempt, so a rotated password file is picked up on
+        the next reconnect without a restart.
+        """
+        user = os.environ.get(self.username_env, "") if self.username_env else self.username
+        password: str | None = None
+        if self.password_env:
+            password = os.environ.get(self.password_env)
+            if password is None:
+                raise ConfigError(f"environment variable {self.password_env} (password_env) is not set")
+        elif self.password_file:
+            try:
+                text = Path(self.password_file).read_text()
+            except OSError as exc:
+                raise ConfigError(f"password_file {self.password_file}: {exc.strerror or exc.__class__.__name__}") from None
+            password = text.splitlines()[0] if text else ""
+        return (user or None), password
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.ca_file or None)
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+class Spool(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    path: str = "spool.db"
+    max_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1024 * 1024:
+            raise ValueError("max_bytes must be at least 1 MiB (one policy's largest message must fit)")
+
+
+class Metrics(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    listen: str = "127.0.0.1:9108"  # "" turns the HTTP endpoint off
+
+    def address(self, worker: int = 0) -> tuple[str, int] | None:
+        """Host and port for worker ``worker`` (each worker listens on port + index)."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port) + worker if int(port) else 0
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError('listen must be "host:port"')
+
+
+class Log(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, else JSON lines
+
+
+class Consent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Retained messages on the local broker; payload "1"/"true"/"granted" grants, "0"/"false"/"" revokes.
+    topic: str = "consent/{device}/{purpose}"  # "" turns consent tracking off
+
+    def __post_init__(self) -> None:
+        if self.topic and ("{device}" not in self.topic or "{purpose}" not in self.topic):
+            raise ValueError("topic must contain {device} and {purpose} levels")
+
+
+class Reconnect(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    min_s: float = 0.5
+    max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_s <= self.max_s <= 3600:
+            raise ValueError("need 0 < min_s <= max_s <= 3600")
+
+
+class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Native TCP ingress for Jimi/Concox GT06 trackers (see devices/gt06/server.py)."""
+
+    listen: str = ""  # e.g. "0.0.0.0:5023"; "" = off
+    max_connections: int = 10000
+    max_buffer: int = 4096
+    idle_timeout_s: float = 600.0
+    login_timeout_s: float = 30.0
+    max_frames_per_second: float = 20.0
+    allowed_imeis: list[str] | None = None  # None: any device that logs in
+    allowed_imeis_file: str = ""  # or one IMEI per line
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError('listen must be "host:port"')
+
+
+class Ingest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    gt06: Gt06 = msgspec.field(default_factory=Gt06)
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    local: Endpoint
+    cloud: Endpoint
+    policies: list[str]
+    keys_file: str = ""  # default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS
+    group: str = ""  # shared-subscription group: "" = plain subscriptions (one gateway per site)
+    dead_letter: str = ""  # local topic prefix for rejected raw messages ("" = off)
+    shutdown_timeout_s: float = 10.0  # SIGTERM: wait this long for cloud acks, then spool
+    spool: Spool = msgspec.field(default_factory=Spool)
+    metrics: Metrics = msgspec.field(default_factory=Metrics)
+    log: Log = msgspec.field(default_factory=Log)
+    consent: Consent = msgspec.field(default_factory=Consent)
+    reconnect: Reconnect = msgspec.field(default_factory=Reconnect)
+    ingest: Ingest = msgspec.field(default_factory=Ingest)
+    path: str = ""  # set by load_config: the file it came from
+
+    def __post_init__(self) -> None:
+        if not self.policies:
+            raise ValueError("policies must name at least one policy file")
+        if self.group and any(c in self.group for c in "/+#"):
+            raise ValueError("group must be one topic level (no '/', '+', '#')")
+        if self.dead_letter and any(c in self.dead_letter for c in "+#"):
+            raise ValueError("dead_letter must be a concrete topic prefix")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _resolve(base: Path, value: str) -> str:
+    return str((base / value).resolve()) if value and not os.path.isabs(value) else value
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate ``path``; relative file names are relative to its folder."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        cfg = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    for side, ep in (("local", cfg.local), ("cloud", cfg.cloud)):
+        if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure and side == "cloud":
+            raise ConfigError(
+                f"{path}: [cloud] url is plaintext mqtt:// to a non-loopback host; "
+                "use mqtts:// or set allow_insecure = true"
+            )
+    base = path.resolve().parent
+    for ep in (cfg.local, cfg.cloud):
+        for name in ("password_file", "ca_file", "cert_file", "key_file"):
+            setattr(ep, name, _resolve(base, getattr(ep, name)))
+    cfg.policies = [_resolve(base, p) for p in cfg.policies]
+    cfg.keys_file = _resolve(base, cfg.keys_file)
+    cfg.spool.path = _resolve(base, cfg.spool.path)
+    cfg.ingest.gt06.allowed_imeis_file = _resolve(base, cfg.ingest.gt06.allowed_imeis_file)
+    cfg.path = str(path.resolve())
+    return cfg

@@ -1,0 +1,373 @@
+"""The cloud side: publish minimised messages, or spool them while the cloud is away.
+
+Every item carries the acknowledgement of where it came from (a local-broker
+PUBACK, or a GT06 frame's ACK). It is called exactly when the item is safe: the
+cloud acknowledged it, or the spool committed it. That is the whole at-least-once
+contract; everything below keeps it while preserving each device's order:
+
+- **direct**: connected, and nothing older waits in the spool. Items are published
+  straight away; the cloud's PUBACK acknowledges them.
+- **spooling**: otherwise. Items are appended to the spool (one transaction per
+  event-loop turn) and acknowledged once committed; a drain task republishes the
+  spool oldest-first whenever the cloud is connected, deleting rows as their
+  PUBACKs arrive, and switches back to direct only when the spool is empty.
+  So a newer message never overtakes an older one.
+- If the connection drops with items in flight, those items go to the spool ahead
+  of anything newer (some may have arrived: duplicates are allowed, loss is not).
+- A full spool refuses items; they are held in memory, unacknowledged, so the
+  local broker stops sending (its in-flight window is full) and the backlog waits
+  there. Held items whose local connection is gone are dropped: the broker
+  redelivers them on the next session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import aiomqtt
+import msgspec
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.service.client import Client
+from gateway.service.config import Endpoint, Reconnect
+from gateway.spool import Spool
+from gateway.telemetry import Metrics, get_logger
+
+__all__ = ["Backoff", "Item", "Provenance", "Uplink", "provenance"]
+
+log = get_logger("gateway.uplink")
+DRAIN_BATCH = 500
+DRAIN_TIMEOUT = 30.0
+
+
+class Provenance(NamedTuple):
+    """What the cloud is told about how a message was minimised (built once per policy)."""
+
+    properties: Properties  # MQTT 5 PUBLISH properties: user properties + message expiry
+    spooled: bytes  # the same, as stored with a spooled message
+    expiry: int | None
+
+
+class _Stored(msgspec.Struct, array_like=True):
+    user: list[tuple[str, str]]
+    expiry: int | None
+
+
+def provenance(user: list[tuple[str, str]], expiry: int | None) -> Provenance:
+    return Provenance(_properties(user, expiry), msgspec.json.encode(_Stored(user, expiry)), expiry)
+
+
+def _properties(user: list[tuple[str, str]], expiry: int | None) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = list(user)
+    if expiry is not None:
+        props.MessageExpiryInterval = expiry
+    return props
+
+
+class Item(NamedTuple):
+    label: str  # policy name: the spool's grouping column (never a device id)
+    topic: str  # upstream topic, already minimised
+    payload: bytes  # minimised payload
+    qos: int
+    prov: Provenance
+    ack: Callable[[], None] | None  # called once the item is safe
+    gen: int = 0  # local connection generation the ack belongs to (0: never stale)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter, so a fleet does not reconnect in step."""
+
+    def __init__(self, cfg: Reconnect) -> None:
+        self.cfg = cfg
+        self.attempt = 0
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        cap = min(self.cfg.max_s, self.cfg.min_s * 2**self.attempt)
+        self.attempt = min(self.attempt + 1, 32)
+        return random.uniform(self.cfg.min_s, max(self.cfg.min_s, cap))
+
+
+async def wait_first(*aws: Any, timeout: float | None = None) -> None:
+    """Wait until the first of ``aws`` completes; cancel the waiters we created."""
+    tasks = [a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t, a in zip(tasks, aws):
+            if t is not a:
+                t.cancel()
+
+
+class Uplink:
+    """The cloud connection, the spool and the drain. Runs on the worker's event loop."""
+
+    def __init__(self, endpoint: Endpoint, client_id: str, spool: Spool, metrics: Metrics, reconnect: Reconnect) -> None:
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self.spool = spool
+        self.metrics = metrics
+        self.reconnect = reconnect
+        self.client: Client | None = None
+        self.direct = False
+        self.local_gen = 0
+        self._window: dict[int, Item] = {}  # mid -> item published directly, awaiting PUBACK
+        self._pending: list[Item] = []  # to be spooled at the end of this loop turn
+        self._held: list[Item] = []  # refused by a full spool, in order
+        self._flush_scheduled = False
+        self._draining: dict[int, int] = {}  # mid -> spool id
+        self._drained: list[int] = []
+        self._drain_failed = False
+        self._drain_event = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._connected_once = False
+        self._full_logged = False
+        self._update_gauges()
+
+    # -- state seen by the worker ------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and not self.client.is_disconnected
+
+    @property
+    def backlog(self) -> int:
+        """Items taken but not yet safe (in flight to the cloud, to be spooled, or held)."""
+        return len(self._window) + len(self._pending) + len(self._held)
+
+    @property
+    def accepting(self) -> bool:
+        """False while the spool is full and items are held back."""
+        return not self._held
+
+    # -- the per-message path ------------------------------------------------------------
+
+    def submit(self, item: Item) -> None:
+        """Take one minimised message; its ``ack`` runs once it is safe."""
+        if self.direct:
+            client = self.client
+            mid = client.publish_nowait(item.topic, item.payload, item.qos, item.prov.properties) if client else None
+            if mid is not None:
+                if item.qos:
+                    self._window[mid] = item
+                else:
+                    self._done(item)  # QoS 0 upstream (the policy's choice): handed to the socket
+                return
+            self._go_offline()
+        self._pending.append(item)
+        self._schedule_flush()
+
+    def _done(self, item: Item) -> None:
+        if item.ack is not None and (item.gen == 0 or item.gen == self.local_gen):
+            item.ack()
+
+    def _on_puback(self, mid: int, failed: bool) -> None:
+        item = self._window.pop(mid, None)
+        if item is not None:
+            if failed:  # the cloud refused it (quota, authorisation): keep it, retry later
+                self.metrics.cloud_refused.inc()
+                self._window[mid] = item
+                self._go_offline()
+            else:
+                self.metrics.uplink_acked.inc()
+                self._done(item)
+            return
+        sid = self._draining.pop(mid, None)
+        if sid is not None:
+            if failed:
+                self.metrics.cloud_refused.inc()
+                self._drain_failed = True
+            else:
+                self.metrics.uplink_acked.inc()
+                self._drained.append(sid)
+            if not self._draining:
+                self._drain_event.set()
+
+    def _go_offline(self) -> None:
+        """Stop publishing directly; what is in flight goes to the spool first, in order."""
+        self.direct = False
+        if self._window:
+            self._pending[:0] = self._window.values()  # dicts keep publish order
+            self._window.clear()
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Commit pending (and previously held) items to the spool in one transaction."""
+        self._flush_scheduled = False
+        items = [i for i in self._held + self._pending if i.gen == 0 or i.gen == self.local_gen]
+        self._pending.clear()
+        self._held = []
+        if not items:
+            return
+        stored = self.spool.append_many(
+            [(i.label, i.topic, i.payload, i.qos, i.prov.spooled) for i in items]
+        )
+        self.metrics.spooled.inc(stored)
+        for item in items[:stored]:
+            self._done(item)
+        if stored < len(items):
+            self._held = items[stored:]
+            self.metrics.spool_refused.inc(len(items) - stored)
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning("spool_full", held=len(self._held), spool_bytes=self.spool.bytes,
+                            max_bytes=self.spool.max_bytes, action="not acknowledging; backlog waits at the local broker")
+        elif self._full_logged:
+            self._full_logged = False
+            log.info("spool_accepting_again", spool_bytes=self.spool.bytes)
+        self._update_gauges()
+        self._wake.set()
+
+    def _update_gauges(self) -> None:
+        self.metrics.spool_depth.set(self.spool.depth)
+        self.metrics.spool_bytes.set(self.spool.bytes)
+
+    # -- connection and drain --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep the cloud connection up until ``close``; reconnect with backoff and jitter."""
+        drain = asyncio.create_task(self._drain_loop(), name="uplink-drain")
+        backoff = Backoff(self.reconnect)
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._connect_once(backoff)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any connection failure: log, back off, retry
+                    self._lost()
+                    log.warning("cloud_connect_failed", error=_describe(exc))
+                if self._stop.is_set():
+                    break
+                await wait_first(self._stop.wait(), timeout=backoff.next_delay())
+        finally:
+            drain.cancel()
+
+    async def _connect_once(self, backoff: Backoff) -> None:
+        ep = self.endpoint
+        user, password = ep.credentials()
+        client = Client(
+            ep.host,
+            ep.port,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=True,  # the spool, not the session, holds what is not yet delivered
+            keepalive=ep.keepalive_s,
+            username=user,
+            password=password,
+            tls_context=ep.tls_context(),
+            max_inflight_messages=ep.max_inflight,
+            on_puback=self._on_puback,
+            timeout=10,
+        )
+        async with client:
+            self.client = client
+            self.metrics.connected.labels("cloud").set(1)
+            if self._connected_once:
+                self.metrics.reconnects.labels("cloud").inc()
+            self._connected_once = True
+            backoff.reset()
+            log.info("cloud_connected", host=ep.host, port=ep.port, spool_depth=self.spool.depth)
+            self._wake.set()
+            try:
+                await wait_first(client.wait_disconnected(), self._stop.wait())
+            finally:
+                self._lost()
+            if client.is_disconnected:
+                exc = client._disconnected.exception() if client._disconnected.done() else None
+                log.warning("cloud_disconnected", error=_describe(exc) if exc else "")
+
+    def _lost(self) -> None:
+        self.client = None
+        self.metrics.connected.labels("cloud").set(0)
+        self._go_offline()
+        if self._draining:  # still in the spool: republished after the reconnect
+            self._draining.clear()
+            self._drain_failed = True
+            self._drain_event.set()
+
+    async def _drain_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.connected and not self.direct and not self._stop.is_set():
+                if not await self._drain_batch():
+                    await wait_first(self._stop.wait(), timeout=Backoff(self.reconnect).next_delay())
+                    break
+
+    async def _drain_batch(self) -> bool:
+        """Republish the oldest spooled batch; False if that failed (retry later)."""
+        if self._pending or self._held:
+            self.flush()
+        entries = self.spool.peek(DRAIN_BATCH)
+        if not entries:
+            if not self._pending and not self._held:
+                self.direct = True
+                self._full_logged = False
+                log.info("spool_drained")
+            return True
+        client = self.client
+        assert client is not None
+        self._drained = []
+        self._drain_failed = False
+        self._drain_event.clear()
+        now = time.time()
+        expired: list[int] = []
+        for e in entries:
+            stored = msgspec.json.decode(e.properties, type=_Stored)
+            expiry = stored.expiry
+            if expiry is not None:
+                expiry = expiry - int(now - e.created)
+                if expiry <= 0:  # the message's MQTT 5 expiry passed while spooled
+                    expired.append(e.id)
+                    continue
+            mid = client.publish_nowait(e.topic, e.payload, e.qos, _properties(stored.user, expiry))
+            if mid is None:
+                self._drain_failed = True
+                break
+            if e.qos:
+                self._draining[mid] = e.id
+            else:
+                self._drained.append(e.id)
+        if self._draining:
+            await wait_first(self._drain_event.wait(), client.wait_disconnected(), timeout=DRAIN_TIMEOUT)
+        ok = not self._draining and not self._drain_failed
+        self._draining.clear()
+        if expired:
+            self.metrics.spool_expired.inc(len(expired))
+        self.spool.delete(self._drained + expired)
+        self._drained = []
+        self._update_gauges()
+        if self._held:
+            self.flush()  # room was made
+        return ok
+
+    async def close(self, timeout: float) -> None:
+        """Shutdown: wait up to ``timeout`` for in-flight PUBACKs, spool the rest, disconnect."""
+        deadline = time.monotonic() + timeout
+        while self._window and self.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self._go_offline()
+        self.flush()
+        self._stop.set()
+
+
+def _describe(exc: BaseException | None) -> str:
+    """An error for a log line: its class and paho's reason, never data."""
+    if exc is None:
+        return ""
+    return f"{exc.__class__.__name__}: {exc}"

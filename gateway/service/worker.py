@@ -1,0 +1,321 @@
+"""One gateway worker: local broker in, engine, uplink out (``gateway run``).
+
+Each message is handled synchronously in the local client's callback, on the
+event loop thread: route, minimise, count, then hand the minimised bytes to the
+uplink together with the PUBACK that the local broker is owed. Nothing is
+acknowledged before it is safe (see uplink.py), and the local session is
+persistent (clean start off, session expiry), so whatever the gateway has not
+acknowledged waits at the local broker across restarts and is redelivered.
+
+Signals: SIGTERM/SIGINT stop taking messages, let in-flight ones finish (or
+spool them) and exit 0; SIGHUP reloads policies and keys, refusing a set that
+fails ``gateway check`` and keeping the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from functools import partial
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway.keys import KeyFileError, Keyring
+from gateway.pipeline import Engine, Forward, Reject
+from gateway.policy.check import run_tests
+from gateway.policy.compile import Plan
+from gateway.policy.load import PolicyError, load
+from gateway.service.acks import acker, enable_manual_acks
+from gateway.service.client import Client
+from gateway.service.config import Config, ConfigError
+from gateway.service.consent import Consents
+from gateway.service.uplink import Backoff, Item, Provenance, Uplink, provenance, wait_first
+from gateway.spool import Spool
+from gateway.telemetry import Metrics, _package_version, configure_logging, get_logger, serve
+
+__all__ = ["Worker", "build_engine"]
+
+log = get_logger("gateway.worker")
+OVERLOAD_FACTOR = 10  # QoS 0 input is shed (counted) beyond this many times the cloud window
+
+
+class PolicySetError(Exception):
+    """A policy set that must not be used: invalid, or failing its inline tests."""
+
+
+def build_engine(cfg: Config) -> Engine:
+    """Load keys and policies, run every policy's inline tests, compile the engine.
+
+    Exactly what ``gateway check`` does, so a policy that fails the check never
+    goes live, neither at start nor on a reload.
+    """
+    keyring = Keyring.from_file(cfg.keys_file) if cfg.keys_file else Keyring.from_env()
+    sources = [load(p) for p in cfg.policies]
+    failed = []
+    for source in sources:
+        _, failures = run_tests(source)
+        failed += [f"{source.file}: {f}" for f in failures]
+    if failed:
+        raise PolicySetError(f"{len(failed)} inline test(s) fail: " + "; ".join(failed[:3]))
+    return Engine(sources, keyring)
+
+
+class Worker:
+    def __init__(self, cfg: Config, index: int = 0, workers: int = 1) -> None:
+        self.cfg = cfg
+        self.index = index
+        suffix = f"-{index}" if workers > 1 else ""
+        self.local_id = cfg.local.client_id + suffix
+        self.cloud_id = cfg.cloud.client_id + suffix
+        self.metrics = Metrics()
+        self.engine: Engine | None = None
+        self.consents = Consents(cfg.consent.topic) if cfg.consent.topic else None
+        self.local: Client | None = None
+        self.gen = 0
+        self._ack: Any = None
+        self._stopping = False
+        self._stop = asyncio.Event()
+        self._prov: dict[int, Provenance] = {}
+        self._subscribed: set[str] = set()
+        self._reject_logged: set[tuple[str, str]] = set()
+        self.uplink: Uplink | None = None
+        self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        self.engine = build_engine(cfg)
+        self.metrics.register_engine(self.engine)
+        spool_path = cfg.spool.path if self.index == 0 else _indexed(cfg.spool.path, self.index)
+        spool = Spool(spool_path, cfg.spool.max_bytes)
+        self.uplink = Uplink(cfg.cloud, self.cloud_id, spool, self.metrics, cfg.reconnect)
+        http = None
+        address = cfg.metrics.address(self.index)
+        if address is not None:
+            http = serve(self.metrics, address[0], address[1], ready=self.ready)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        log.info(
+            "gateway_started", worker=self.index, version=_package_version(), spool=spool_path,
+            spool_depth=spool.depth, policies=[p.name for p in self.engine.plans],
+            local=cfg.local.url, cloud=cfg.cloud.url,
+        )
+        up = asyncio.create_task(self.uplink.run(), name="uplink")
+        down = asyncio.create_task(self._local_loop(), name="local")
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown(down, up)
+            spool.close()
+            if http is not None:
+                http.shutdown()
+        log.info("gateway_stopped", worker=self.index)
+        return 0
+
+    def stop(self) -> None:
+        if not self._stopping:
+            log.info("gateway_stopping", worker=self.index)
+        self._stopping = True
+        self._stop.set()
+
+    async def _shutdown(self, down: asyncio.Task, up: asyncio.Task) -> None:
+        """Stop taking messages, finish or spool the in-flight ones, flush acks, disconnect."""
+        self._stopping = True  # _on_message now ignores new messages: unacked, they stay at the broker
+        assert self.uplink is not None
+        await self.uplink.close(self.cfg.shutdown_timeout_s)
+        # PUBACKs just queued by close() go out before the DISCONNECT that ends _local_loop.
+        down.cancel()
+        await asyncio.gather(down, return_exceptions=True)
+        await asyncio.wait_for(asyncio.gather(up, return_exceptions=True), timeout=15)
+
+    def ready(self) -> bool:
+        """Ready: the local side is connected, and the cloud is connected or the spool accepts."""
+        up = self.uplink
+        return (
+            self.local is not None
+            and not self.local.is_disconnected
+            and up is not None
+            and (up.connected or up.accepting)
+        )
+
+    # -- local side ------------------------------------------------------------------------
+
+    async def _local_loop(self) -> None:
+        backoff = Backoff(self.cfg.reconnect)
+        connected_once = False
+        while True:
+            try:
+                client = self._local_client()
+                async with client:
+                    self.gen += 1
+                    assert self.uplink is not None
+                    self.uplink.local_gen = self.gen
+                    self.local = client
+                    self._ack = acker(client)
+                    self.metrics.connected.labels("local").set(1)
+                    if connected_once:
+                        self.metrics.reconnects.labels("local").inc()
+                    connected_once = True
+                    backoff.reset()
+                    await self._subscribe(client)
+                    log.info("local_connected", host=self.cfg.local.host, port=self.cfg.local.port,
+                             subscriptions=len(self._subscribed))
+                    try:
+                        await client.wait_disconnected()
+                    finally:
+                        self.local = None
+                        self.metrics.connected.labels("local").set(0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any connection failure: log, back off, retry
+                self.local = None
+                self.metrics.connected.labels("local").set(0)
+                log.warning("local_disconnected", error=f"{exc.__class__.__name__}: {exc}")
+            await asyncio.sleep(backoff.next_delay())
+
+    def _local_client(self) -> Client:
+        ep = self.cfg.local
+        user, password = ep.credentials()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = ep.session_expiry_s
+        props.ReceiveMaximum = ep.max_inflight
+        client = Client(
+            ep.host,
+            ep.port,
+            identifier=self.local_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,  # persistent session: what we have not acked waits for us
+            properties=props,
+            keepalive=ep.keepalive_s,
+            username=user,
+            password=password,
+            tls_context=ep.tls_context(),
+            max_inflight_messages=ep.max_inflight,
+            on_message=self._on_message,
+            timeout=10,
+        )
+        enable_manual_acks(client)  # before connecting: queued messages arrive right after CONNACK
+        return client
+
+    def _filters(self) -> set[str]:
+        assert self.engine is not None
+        subs = {f.subscription for plan in self.engine.plans for f in plan.filters}
+        if self.cfg.group:
+            subs = {f"$share/{self.cfg.group}/{s}" for s in subs}
+        if self.consents is not None:
+            subs.add(self.consents.subscription)  # never shared: every worker needs every record
+        return subs
+
+    async def _subscribe(self, client: Client) -> None:
+        wanted = self._filters()
+        await client.subscribe([(s, SubscribeOptions(qos=1)) for s in sorted(wanted)])
+        self._subscribed = wanted
+
+    async def _resubscribe(self) -> None:
+        client = self.local
+        if client is None:
+            return  # the next connection subscribes to the new set
+        wanted = self._filters()
+        gone, new = self._subscribed - wanted, wanted - self._subscribed
+        if new:
+            await client.subscribe([(s, SubscribeOptions(qos=1)) for s in sorted(new)])
+        if gone:
+            await client.unsubscribe(sorted(gone))
+        self._subscribed = wanted
+
+    # -- the per-message path --------------------------------------------------------------
+
+    def _on_message(self, message: paho.MQTTMessage) -> None:
+        if self._stopping:
+            return  # not acknowledged: the broker keeps it for the next session
+        topic = message.topic
+        qos = message.qos
+        ack = partial(self._ack, message.mid) if qos else None
+        consents = self.consents
+        if consents is not None and consents.matches(topic):
+            self.metrics.consent_updates.labels(consents.update(topic, message.payload)).inc()
+            if ack:
+                ack()
+            return
+        if message.dup:
+            self.metrics.redelivered.inc()
+        uplink = self.uplink
+        if not qos and uplink.backlog > self._qos0_limit:
+            self.metrics.dropped.labels("none", "overload").inc()  # QoS 0: at most once, by the sender's choice
+            return
+        engine = self.engine
+        t0 = time.perf_counter()
+        result = engine.process(topic, message.payload, None, consents.table if consents else {})
+        self.metrics.observe(result, time.perf_counter() - t0)
+        if result.__class__ is Forward:
+            plan = result.plan
+            prov = self._prov.get(id(plan))
+            if prov is None:
+                prov = self._prov[id(plan)] = _provenance(plan)
+            uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, ack, self.gen))
+            return
+        self._rejected(result, topic, message)
+        if ack:
+            ack()
+
+    def _rejected(self, result: Reject, topic: str, message: paho.MQTTMessage) -> None:
+        name = result.plan.name if result.plan is not None else "none"
+        if (name, result.reason) not in self._reject_logged:  # first of each kind; the rest are counted
+            self._reject_logged.add((name, result.reason))
+            log.warning("message_rejected", policy=name, reason=result.reason, rule=result.rule,
+                        note="further rejections of this kind are only counted")
+        dl = self.cfg.dead_letter
+        if dl and self.local is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = [("reason", result.reason), ("policy", name), ("rule", result.rule), ("topic", topic)]
+            # Raw, but only back to the local broker, where it already was.
+            if self.local.publish_nowait(f"{dl}/{result.reason}", message.payload, 1, props) is not None:
+                self.metrics.dead_lettered.inc()
+
+    # -- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """SIGHUP: adopt new policies and keys only if they pass ``gateway check``."""
+        try:
+            engine = build_engine(self.cfg)
+        except (PolicyError, KeyFileError, PolicySetError, OSError) as exc:
+            self.metrics.policy_reloads.labels("refused").inc()
+            log.error("policy_reload_refused", error=str(exc), action="keeping the running policies")
+            return
+        self.engine = engine
+        self._prov.clear()
+        self.metrics.register_engine(engine)
+        self.metrics.policy_reloads.labels("ok").inc()
+        log.info("policy_reloaded", policies=[f"{p.name}@{p.policy.policy.version}" for p in engine.plans])
+        try:
+            await self._resubscribe()
+        except aiomqtt.MqttError as exc:
+            log.warning("resubscribe_failed", error=str(exc), action="the next connection subscribes")
+
+
+def _provenance(plan: Plan) -> Provenance:
+    meta = plan.policy.policy
+    user = [
+        ("policy", meta.name),
+        ("policy_version", meta.version),
+        ("policy_sha256", plan.source.sha256),
+        ("key_id", plan.key_id),
+    ]
+    if meta.retention:
+        user.append(("retention", meta.retention))
+    return provenance(user, plan.policy.route.expiry_s)
+
+
+def _indexed(path: str, index: int) -> str:
+    """spool.db -> spool-1.db: each worker owns its spool."""
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}-{index}.{ext}" if dot and "/" not in ext else f"{path}-{index}"

@@ -1,0 +1,248 @@
+"""Run ``gateway run`` as a real process against real brokers (helpers, not a test module).
+
+The service's guarantees are about processes and sockets (SIGKILL, broker
+restarts, shared subscriptions), so the tests drive the installed console script
+and observe only what a user could: what the cloud broker delivers, the spool
+file, the log output and the /metrics page. Publishers and sinks are plain paho
+clients on their own threads; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+ROOT = Path(__file__).resolve().parent.parent
+GATEWAY = str(Path(sys.executable).with_name("gateway"))
+POLICY = ROOT / "tests" / "policies" / "service.toml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Gateway:
+    """One ``gateway run`` process with its own config, keys, spool and log file."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        local_url: str,
+        cloud_url: str,
+        *,
+        policies: Iterable[Path] = (POLICY,),
+        workers: int = 1,
+        extra: str = "",
+        spool_max_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.keys = workdir / "keys.json"
+        if not self.keys.exists():
+            subprocess.run([GATEWAY, "keygen", str(self.keys)], check=True, capture_output=True)
+        self.port = free_port()
+        self.workers = workers
+        self.log_path = workdir / "gateway.log"
+        self.spool_path = workdir / "spool.db"
+        self.config = workdir / "config.toml"
+        plist = ", ".join(f'"{p}"' for p in policies)
+        group = 'group = "gw"\n' if workers > 1 else ""
+        self.config.write_text(
+            f"policies = [{plist}]\nkeys_file = \"{self.keys}\"\n{group}shutdown_timeout_s = 5\n{extra}\n"
+            f"[local]\nurl = \"{local_url}\"\nclient_id = \"gw-local\"\nkeepalive_s = 5\n"
+            f"[cloud]\nurl = \"{cloud_url}\"\nclient_id = \"gw-cloud\"\nkeepalive_s = 5\n"
+            f"[spool]\npath = \"{self.spool_path}\"\nmax_bytes = {spool_max_bytes}\n"
+            f"[metrics]\nlisten = \"127.0.0.1:{self.port}\"\n"
+            "[log]\nformat = \"json\"\nlevel = \"info\"\n"
+            "[reconnect]\nmin_s = 0.1\nmax_s = 1.0\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True) -> Gateway:
+        cmd = [GATEWAY, "run", "--config", str(self.config)]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if wait_ready:
+            for i in range(self.workers):
+                wait_until(lambda i=i: self.ready(i), 20, f"gateway worker {i} /readyz\n{self.log_tail()}", 0.05)
+        return self
+
+    def http(self, path: str, worker: int = 0) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port + worker}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def ready(self, worker: int = 0) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log_tail()}")
+        return self.http("/readyz", worker)[0] == 200
+
+    def metrics(self, worker: int = 0) -> str:
+        return self.http("/metrics", worker)[1]
+
+    def metric(self, name: str, worker: int = 0, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for line in self.metrics(worker).splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            series, _, value = line.rpartition(" ")
+            head = series.split("{", 1)[0]
+            if head != name:
+                continue
+            if all(f'{k}="{v}"' in series for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM and wait: the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.workers > 1:  # the supervisor and its workers
+            for child in _children(self.proc.pid):
+                os.kill(child, signal.SIGKILL)
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+    return host, int(port)
+
+
+class Sink:
+    """A cloud-side subscriber (persistent session) recording everything it receives."""
+
+    def __init__(self, url: str, topic: str = "#", client_id: str = "test-sink") -> None:
+        self.messages: list[paho.MQTTMessage] = []
+        self._lock = threading.Lock()
+        self.topic = topic
+        self.subscribed = threading.Event()
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
+        )
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.reconnect_delay_set(0.05, 0.5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        host, port = _host_port(url)
+        self.client.connect(host, port, keepalive=5, clean_start=False, properties=props)
+        self.client.loop_start()
+        if not self.subscribed.wait(10):
+            raise AssertionError("sink did not subscribe")
+
+    def _on_connect(self, client: paho.Client, _u: object, _f: object, rc: object, _p: object = None) -> None:
+        client.subscribe(self.topic, qos=1)
+
+    def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(message)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.messages)
+
+    def snapshot(self) -> list[paho.MQTTMessage]:
+        with self._lock:
+            return list(self.messages)
+
+    def wait_for(self, n: int, timeout: float) -> list[paho.MQTTMessage]:
+        wait_until(lambda: self.count() >= n, timeout, f"{n} messages at the sink (have {self.count()})", 0.05)
+        return self.snapshot()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Publisher:
+    """A device-side publisher; ``publish_all`` waits for every PUBACK (retrying across broker restarts)."""
+
+    def __init__(self, url: str, client_id: str = "test-devices") -> None:
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        self.client.max_inflight_messages_set(200)
+        self.client.reconnect_delay_set(0.05, 0.5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        host, port = _host_port(url)
+        self.client.connect(host, port, keepalive=5, clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def publish_all(
+        self, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout: float = 60, every: Callable[[int], None] | None = None
+    ) -> int:
+        infos = []
+        for i, (topic, payload) in enumerate(messages):
+            infos.append(self.client.publish(topic, payload, qos=qos))
+            if every is not None:
+                every(i)
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                raise AssertionError("publisher: a message was not acknowledged in time")
+        return len(infos)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
