@@ -1,0 +1,190 @@
+"""What an operator does to a running gateway: configure it, reload it, feed it consent,
+read its dead letters, watch /readyz. Real brokers and the real console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import msgspec
+import paho.mqtt.client as paho
+import pytest
+
+from brokers import Mosquitto
+from gateway.service.config import ConfigError, load_config
+from service_harness import GATEWAY, POLICY, ROOT, Gateway, Publisher, Sink, wait_until
+
+def pseudonym_topic(gw: Gateway, device: str) -> str:
+    """The upstream topic ``gateway minimise`` gives ``device`` with this gateway's key."""
+    line = json.dumps({"topic": f"site/{device}/telemetry", "payload": {"device_id": device, "seq": 0}})
+    out = subprocess.run([GATEWAY, "minimise", "--keys", str(gw.keys), "--policy", str(POLICY)],
+                         input=line.encode(), capture_output=True, check=True).stdout
+    return json.loads(out)["topic"]
+
+
+MSG = {"device_id": "dev-1", "seq": 1, "lat": 12.971598, "lon": 77.594562, "ip": "203.0.113.77"}
+
+
+def _config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text('policies = ["p.toml"]\n' + body)
+    return path
+
+
+LOCAL = '[local]\nurl = "mqtt://127.0.0.1:1883"\n'
+
+
+def test_sample_config_loads_and_resolves_paths() -> None:
+    cfg = load_config(ROOT / "config.toml")
+    assert cfg.policies[0] == str(ROOT / "rules" / "jimi-tracksolid.toml")
+    assert all(Path(p).exists() for p in cfg.policies)
+    assert cfg.spool.path == str(ROOT / ".gateway" / "spool.db")
+    assert cfg.metrics.address() == ("127.0.0.1", 9108)
+    assert cfg.metrics.address(2) == ("127.0.0.1", 9110)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (LOCAL + '[cloud]\nurl = "mqtt://cloud.example.com:1883"\n', "allow_insecure"),
+        (LOCAL + '[cloud]\nurl = "mqtt://user:pw@127.0.0.1:1883"\n', "must not carry credentials"),
+        (LOCAL + '[cloud]\nurl = "http://127.0.0.1"\n', "mqtt:// or mqtts://"),
+        (LOCAL + '[cloud]\nurl = "mqtts://c.example"\ncert_file = "c.pem"\n', "go together"),
+        (LOCAL + '[cloud]\nurl = "mqtt://127.0.0.1"\npassword = "hunter2"\n', "unknown field `password`"),
+        (LOCAL + '[cloud]\nurl = "mqtt://127.0.0.1"\n[spool]\nmax_bytes = 10\n', "at least 1 MiB"),
+        (LOCAL + '[cloud]\nurl = "mqtt://127.0.0.1"\n[consent]\ntopic = "consent/{device}"\n', "{purpose}"),
+    ],
+)
+def test_bad_configs_are_refused_with_the_key_named(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as info:
+        load_config(_config(tmp_path, body))
+    assert "hunter2" not in str(info.value) and "pw@" not in str(info.value)
+
+
+def test_insecure_cloud_allowed_only_when_said(tmp_path: Path) -> None:
+    cfg = load_config(_config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://cloud.example.com"\nallow_insecure = true\n'))
+    assert cfg.cloud.port == 1883 and not cfg.cloud.tls
+    tls = load_config(_config(tmp_path, LOCAL + '[cloud]\nurl = "mqtts://cloud.example.com"\n'))
+    assert tls.cloud.port == 8883 and tls.cloud.tls_context() is not None
+
+
+def test_credentials_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pw").write_text("s3cret-from-file\n")
+    cfg = load_config(_config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://127.0.0.1"\nusername = "site-7"\npassword_file = "pw"\n'))
+    assert cfg.cloud.credentials() == ("site-7", "s3cret-from-file")
+    cfg = load_config(_config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://127.0.0.1"\nusername_env = "U"\npassword_env = "P"\n'))
+    with pytest.raises(ConfigError, match="P .password_env. is not set"):
+        cfg.cloud.credentials()
+    monkeypatch.setenv("U", "site-8")
+    monkeypatch.setenv("P", "s3cret-from-env")
+    assert cfg.cloud.credentials() == ("site-8", "s3cret-from-env")
+
+
+def test_run_refuses_bad_config_and_failing_policy(tmp_path: Path) -> None:
+    bad = _config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://cloud.example.com"\n')
+    r = subprocess.run([GATEWAY, "run", "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "allow_insecure" in r.stderr
+    failing = tmp_path / "p.toml"
+    failing.write_text(POLICY.read_text().replace("gyr4ruawg4lahari", "wrongwrongwrong1"))
+    subprocess.run([GATEWAY, "keygen", str(tmp_path / "k.json")], check=True, capture_output=True)
+    cfg = _config(tmp_path, f'keys_file = "k.json"\n{LOCAL}[cloud]\nurl = "mqtt://127.0.0.1"\n[metrics]\nlisten = ""\n')
+    r = subprocess.run([GATEWAY, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "inline test" in r.stderr
+
+
+@pytest.fixture
+def site(tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]):
+    local, cloud = broker_pair
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY.read_text())
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url, policies=[policy], extra='dead_letter = "gateway/dead-letter"')
+    sink = Sink(cloud.url)
+    pub = Publisher(local.url)
+    yield local, cloud, gw, sink, pub, policy
+    pub.close()
+    sink.close()
+    gw.close()
+
+
+def test_sighup_reload_adopts_a_good_policy_and_refuses_a_bad_one(site) -> None:
+    local, cloud, gw, sink, pub, policy = site
+    gw.start()
+    pub.publish_all([("site/dev-1/telemetry", msgspec.json.encode(MSG))])
+    first = sink.wait_for(1, 20)[0]
+    assert dict(first.properties.UserProperty)["policy_version"] == "2.1.0"
+
+    policy.write_text(policy.read_text().replace('version = "2.1.0"', 'version = "2.2.0"'))
+    gw.signal(signal.SIGHUP)
+    wait_until(lambda: gw.metric("gateway_policy_reloads_total", result="ok") == 1, 20, "reload ok")
+    pub.publish_all([("site/dev-1/telemetry", msgspec.json.encode(MSG))])
+    second = sink.wait_for(2, 20)[1]
+    assert dict(second.properties.UserProperty)["policy_version"] == "2.2.0"
+
+    policy.write_text(policy.read_text().replace("gyr4ruawg4lahari", "wrongwrongwrong1").replace("2.2.0", "9.9.9"))
+    gw.signal(signal.SIGHUP)
+    wait_until(lambda: gw.metric("gateway_policy_reloads_total", result="refused") == 1, 20, "reload refused")
+    pub.publish_all([("site/dev-1/telemetry", msgspec.json.encode(MSG))])
+    third = sink.wait_for(3, 20)[2]
+    assert dict(third.properties.UserProperty)["policy_version"] == "2.2.0"  # the old one stays
+    assert "policy_reload_refused" in gw.log_text()
+    assert 'version="2.2.0"' in gw.metrics()
+
+
+def test_consent_from_retained_topic_lets_precise_location_through(site) -> None:
+    local, cloud, gw, sink, pub, policy = site
+    pub.client.publish("consent/dev-1/precise_location", b"true", qos=1, retain=True).wait_for_publish(10)
+    gw.start()
+    wait_until(lambda: gw.metric("gateway_consent_updates_total", result="granted") == 1, 20, "consent read")
+    pub.publish_all([("site/dev-1/telemetry", msgspec.json.encode(MSG)),
+                     ("site/dev-2/telemetry", msgspec.json.encode({**MSG, "device_id": "dev-2"}))])
+    lats = {m.topic: round(json.loads(m.payload)["lat"], 6) for m in sink.wait_for(2, 20)}
+    assert list(lats.values()).count(12.971598) == 1  # one precise, one coarsened
+    precise_topic = next(t for t, lat in lats.items() if lat == 12.971598)
+    assert precise_topic == pseudonym_topic(gw, "dev-1")  # and the precise one is dev-1's
+    # revoking (an empty retained message clears it) takes effect for the next message
+    pub.client.publish("consent/dev-1/precise_location", b"", qos=1, retain=True).wait_for_publish(10)
+    wait_until(lambda: gw.metric("gateway_consent_updates_total", result="revoked") == 1, 20, "revocation")
+    pub.publish_all([("site/dev-1/telemetry", msgspec.json.encode(MSG))])
+    last = json.loads(sink.wait_for(3, 20)[2].payload)
+    assert round(last["lat"], 6) != 12.971598
+
+
+def test_rejected_messages_go_raw_to_the_local_dead_letter_topic_only(site) -> None:
+    local, cloud, gw, sink, pub, policy = site
+    dead = Sink(local.url, topic="gateway/dead-letter/#", client_id="dl-reader")
+    try:
+        gw.start()
+        raw = msgspec.json.encode({**MSG, "pin": "8642"})
+        pub.publish_all([("site/dev-1/telemetry", raw), ("site/dev-1/telemetry", msgspec.json.encode(MSG))])
+        letter = dead.wait_for(1, 20)[0]
+        assert letter.topic == "gateway/dead-letter/credential" and letter.payload == raw
+        assert dict(letter.properties.UserProperty)["reason"] == "credential"
+        sink.wait_for(1, 20)
+        assert all(b"8642" not in m.payload for m in sink.snapshot()) and sink.count() == 1
+        assert gw.metric("gateway_dead_lettered_total") == 1
+    finally:
+        dead.close()
+
+
+def test_readyz_follows_the_local_broker_and_secrets_stay_out_of_logs(
+    tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]
+) -> None:
+    local, cloud = broker_pair
+    (tmp_path / "pw").write_text("pw-CANARY-91\n")
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url)
+    gw.config.write_text(gw.config.read_text().replace(
+        '[cloud]\n', f'[cloud]\nusername = "site"\npassword_file = "{tmp_path / "pw"}"\n'))
+    try:
+        gw.start()
+        local.stop()
+        wait_until(lambda: gw.http("/readyz")[0] == 503, 20, "not ready without the local broker")
+        assert gw.http("/healthz")[0] == 200
+        local.start()
+        wait_until(lambda: gw.http("/readyz")[0] == 200, 30, "ready again")
+        assert "pw-CANARY-91" not in gw.log_text() and "pw-CANARY-91" not in gw.metrics()
+        assert gw.stop() == 0
+    finally:
+        gw.close()
