@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram, Info, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -216,9 +216,6 @@ class Metrics:
             "gateway_consent_updates_total", "Consent records read (result: granted|revoked|invalid)", ["result"],
             registry=r,
         )
-        self.gt06 = PromCounter(
-            "gateway_gt06_events_total", "GT06 listener events (connections, frames, bad input)", ["event"], registry=r
-        )
         for result in ("granted", "revoked", "invalid"):
             self.consent_updates.labels(result)
         for side in ("local", "cloud"):  # export 0 before the first connection attempt
@@ -229,6 +226,23 @@ class Metrics:
         self._engine = _EngineCollector()
         r.register(self._engine)
         self._per_policy: dict[str, tuple[Any, Any]] = {}
+
+    def register_gt06(self, counters: Any) -> None:
+        """Export a GT06 listener's counters (a Struct of plain ints), read at scrape time."""
+        r = self.registry
+
+        class _Gt06(Collector):
+            def collect(self) -> Iterator[Metric]:
+                events = CounterMetricFamily(
+                    "gateway_gt06_events", "GT06 listener events (connections, frames, bad input)", labels=["event"]
+                )
+                for name in counters.__struct_fields__:
+                    if name != "open_connections":
+                        events.add_metric([name], getattr(counters, name))
+                yield events
+                yield GaugeMetricFamily("gateway_gt06_connections", "Open tracker connections", counters.open_connections)
+
+        r.register(_Gt06())
 
     def register_engine(self, engine: Engine) -> None:
         """Export ``engine``'s plans; call again with the new engine after a hot reload."""

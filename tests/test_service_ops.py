@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from brokers import Mosquitto
-from gateway.service.config import ConfigError, load_config
+from gateway.service.config import Config, ConfigError, Endpoint, load_config
 from service_harness import GATEWAY, POLICY, ROOT, Gateway, Publisher, Sink, wait_until
 
 def pseudonym_topic(gw: Gateway, device: str) -> str:
@@ -169,16 +170,39 @@ def test_rejected_messages_go_raw_to_the_local_dead_letter_topic_only(site) -> N
         dead.close()
 
 
+def test_configuration_doc_example_loads_and_documents_every_key(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    example = re.search(r"```toml\n(.*?)```", doc, re.S)
+    assert example is not None
+    (tmp_path / "c.toml").write_text(example.group(1))
+    cfg = load_config(tmp_path / "c.toml")
+    assert cfg.cloud.tls and cfg.cloud.cert_file and cfg.ingest.gt06.listen == "0.0.0.0:5023"
+    structs = [Config, Endpoint, type(cfg.spool), type(cfg.metrics), type(cfg.log), type(cfg.consent),
+               type(cfg.reconnect), type(cfg.ingest.gt06)]
+    for struct in structs:
+        for name in struct.__struct_fields__:
+            if name != "path" or struct is not Config:
+                assert any(f in doc for f in (f"`{name}`", f".{name}`", f"[{name}", f".{name}]")), \
+                    f"{struct.__name__}.{name} undocumented"
+
+
 def test_readyz_follows_the_local_broker_and_secrets_stay_out_of_logs(
     tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]
 ) -> None:
     local, cloud = broker_pair
     (tmp_path / "pw").write_text("pw-CANARY-91\n")
-    gw = Gateway(tmp_path / "gw", local.url, cloud.url)
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url, extra='[ingest.gt06]\nlisten = "127.0.0.1:0"')
     gw.config.write_text(gw.config.read_text().replace(
         '[cloud]\n', f'[cloud]\nusername = "site"\npassword_file = "{tmp_path / "pw"}"\n'))
     try:
         gw.start()
+        page = gw.metrics()
+        ops = (ROOT / "docs" / "operations.md").read_text()
+        table = ops[ops.index("## Metrics"):ops.index("## Logs")]
+        documented = set(re.findall(r"`(gateway_[a-z0-9_]+)`", table))
+        assert len(documented) > 20
+        for name in documented:
+            assert f"# TYPE {name} " in page or f"# TYPE {name.removesuffix('_total')} " in page, name
         local.stop()
         wait_until(lambda: gw.http("/readyz")[0] == 503, 20, "not ready without the local broker")
         assert gw.http("/healthz")[0] == 200

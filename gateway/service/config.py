@@ -167,6 +167,8 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     idle_timeout_s: float = 600.0
     login_timeout_s: float = 30.0
     max_frames_per_second: float = 20.0
+    frame_burst: int = 100
+    max_bad_frames: int = 32
     allowed_imeis: list[str] | None = None  # None: any device that logs in
     allowed_imeis_file: str = ""  # or one IMEI per line
 
@@ -175,6 +177,22 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             host, sep, port = self.listen.rpartition(":")
             if not sep or not port.isdigit():
                 raise ValueError('listen must be "host:port"')
+        if self.allowed_imeis is not None and self.allowed_imeis_file:
+            raise ValueError("set allowed_imeis or allowed_imeis_file, not both")
+
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def allow_list(self) -> frozenset[str] | None:
+        """The IMEI allow-list (a file is read when the listener starts)."""
+        if self.allowed_imeis_file:
+            try:
+                lines = Path(self.allowed_imeis_file).read_text().split()
+            except OSError as exc:
+                raise ConfigError(f"allowed_imeis_file {self.allowed_imeis_file}: {exc.strerror}") from None
+            return frozenset(x for x in lines if not x.startswith("#"))
+        return frozenset(self.allowed_imeis) if self.allowed_imeis is not None else None
 
 
 class Ingest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

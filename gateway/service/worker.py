@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from devices.gt06 import server as gt06_server
 from gateway.keys import KeyFileError, Keyring
 from gateway.pipeline import Engine, Forward, Reject
 from gateway.policy.check import run_tests
@@ -111,9 +112,12 @@ class Worker:
         )
         up = asyncio.create_task(self.uplink.run(), name="uplink")
         down = asyncio.create_task(self._local_loop(), name="local")
+        trackers = await self._start_gt06() if cfg.ingest.gt06.listen and self.index == 0 else None
         try:
             await self._stop.wait()
         finally:
+            if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
+                await gt06_server.stop(trackers)
             await self._shutdown(down, up)
             spool.close()
             if http is not None:
@@ -146,6 +150,40 @@ class Worker:
             and up is not None
             and (up.connected or up.accepting)
         )
+
+    # -- GT06 trackers over TCP -------------------------------------------------------------
+
+    async def _start_gt06(self) -> Any:
+        g = self.cfg.ingest.gt06
+        limits = gt06_server.Limits(
+            max_connections=g.max_connections, max_buffer=g.max_buffer, idle_timeout=g.idle_timeout_s,
+            login_timeout=g.login_timeout_s, max_frames_per_second=g.max_frames_per_second,
+            frame_burst=g.frame_burst, max_bad_frames=g.max_bad_frames, allowed_imeis=g.allow_list(),
+        )
+        counters = gt06_server.Counters()
+        self.metrics.register_gt06(counters)
+        host, port = g.address()
+        server = await gt06_server.serve(host, port, self._on_tracker_message, limits, counters)
+        self.gt06_port = server.sockets[0].getsockname()[1]
+        return server
+
+    async def _on_tracker_message(self, topic: str, payload: bytes) -> None:
+        """A decoded GT06 frame: same engine and uplink as MQTT; the tracker's ACK waits until it is safe."""
+        consents = self.consents
+        t0 = time.perf_counter()
+        result = self.engine.process(topic, payload, None, consents.table if consents else {})
+        self.metrics.observe(result, time.perf_counter() - t0)
+        if result.__class__ is not Forward:
+            self._rejected(result, topic, payload)
+            return  # acknowledged to the tracker: resending would not change the verdict
+        plan = result.plan
+        prov = self._prov.get(id(plan))
+        if prov is None:
+            prov = self._prov[id(plan)] = _provenance(plan)
+        safe = asyncio.get_running_loop().create_future()
+        self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov,
+                                partial(safe.set_result, None), 0))
+        await safe
 
     # -- local side ------------------------------------------------------------------------
 
@@ -263,11 +301,11 @@ class Worker:
                 prov = self._prov[id(plan)] = _provenance(plan)
             uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, ack, self.gen))
             return
-        self._rejected(result, topic, message)
+        self._rejected(result, topic, message.payload)
         if ack:
             ack()
 
-    def _rejected(self, result: Reject, topic: str, message: paho.MQTTMessage) -> None:
+    def _rejected(self, result: Reject, topic: str, payload: bytes) -> None:
         name = result.plan.name if result.plan is not None else "none"
         if (name, result.reason) not in self._reject_logged:  # first of each kind; the rest are counted
             self._reject_logged.add((name, result.reason))
@@ -278,7 +316,7 @@ class Worker:
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = [("reason", result.reason), ("policy", name), ("rule", result.rule), ("topic", topic)]
             # Raw, but only back to the local broker, where it already was.
-            if self.local.publish_nowait(f"{dl}/{result.reason}", message.payload, 1, props) is not None:
+            if self.local.publish_nowait(f"{dl}/{result.reason}", payload, 1, props) is not None:
                 self.metrics.dead_lettered.inc()
 
     # -- reload ----------------------------------------------------------------------------
