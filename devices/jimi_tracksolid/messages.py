@@ -9,7 +9,7 @@ The ``type`` field is the msgspec tag: ``encode(Location(...))`` writes ``"type"
 and ``decode`` picks the Struct from it.
 
 Public names: ``Location``, ``Heartbeat``, ``Alarm``, ``Login``, ``Media``, ``Message`` (their
-union), ``KINDS``, ``encode``, ``decode``.
+union), ``BY_KIND`` (topic kind -> Struct), ``KINDS``, ``encode``, ``decode``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Final
 
 import msgspec
 
-__all__ = ["KINDS", "Alarm", "Heartbeat", "Location", "Login", "Media", "Message", "decode", "encode"]
+__all__ = ["BY_KIND", "KINDS", "Alarm", "Heartbeat", "Location", "Login", "Media", "Message", "decode", "encode"]
 
 
 class _Base(msgspec.Struct, omit_defaults=True, frozen=True, kw_only=True, tag_field="type"):
@@ -96,7 +96,8 @@ class Login(_Base, tag="login"):
 
 Message = Location | Heartbeat | Alarm | Login
 
-KINDS: Final = ("location", "heartbeat", "alarm", "login")  # the ``{kind}`` topic level = ``type``
+BY_KIND: Final[dict[str, type[Message]]] = {"location": Location, "heartbeat": Heartbeat, "alarm": Alarm, "login": Login}
+KINDS: Final = tuple(BY_KIND)  # the ``{kind}`` topic level = ``type``
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Message)

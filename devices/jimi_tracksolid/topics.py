@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Final
 
+from devices.jimi_tracksolid.messages import KINDS
+
+__all__ = ["KINDS", "PATTERN", "SUBSCRIBE", "topic"]
+
 PATTERN: Final = "tracksolid/{imei}/{kind}"
 SUBSCRIBE: Final = "tracksolid/+/+"
 

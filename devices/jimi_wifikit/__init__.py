@@ -1,0 +1,1 @@
+"""Jimi IoT WiFiKit app and devices: message types, topics, simulator."""

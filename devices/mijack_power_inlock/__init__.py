@@ -1,0 +1,1 @@
+"""Mi-Jack Power In-Lock enterprise app: message types, topics, simulator."""

@@ -1,0 +1,1 @@
+"""Smartjac Site, Services and Software: message types, topics, simulator."""

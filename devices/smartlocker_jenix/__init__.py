@@ -1,0 +1,1 @@
+"""SmartLocker by Jenix / IOTSoft smart-locker cabinets: message types, topics, simulator."""
