@@ -87,7 +87,7 @@ class Alarm(_Base, tag="alarm"):
 
 
 class Login(_Base, tag="login"):
-    """The first message of a connection (GT06 0x01); routed upstream under the ``other`` kind."""
+    """The first message of a connection (GT06 0x01): where the device connects from."""
 
     login_ip: str | None = None
     iccid: str | None = None
