@@ -268,7 +268,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("demo", help="minimise the bundled sample messages and show before/after")
+    sp = sub.add_parser("demo", help="live demo: brokers, simulated devices, gateway, what the cloud receives")
+    sp.add_argument("--count", type=int, default=500, help="messages per system in the load run")
+    sp.add_argument("--offline", action="store_true", help="no brokers: the policies' samples through the engine")
     sp.set_defaults(func=cmd_demo)
     return p
 
