@@ -30,7 +30,7 @@ AWKWARD: dict[str, str] = {
     "sos_numbers": "",  # configured SOS numbers echoed in a heartbeat
     "media_imei": "",  # dashcam picture whose file name embeds the IMEI
     "unknown_kind": "",  # a kind the pack does not know (OBD data)
-    "phone_in_alarm": "leak",  # alarm text with the number the SOS call went to
+    "phone_in_alarm": "",  # alarm text with the number the SOS call went to: forwarded as alarm "other"
     "latitude_as_text": "wrong_type",  # old firmware sends coordinates as strings
 }
 
