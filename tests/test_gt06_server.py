@@ -51,7 +51,12 @@ DOC_LOGIN_NEW = h("78781101075253367890024270003201000512790D0A")  # + type id a
 DOC_LOGIN_NEW_ACK = h("7878050100059FF80D0A")
 DOC_HEARTBEAT = h("78780A134004040001000FDCEE0D0A")  # serial 0x000F
 DOC_ALARM_26 = h("7878252612030C063816C3026C10540C38C9700144030901CC002866000EEE0C06040302000DA2DB0D0A")
-DOC_TIME_REQUEST = h("7878058A000688290D0A")  # 0x8A: a protocol the listener does not decode
+DOC_TIME_REQUEST = h("7878058A000688290D0A")  # serial 6
+DOC_INFO_94 = h(
+    "7979003F940D110907080C03"
+    + b"!AIOIL,02,025.900,025.400,519J,0200,027.140,0,00,9F".hex()
+    + "83A70D120D0A"
+)  # 0x94 information transfer, an extended frame the listener does not decode
 
 
 def ack(protocol: int, serial: int) -> bytes:
@@ -214,6 +219,22 @@ async def test_positions_are_not_acknowledged(start: Start) -> None:
     assert await tracker.nothing_pending()  # the next reply is the heartbeat's, not a position's
 
 
+async def test_time_request_is_answered_with_utc_time(start: Start) -> None:
+    listener = await start()
+    tracker = await listener.connect()
+    await tracker.login()
+    before = datetime.now(UTC).replace(microsecond=0)
+    await tracker.send(DOC_TIME_REQUEST)
+    reply = await tracker.receive(16)
+    after = datetime.now(UTC)
+    assert reply[:4] == h("78780B8A") and reply[10:12] == h("0006") and reply[-2:] == b"\r\n"
+    assert int.from_bytes(reply[12:14], "big") == crc_itu(reply[2:12])
+    year, month, day, hour, minute, second = reply[4:10]
+    assert before <= datetime(2000 + year, month, day, hour, minute, second, tzinfo=UTC) <= after
+    assert listener.counters.time_requests == 1 and listener.counters.unknown_protocol == 0
+    assert listener.recorder.kinds() == ["login"]  # nothing to hand on
+
+
 # --- normalised messages ---------------------------------------------------------------------
 
 
@@ -279,12 +300,13 @@ async def test_normalised_messages_pass_the_tracksolid_pack(start: Start) -> Non
     messages = await listener.recorder.wait_for(sum(stats.sent.values()))
     assert {"location", "heartbeat", "alarm", "login"} == set(listener.recorder.kinds())
     engine = pack_engine()
+    kinds = tomllib.loads(PACK.read_text())["route"]["capture"]["kind"]
     for topic, payload in messages:
         result = engine.process(topic, msgspec.json.encode(payload))
         assert isinstance(result, Forward), (topic, result)
         assert result.unknown == 0  # every field the listener emits is one the pack names
         kind = topic.rsplit("/", 1)[1]
-        assert result.topic.endswith("/" + (kind if kind != "login" else "other"))
+        assert result.topic.endswith("/" + kinds["map"].get(kind, kinds.get("default")))
         assert payload["imei"] not in result.topic and payload["imei"].encode() not in result.payload
 
 
@@ -336,12 +358,13 @@ TOO_SHORT = h("7878020100")  # LEN below the 5 bytes of PROTO + SERIAL + CRC
         (BAD_STOP, "bad_stop"),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "garbage"),
         (BAD_BCD, "bad_content"),
-        (DOC_TIME_REQUEST, "unknown_protocol"),
+        (DOC_INFO_94, "unknown_protocol"),
+        (DOC_TIME_REQUEST, "before_login"),
         (build_location(1, WHEN, 12.97, 77.59, 30, 90, 9), "before_login"),
         (build_heartbeat(1), "before_login"),
     ],
     ids=["bad-crc", "impossible-length", "bad-stop", "garbage", "bad-content", "unknown-protocol",
-         "position-before-login", "heartbeat-before-login"],
+         "time-request-before-login", "position-before-login", "heartbeat-before-login"],
 )  # fmt: skip
 async def test_bad_input_is_counted_skipped_and_does_not_stall_others(
     start: Start, bad: bytes, counter: str
@@ -573,7 +596,7 @@ def test_simulated_routes_stay_in_india_and_move_plausibly() -> None:
         assert len(steps) == 500
         assert all(8 <= s.latitude <= 37 and 68 <= s.longitude <= 97 for s in steps)
         assert all(0 <= s.speed_kmh <= 120 and 0 <= s.course < 360 for s in steps)
-        for a, b in zip(steps, steps[1:]):  # 10 s apart at <= 120 km/h: at most ~0.33 km
+        for a, b in zip(steps, steps[1:], strict=False):  # 10 s apart at <= 120 km/h: at most ~0.33 km
             assert abs(a.latitude - b.latitude) + abs(a.longitude - b.longitude) < 0.01
         kinds = {s.kind for s in steps}
         assert kinds == {"location", "heartbeat", "alarm"}
@@ -599,7 +622,7 @@ async def test_simulator_round_trip(start: Start) -> None:
         received = [p for topic, p in messages if topic.startswith(f"tracksolid/{imei}/")]
         assert received[0] == {"type": "login", "imei": imei, "login_ip": "127.0.0.1"}
         assert [p["type"] for p in received[1:]] == [s.kind for s in script]
-        for step, payload in zip(script, received[1:]):
+        for step, payload in zip(script, received[1:], strict=True):
             if step.kind == "heartbeat":
                 continue
             assert abs(payload["latitude"] - step.latitude) <= PRECISION
@@ -649,15 +672,16 @@ async def test_a_thousand_concurrent_trackers(start: Start) -> None:
         assert stats.ok, stats
         assert stats.acks["login"] == devices
         messages = await listener.recorder.wait_for(sum(stats.sent.values()))
-    positions = {}
-    for topic, payload in messages:
+    positions: dict[str, list[tuple[float, float]]] = {}
+    for _, payload in messages:
         if payload["type"] == "location":
             positions.setdefault(payload["imei"], []).append((payload["latitude"], payload["longitude"]))
     for d in range(devices):
         sent = [(s.latitude, s.longitude) for s in simulator.script(d, count, 1000, WHEN) if s.kind == "location"]
         got = positions.get(simulator.imei_for(d, 1000), [])
         assert len(got) == len(sent)
-        assert all(abs(a - c) <= PRECISION and abs(b - e) <= PRECISION for (a, b), (c, e) in zip(got, sent))
+        for (lat, lon), (sent_lat, sent_lon) in zip(got, sent, strict=True):
+            assert abs(lat - sent_lat) <= PRECISION and abs(lon - sent_lon) <= PRECISION
     c = listener.counters
     assert (c.connections, c.logins, c.open_connections) == (devices, devices, 0)
     assert c.messages == sum(stats.sent.values())

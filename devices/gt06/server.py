@@ -24,16 +24,17 @@ import asyncio
 import ipaddress
 import weakref
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from devices.gt06.codec import Frame, FrameError, Framer, ack_for, decode_frame
+from devices.gt06.codec import Frame, FrameError, Framer, ack_for, build_frame, decode_frame
 from devices.jimi_tracksolid import messages
 from devices.jimi_tracksolid.topics import topic as tracksolid_topic
 from gateway.telemetry import get_logger
 
-__all__ = ["Counters", "Handler", "Limits", "serve", "stop", "to_message"]
+__all__ = ["GAUGES", "Counters", "Handler", "Limits", "serve", "stop", "time_reply", "to_message"]
 
 Handler = Callable[[str, bytes], Awaitable[None]]
 
@@ -94,6 +95,7 @@ class Counters(msgspec.Struct, kw_only=True):
     frames: int = 0  # frames that passed framing and CRC
     messages: int = 0  # normalised messages the handler accepted
     acks: int = 0  # ACK frames written
+    time_requests: int = 0  # 0x8A requests answered with the server's UTC time
     unknown_protocol: int = 0  # well-formed frames of a protocol we do not decode (skipped)
     before_login: int = 0  # frames other than login before a login (skipped, no ACK)
     garbage: int = 0  # runs of bytes without a start marker
@@ -115,6 +117,8 @@ class Counters(msgspec.Struct, kw_only=True):
 
 GAUGES = frozenset({"open_connections"})
 _ERROR_REASONS = frozenset({"garbage", "bad_length", "bad_stop", "bad_crc", "bad_content", "oversize"})
+
+PROTO_TIME_REQUEST = 0x8A
 
 # --- normalisation ---------------------------------------------------------------------------
 
@@ -152,6 +156,16 @@ def to_message(frame: Frame, imei: str, login_ip: str | None = None) -> tuple[st
     if cls is messages.Login and login_ip is not None:
         fields["login_ip"] = login_ip
     return tracksolid_topic(imei, frame.type), messages.encode(cls(imei=imei, **fields))
+
+
+def time_reply(serial: int, now: datetime | None = None) -> bytes:
+    """Answer to a 0x8A time request: YY MM DD hh mm ss in UTC, as Traccar sends it.
+
+    Trackers without a GPS fix ask for the time so their LBS reports carry a usable stamp.
+    """
+    t = (now or datetime.now(UTC)).astimezone(UTC)
+    stamp = bytes([t.year - 2000, t.month, t.day, t.hour, t.minute, t.second])
+    return build_frame(PROTO_TIME_REQUEST, stamp, serial)
 
 
 def _peer_ip(writer: asyncio.StreamWriter) -> str | None:
@@ -248,7 +262,7 @@ class _Connection:
             return
         counters = self.counters
         counters.frames += 1
-        if frame.type == "unknown":
+        if frame.type == "unknown" and frame.protocol != PROTO_TIME_REQUEST:
             counters.unknown_protocol += 1
             return
         if frame.type == "login":
@@ -259,6 +273,10 @@ class _Connection:
             imei = frame.imei
         elif self.imei is None:
             counters.before_login += 1  # no ACK either: an unacknowledged tracker logs in again
+            return
+        elif frame.protocol == PROTO_TIME_REQUEST:
+            self.writer.write(time_reply(frame.serial))
+            counters.time_requests += 1
             return
         else:
             imei = self.imei
