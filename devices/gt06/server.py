@@ -280,7 +280,7 @@ class _Connection:
             return
         else:
             imei = self.imei
-        message = to_message(frame, imei, _peer_ip(self.writer))
+        message = to_message(frame, imei, _peer_ip(self.writer) if frame.type == "login" else None)
         if message is not None:
             try:
                 await self.listener.handler(*message)
