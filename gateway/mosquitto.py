@@ -61,7 +61,7 @@ class Mosquitto:
     since the last save is lost, as it would be in production.
     """
 
-    def __init__(self, workdir: Path | None = None, *, name: str = "broker") -> None:
+    def __init__(self, workdir: Path | None = None, *, name: str = "broker", extra: str = "") -> None:
         self._binary = find_mosquitto()
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix=f"mosq-{name}-")) if workdir is None else workdir
@@ -71,6 +71,7 @@ class Mosquitto:
         self.log_path = self.workdir / "mosquitto.log"
         self.port = _free_port()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._extra = extra  # more mosquitto.conf lines, e.g. "max_inflight_messages 1000"
         self._write_config()
 
     @property
@@ -92,7 +93,7 @@ class Mosquitto:
             f"persistence_location {self.data_dir}/\n"
             "max_queued_messages 100000\n"
             "log_dest stderr\n"
-            f"user {user}\n"
+            f"user {user}\n" + (self._extra.strip() + "\n" if self._extra.strip() else "")
         )
 
     def log_tail(self, lines: int = 20) -> str:

@@ -105,10 +105,10 @@ def test_explain_json_shape():
 
 def test_explain_shows_why_a_message_was_dropped():
     result = gateway("explain", "--test-keys", "--json", "--policy", POLICY, "--topic", "tracksolid/1/alarm",
-                     stdin='{"alarm": "card 4111 1111 1111 1111"}')
+                     stdin='{"time": "card 4111 1111 1111 1111"}')
     report = json.loads(result.stdout)
     assert report["dropped"] is True and report["reason"] == "leak"
-    assert report["rule"] == "alarm" and report["detail"] == "card"
+    assert report["rule"] == "time" and report["detail"] == "card"
     assert "4111" not in json.dumps({k: v for k, v in report.items() if k != "input"})
 
 

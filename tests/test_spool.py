@@ -61,7 +61,8 @@ def test_order_kept_across_devices_and_reopen(tmp_path: Path) -> None:
 def test_defaults_and_empty_device(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.db", BIG)
     row_id = spool.append("", "t", b"\x00\xffbin", 1)
-    assert spool.peek(1) == [Entry(row_id, "", "t", b"\x00\xffbin", 1, b"")]
+    (entry,) = spool.peek(1)
+    assert entry == Entry(row_id, "", "t", b"\x00\xffbin", 1, b"", entry.created) and entry.created > 1.7e9
     spool.close()
 
 
@@ -242,7 +243,7 @@ def test_canary_only_the_minimised_bytes_reach_disk(tmp_path: Path) -> None:
     spool = Spool(path, BIG)
     row_id = spool.append("u_3f9a2c", "cloud/site1/pay", minimised, 1, b"\x26\x00\x01k\x00\x01v")
     (entry,) = spool.peek(10)
-    assert entry == Entry(row_id, "u_3f9a2c", "cloud/site1/pay", minimised, 1, b"\x26\x00\x01k\x00\x01v")
+    assert entry == Entry(row_id, "u_3f9a2c", "cloud/site1/pay", minimised, 1, b"\x26\x00\x01k\x00\x01v", entry.created)
 
     on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert minimised in on_disk

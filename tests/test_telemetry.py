@@ -47,7 +47,7 @@ def metrics(engine: Engine) -> Metrics:
     messages = [
         {"imei": "CANARY-IMEI-490154203237518", "login_ip": "198.51.100.77", "vendor": "CANARY-NOTE"},
         {"imei": DEVICE, "login_ip": "not-an-ip"},
-        {"alarm": "card 4111 1111 1111 1111"},  # kept field: the leak guard stops it
+        {"time": "card 4111 1111 1111 1111"},  # kept field: the leak guard stops it
         {"latitude": "12.97"},  # wrong type
     ]
     for msg in messages:
@@ -65,7 +65,7 @@ def test_counters_follow_results(metrics: Metrics) -> None:
     for reason in ("leak", "wrong_type", "not_json"):
         assert sample(metrics, "gateway_messages_dropped_total", policy=p, reason=reason) == 1
     assert sample(metrics, "gateway_messages_dropped_total", policy="none", reason="no_route") == 1
-    assert sample(metrics, "gateway_leaks_blocked_total", policy=p, rule="alarm", detector="card") == 1
+    assert sample(metrics, "gateway_leaks_blocked_total", policy=p, rule="time", detector="card") == 1
     assert sample(metrics, "gateway_processing_seconds_count") == 6
     assert sample(metrics, "gateway_field_actions_total", policy=p, op="pseudonymise") > 0
     assert sample(metrics, "gateway_field_actions_total", policy=p, op="truncate_ip") > 0
