@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
 import msgspec
@@ -61,18 +62,23 @@ class Engine:
         now: float | None = None,
         unknown_sample: int = 64,
     ):
-        """``unknown_sample``: count undeclared fields in 1 message of N (1: every message).
+        """``unknown_sample``: count undeclared fields in 1 message of N per policy (1: every message).
 
         Undeclared fields are always removed; counting them needs a second,
         schema-less decode, so by default only a sample pays for it."""
+        if unknown_sample < 1:
+            raise ValueError("unknown_sample must be >= 1")
         self.keyring = keyring
         self.unknown_sample = unknown_sample
-        self._seen = 0
         self.epochs = Epochs(now)
         self.plans = [compile_policy(s, keyring, self.epochs, cache_size) for s in sources]
         for plan in self.plans:
             if plan.structs:
-                plan.apply, plan.guard = codegen.build(plan.root, plan.leak_guard, _kept_scanner(plan), _coarsen)
+                plan.run = codegen.build_runner(plan, unknown_sample, _kept_scanner(plan), _coarsen, _HELPERS)
+            else:
+                plan.run = partial(_run_dict, plan)
+        # Fused pseudonymisers read their cache directly: re-key them as soon as an epoch rolls over.
+        self._refresh = [step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")]
         self._routes = BoundedCache(cache_size)
         self._generation = self.epochs.generation
 
@@ -87,7 +93,7 @@ class Engine:
         return None
 
     def _resolve(self, topic: str) -> tuple[Plan | None, str | Reject | None, str | None]:
-        """(plan, upstream topic or why there is none, device id from the topic); cached per topic."""
+        """(plan, upstream topic or why there is none, device id from the topic)."""
         hit = self.route(topic)
         if hit is None:
             return None, None, None
@@ -107,80 +113,104 @@ class Engine:
                         return plan, Reject("leak", plan, f"route.capture.{name}", hits[0][0]), device
         return plan, plan.template.render(values), device
 
+    def _entry(self, topic: str) -> tuple[Any, str | None, str | None]:
+        """The route cache's entry for ``topic``: ``(run, upstream, device)``; ``run`` rejects
+        every message at once when the topic has no route or no valid upstream topic."""
+        plan, upstream, device = self._resolve(topic)
+        if plan is None:
+            return _rejecter(Reject("no_route")), None, None
+        if upstream.__class__ is not str:
+            return _rejecter(upstream if upstream is not None else Reject("bad_topic", plan)), None, None
+        return plan.run, upstream, device
+
+    def _rollover(self) -> None:
+        self._routes.clear()  # pseudonyms in cached topics rolled over
+        for refresh in self._refresh:
+            refresh()
+        self._generation = self.epochs.generation
+
     def process(
         self, topic: str, payload: bytes, now: float | None = None, consents: Mapping[str, frozenset[str]] = NO_CONSENT
     ) -> Forward | Reject:
         """Minimise one message. ``consents`` maps a device id to the purposes it consented to."""
         epochs = self.epochs
-        if now is not None:
+        if now is not None and not epochs.start <= now < epochs.boundary:
             epochs.advance(now)
-        if epochs.generation != self._generation:  # pseudonyms in cached topics rolled over
-            self._routes.clear()
-            self._generation = epochs.generation
+        if epochs.generation != self._generation:
+            self._rollover()
         entry = self._routes.get(topic)
         if entry is None:
-            entry = self._routes.put(topic, self._resolve(topic))
-        plan, upstream, device = entry
-        if plan is None:
-            return Reject("no_route")
-        if upstream.__class__ is not str:
-            return upstream if upstream is not None else Reject("bad_topic", plan)
-        if len(payload) > plan.max_bytes:
-            return Reject("too_large", plan)
-        try:
-            obj = plan.decode(payload)
-            if not plan.structs:
-                if obj.__class__ is not dict:
-                    return Reject("not_object", plan)
-                msgspec.convert(obj, plan.root.struct)  # types and required fields
-        except msgspec.ValidationError as exc:
-            return _invalid(plan, str(exc))
-        except msgspec.DecodeError:
-            return Reject("not_json", plan)
-        except RecursionError:
-            return Reject("too_deep", plan)
+            entry = self._routes.put(topic, self._entry(topic))
+        run, upstream, device = entry
+        return run(payload, upstream, device, consents)
+
+
+def _rejecter(reject: Reject):
+    return lambda payload, upstream, device, consents: reject
+
+
+def _leaves(node: Node):
+    yield from node.leaves
+    for step in node.children:
+        yield from _leaves(step.child)
+
+
+def _granted(plan: Plan, obj: Any, device: str | None, consents: Mapping[str, frozenset[str]]) -> frozenset[str]:
+    """The purposes the message's device consented to (``device`` from the topic, else the payload)."""
+    if consents is NO_CONSENT:  # nothing on record: skip the lookups
+        return _EMPTY
+    if device is not None:
+        return consents.get(device, _EMPTY)
+    if plan.device_steps is not None:
+        device = _read(obj, plan.device_steps, plan.structs)
+        if device.__class__ is msgspec.Raw:
+            device = msgspec.json.decode(device)
+        if device is not UNSET and device is not None:
+            return consents.get(str(device), _EMPTY)
+    return _EMPTY
+
+
+def _sample_unknown(plan: Plan, payload: bytes) -> int:
+    """Undeclared fields of one message, counted into the plan's stats (the sampled path)."""
+    try:
+        unknown = _count_unknown(plan.root, msgspec.json.decode(payload), plan.max_depth)
+    except (RecursionError, ValueError):  # ValueError: bad UTF-8 in a field the Struct skipped
         unknown = 0
-        self._seen += 1
-        if plan.structs and self._seen % self.unknown_sample == 0:
-            try:
-                unknown = _count_unknown(plan.root, msgspec.json.decode(payload), plan.max_depth)
-            except RecursionError:
-                unknown = 0
-            plan.stats[("", "unknown_field")] += unknown
-            plan.stats[("", "unknown_field_sampled_messages")] += 1
+    plan.stats[("", "unknown_field")] += unknown
+    plan.stats[("", "unknown_field_sampled_messages")] += 1
+    return unknown
 
-        structs = plan.structs
-        for cond in plan.conditions:
-            if _condition(cond.rule, _read(obj, cond.steps, structs)):
-                plan.stats[(cond.rule.path, cond.rule.reason)] += 1
-                return Reject(cond.rule.reason, plan, cond.rule.path)
 
-        granted = _EMPTY
-        if consents is NO_CONSENT:  # nothing on record: skip the lookups
-            pass
-        elif device is not None:
-            granted = consents.get(device, _EMPTY)
-        elif plan.device_steps is not None:
-            device = _read(obj, plan.device_steps, structs)
-            if device.__class__ is msgspec.Raw:
-                device = msgspec.json.decode(device)
-            if device is not UNSET and device is not None:
-                granted = consents.get(str(device), _EMPTY)
-
-        try:
-            if structs:
-                plan.apply(obj, granted)
-                hit = plan.guard(obj, plan.max_depth - 1)
-            else:
-                _apply_dict(plan.root, obj, granted)
-                hit = _guard_dict(plan, plan.root, obj, plan.max_depth - 1, plan.leak_guard)
-        except _TooDeep:
-            return Reject("too_deep", plan)
-        if hit is not None:
-            label, kind = hit
-            plan.stats[(label, "leak")] += 1
-            return Reject("leak", plan, label, kind)
-        return _tuple_new(Forward, (upstream, plan.encode(obj), plan, unknown))  # C-level NamedTuple build
+def _run_dict(plan: Plan, payload: bytes, upstream: str, device: str | None, consents) -> Forward | Reject:
+    """The hot path of a ``default = "keep"`` policy, over plain dicts."""
+    if len(payload) > plan.max_bytes:
+        return Reject("too_large", plan)
+    try:
+        obj = plan.decode(payload)
+        if obj.__class__ is not dict:
+            return Reject("not_object", plan)
+        msgspec.convert(obj, plan.root.struct)  # types and required fields
+    except msgspec.ValidationError as exc:
+        return _invalid(plan, str(exc))
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec passes bad UTF-8 in strings through
+        return Reject("not_json", plan)
+    except RecursionError:
+        return Reject("too_deep", plan)
+    for cond in plan.conditions:
+        if _condition(cond.rule, _read(obj, cond.steps, False)):
+            plan.stats[(cond.rule.path, cond.rule.reason)] += 1
+            return Reject(cond.rule.reason, plan, cond.rule.path)
+    granted = _granted(plan, obj, device, consents)
+    try:
+        _apply_dict(plan.root, obj, granted)
+        hit = _guard_dict(plan, plan.root, obj, plan.max_depth - 1, plan.leak_guard)
+    except _TooDeep:
+        return Reject("too_deep", plan)
+    if hit is not None:
+        label, kind = hit
+        plan.stats[(label, "leak")] += 1
+        return Reject("leak", plan, label, kind)
+    return _tuple_new(Forward, (upstream, plan.encode(obj), plan, 0))
 
 
 def _invalid(plan: Plan, message: str) -> Reject:
@@ -344,3 +374,11 @@ def _guard_dict(plan: Plan, node: Node, d: dict, depth: int, guard: bool) -> tup
                     if hit is not None:
                         return hit
     return None
+
+
+_HELPERS = {
+    "Forward": Forward, "Reject": Reject, "TooDeep": _TooDeep, "invalid": _invalid,
+    "sample_unknown": _sample_unknown, "granted_of": _granted, "condition": _condition, "read": _read,
+    "NO_CONSENT": NO_CONSENT, "EMPTY": _EMPTY,
+    "ValidationError": msgspec.ValidationError, "DecodeError": msgspec.DecodeError,
+}  # fmt: skip

@@ -765,3 +765,186 @@ def test_good_coarsen_parameters_are_accepted():
         CoarsenLocation,
     )
     assert rule.grid_m == 1
+
+
+# -- fused forms (gateway.policy.codegen pastes them into the hot path) -------------------
+# Each must compute exactly what the call does: same value, same type (1 is not 1.0), same
+# removal (UNSET), same counters.
+
+
+def fused(fn):
+    """The transform's ``fuse`` lines as a function of ``v``."""
+    lines, names = fn.fuse("_t_")
+    assert all(name.startswith("_t_") for name in names)
+    source = "def f(v):\n" + "".join(f"    {line}\n" for line in lines) + "    return v\n"
+    ns = {"UNSET": UNSET, **names}
+    exec(source, ns)  # noqa: S102 - the code under test
+    return ns["f"]
+
+
+def same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a.__class__ is b.__class__ and (a == b if not isinstance(a, float) else math.copysign(1, a) == math.copysign(1, b) and a == b)
+
+
+INT_EDGES = [0, 1, -1, 2, 3, 5, 7, 22, 23, 25, 45, 67, 2**31 - 1, -(2**31) + 1, 2**31, -(2**31), 2**53 + 1, 10**400, -(10**400)]
+numbers_in = st.one_of(
+    st.integers(-(2**33), 2**33),
+    st.integers(),
+    st.sampled_from(INT_EDGES),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-1e6, 1e6),
+    st.integers(-1000, 1000).map(lambda n: n / 2),  # exact halves: round half to even
+)
+STEPS = [1, 2, 5, 10, 45, 1000, 2**20, 2**21, 3e6, 0.5, 0.1, 0.25, 1e-5, 2.5]
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=numbers_in, step=st.sampled_from(STEPS), cls=st.sampled_from([Round, Bucket]))
+def test_fused_round_and_bucket_equal_the_transform(value, step, cls):
+    e1, e2 = env(), env()
+    fn = build(cls, e1, path="x", step=step)
+    ref = build(cls, e2, path="x", step=step)
+    out = fused(fn)(value)
+    assert same(out, ref(value)) or (out is UNSET and ref(value) is UNSET), (value, step, out, ref(value))
+    assert e1.stats == e2.stats
+
+
+@pytest.mark.parametrize("cls", [Round, Bucket])
+@pytest.mark.parametrize("step", [5, 45, 10, 2])
+def test_fused_int_path_half_cases_exhaustively(cls, step):
+    """Every int in a window around 0 and around +-2**31 (where the inline path ends)."""
+    fn = build(cls, path="x", step=step)
+    f = fused(fn)
+    for base in (0, 2**31, -(2**31)):
+        for value in range(base - 300, base + 300):
+            assert same(f(value), fn(value)), value
+
+
+def test_huge_numbers_are_removed_and_counted_not_raised():
+    e = env()
+    for cls in (Round, Bucket):
+        fn = build(cls, e, path="n", step=5)
+        assert fn(10**400) is UNSET and fn(-(10**400)) is UNSET
+        assert fused(fn)(10**400) is UNSET
+    assert e.stats[("n", "invalid_number")] == 6
+    assert build(Bucket, path="n", step=1e-300)(1e300) is UNSET  # an infinite quotient
+    assert build(Round, path="n", decimals=2)(10**400) == 10**400  # an int has no decimals to round
+    assert build(Bucket, path="n", edges=[1, 10])(10**400) == ">=10"
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.one_of(st.text(max_size=12), st.sampled_from(["android", "ios", "x"]), st.integers(), st.booleans(), st.floats(allow_nan=False)))
+def test_fused_generalise_and_replace_equal_the_transform(value):
+    gen = build(Generalise, path="x", map={"android": "mobile", "ios": "mobile", "1": "one", "true": "yes"}, default="other")
+    rep = build(Replace, path="x", value="[removed]")
+    assert same(fused(gen)(value), gen(value))
+    assert fused(rep)(value) == rep(value) == "[removed]"
+
+
+def test_fused_cached_transforms_equal_the_transform_hit_or_miss():
+    e = env()
+    cases = [
+        (build(Pseudonymise, e, path="d", keep_prefix=8), ["490154203237518", 490154203237518, "a", "490154203237518"]),
+        (build(Encrypt, e, path="d"), ["UPI/1", 7, "UPI/1"]),
+        (build(TruncateIp, e, path="ip"), ["203.0.113.77", "::ffff:203.0.113.7", "not-an-ip", "203.0.113.77", "not-an-ip"]),
+    ]
+    for fn, values in cases:
+        f = fused(fn)
+        for v in values:  # the first time a miss (the call), then a cache hit
+            assert same(f(v), fn(v)) or f(v) is fn(v) is UNSET, v
+    assert e.stats[("ip", "invalid_ip")] == 4  # counted on every miss, fused or not
+
+
+def test_fused_pseudonym_cache_follows_the_epoch_after_refresh():
+    e = env(NOW)
+    fn = build(Pseudonymise, e, path="d", rotate="daily")
+    f = fused(fn)
+    day1 = expected_pseudonym("dev", rotate="daily", epoch="2023-11-14")
+    assert f("dev") == day1 and f("dev") == day1
+    e.epochs.advance(NOW + 2 * 3600)  # 00:13 next day
+    fn.refresh()  # what the engine does when the generation changes
+    assert f("dev") == expected_pseudonym("dev", rotate="daily", epoch="2023-11-15")
+
+
+def reference_grid(grid_m: float):
+    """The grid snap in plain integer arithmetic (the form it had before it was fused)."""
+    n_lat = max(1, math.floor(180.0 / (grid_m / M_PER_DEG)))
+    step_lat = 180.0 / n_lat
+    digits = min(7, max(0, math.ceil(-math.log10(step_lat)) + 1))
+
+    def snap(lat, lon):
+        if lon >= 180.0:
+            lon -= 360.0
+        i = min(int((lat + 90.0) / step_lat), n_lat - 1)
+        centre = -90.0 + (i + 0.5) * step_lat
+        width = grid_m / (M_PER_DEG * max(math.cos(math.radians(centre)), 1e-12))
+        n_lon = max(1, math.floor(360.0 / width))
+        step_lon = 360.0 / n_lon
+        j = int((lon + 180.0) / step_lon) % n_lon
+        return round(centre, digits) + 0.0, round(-180.0 + (j + 0.5) * step_lon, digits) + 0.0
+
+    return snap
+
+
+def fused_location(fn):
+    lines, names = fn.fuse("_t_", "consented")
+    source = "def f(la, lo, consented):\n" + "".join(f"    {line}\n" for line in lines) + "    return pt\n"
+    ns = dict(names)
+    exec(source, ns)  # noqa: S102 - the code under test
+    return ns["f"]
+
+
+coordinates = st.tuples(
+    st.one_of(st.floats(-90, 90), st.sampled_from([-90.0, 90.0, 0.0, -0.0, 89.99999999, -89.99999999]), st.floats(allow_nan=True)),
+    st.one_of(st.floats(-180, 180), st.sampled_from([-180.0, 180.0, 179.99999999, -179.99999999, 0.0, -0.0]), st.floats(allow_nan=True)),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(point=coordinates, grid_m=st.sampled_from([1, 10, 1000, 1234.5, 20000, 111_320, 20_000_000]), consented=st.booleans())
+def test_fused_coarsen_equals_the_transform_and_the_integer_grid(point, grid_m, consented):
+    lat, lon = point
+    e1, e2 = env(), env()
+    params = {"grid_m": grid_m, "consent": "precise", "consent_decimals": 4}
+    fn, ref = coarsen(e1, **params), coarsen(e2, **params)
+    out = fused_location(fn)(lat, lon, consented)
+    assert out == ref(lat, lon, consented)
+    assert out is None or all(map(same, out, ref(lat, lon, consented)))
+    assert e1.stats == e2.stats
+    if out is not None and not consented:
+        assert out == reference_grid(grid_m)(lat, lon)
+        assert all(map(same, out, reference_grid(grid_m)(lat, lon)))
+
+
+def test_coarsen_with_zones_or_fixed_has_no_fused_form():
+    assert coarsen(grid_m=1000, zones=[{"lat": 1, "lon": 1, "radius_m": 10}]).fuse("_t_", "False") is None
+    assert coarsen(grid_m=1000, mode="fixed", at=[1.0, 2.0]).fuse("_t_", "False") is None
+    assert coarsen(decimals=3).fuse("_t_", "False") is None
+
+
+ISO_EXAMPLES = ["2026-11-23", "2026-11-23T10:03", "2026-11-23 10:03:44", "2026-11-23T10:03:44Z",
+                "2026-11-23T10:03:44.123456789+05:30", "2026-11-23T10:03:44-0800", "2026-11-23+01:00"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet="0123456789-:T Z+.٣", max_size=36),
+    st.sampled_from(ISO_EXAMPLES).flatmap(lambda s: st.integers(0, len(s) - 1).map(lambda i: s[:i] + "x" + s[i + 1 :])),
+))
+def test_iso_time_shapes_never_admit_more_than_the_regex(text):
+    from gateway.ops.detect import ISO_TIME, iso_time
+
+    if iso_time(text):
+        assert ISO_TIME.fullmatch(text)
+
+
+def test_iso_time_shapes_cover_the_timestamps_devices_send():
+    from gateway.ops.detect import ISO_SHAPES, ISO_TIME, iso_time
+
+    assert len(ISO_SHAPES) == 138  # every ASCII shape ISO_TIME accepts: 1 + 2 * 11 times of day, 6 zones each
+    for text in ISO_EXAMPLES:
+        assert ISO_TIME.fullmatch(text) and iso_time(text)
+    assert not iso_time("2026-11-23T10:03:44Z\n") and not iso_time("٢٠٢٦-11-23")

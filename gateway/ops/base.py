@@ -20,6 +20,20 @@ from gateway.keys import Keyring
 
 Transform = Callable[[Any], Any]
 
+# An operation's transform may carry ``fuse``: ``fuse(prefix) -> (lines, names)``, Python
+# statements that compute the same result as the call ``v = transform(v)`` on the local
+# ``v`` (``UNSET`` removes the field), and the globals they need (each name starting with
+# ``prefix``). The plan's code generator (gateway.policy.codegen) pastes them into the
+# generated hot path instead of a call. tests/test_ops.py checks every fused form against
+# its transform.
+Fuse = Callable[[str], "tuple[list[str], dict[str, Any]]"]
+
+
+def fusable(fn: Transform, fuse: Fuse) -> Transform:
+    """Attach the inline form ``fuse`` to the transform ``fn``."""
+    fn.fuse = fuse  # type: ignore[attr-defined]
+    return fn
+
 SCALAR = str | int | float | bool
 
 
@@ -59,16 +73,16 @@ class Epochs:
 
     def __init__(self, now: float | None = None):
         self.generation = 0
-        self._start = self._boundary = 0.0
+        self.start = self.boundary = 0.0  # the current day: [start, boundary)
         self.ids = {"never": "0", "daily": "", "monthly": ""}
         self.advance(time.time() if now is None else now)
 
     def advance(self, now: float) -> None:
-        if self._start <= now < self._boundary:
+        if self.start <= now < self.boundary:
             return
         day = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
-        self._start = day.timestamp()
-        self._boundary = self._start + 86400
+        self.start = day.timestamp()
+        self.boundary = self.start + 86400
         self.ids = {"never": "0", "daily": day.strftime("%Y-%m-%d"), "monthly": day.strftime("%Y-%m")}
         self.generation += 1
 
@@ -97,4 +111,4 @@ class BoundedCache(dict):
         return value
 
 
-__all__ = ["UNSET", "SCALAR", "Rule", "FieldRule", "Epochs", "BuildEnv", "BoundedCache", "Transform"]
+__all__ = ["UNSET", "SCALAR", "Rule", "FieldRule", "Epochs", "BuildEnv", "BoundedCache", "Transform", "Fuse", "fusable"]

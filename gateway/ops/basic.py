@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.ops.base import SCALAR, BuildEnv, FieldRule, Transform
+from gateway.ops.base import SCALAR, BuildEnv, FieldRule, Transform, fusable
 from gateway.ops.detect import DETECTORS
 
 TYPES: dict[str, Any] = {
@@ -63,7 +63,7 @@ class Replace(FieldRule, tag="replace"):
 
     def build(self, env: BuildEnv) -> Transform:
         constant = self.value
-        return lambda _: constant
+        return fusable(lambda _: constant, lambda p: ([f"v = {p}value"], {f"{p}value": constant}))
 
 
 class Generalise(FieldRule, tag="generalise"):
@@ -83,7 +83,13 @@ class Generalise(FieldRule, tag="generalise"):
     def build(self, env: BuildEnv) -> Transform:
         table, default = self.map, self.default
         if self.match == "exact":
-            return lambda v: table.get(v if v.__class__ is str else _key(v), default)
+            generalise = lambda v: table.get(v if v.__class__ is str else _key(v), default)  # noqa: E731
+
+            def fuse(p: str) -> tuple[list[str], dict]:
+                names = {f"{p}table": table, f"{p}default": default, f"{p}fn": generalise}
+                return [f"v = {p}table.get(v, {p}default) if v.__class__ is str else {p}fn(v)"], names
+
+            return fusable(generalise, fuse)
         prefixes = sorted(table, key=len, reverse=True)
 
         def generalise_prefix(v):

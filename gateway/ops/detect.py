@@ -41,6 +41,21 @@ _DIGIT_BYTES = b"0123456789"
 # A value that is exactly an ISO 8601 timestamp holds no identifier; timestamps
 # are the commonest kept strings with many digits, so they skip the scans.
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?)?(?:Z|[+-]\d\d:?\d\d)?")
+# The same test without the regex engine (about 1 us a call here): an ASCII string whose
+# digits, all written as "0", give one of the finitely many shapes ISO_TIME accepts.
+ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+ISO_SHAPES = frozenset(
+    f"0000-00-00{time}{zone}".encode()
+    for time in ["", *(f"{sep}00:00{sec}" for sep in "T " for sec in ["", ":00", *(":00." + "0" * k for k in range(1, 10))])]
+    for zone in ("", "Z", "+00:00", "-00:00", "+0000", "-0000")
+)
+assert all(ISO_TIME.fullmatch(shape.decode()) for shape in ISO_SHAPES)
+
+
+def iso_time(text: str) -> bool:
+    """``ISO_TIME.fullmatch(text)`` for ASCII text, about 4x cheaper; False may still be a
+    timestamp written with non-ASCII digits (callers then run the full scan)."""
+    return text.isascii() and len(text) <= 35 and text.encode().translate(ZERO_DIGITS) in ISO_SHAPES
 
 
 def luhn(digits: str) -> bool:

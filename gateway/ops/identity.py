@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from gateway.keys import Keyring, KeyFileError
-from gateway.ops.base import BoundedCache, BuildEnv, Epochs, FieldRule, Transform
+from gateway.ops.base import BoundedCache, BuildEnv, Epochs, FieldRule, Transform, fusable
 
 ENC_PREFIX = "enc."
 
@@ -83,7 +83,18 @@ def pseudonymiser(keyring: Keyring, epochs: Epochs, rule: Pseudonymise, cache_si
             token = f"{token}{after}{text.rsplit(after, 1)[1]}"
         return cache.put(value, token)
 
-    return pseudonymise
+    def refresh() -> None:
+        """Re-key now if the epoch rolled over (the fused form below reads the cache directly)."""
+        if state[1] != epochs.generation:
+            rekey()
+
+    def fuse(p: str) -> tuple[list[str], dict]:
+        # A cache hit without the call. Only valid while whoever runs the fused code calls
+        # ``refresh`` when the epoch generation changes: Engine.process does, before a message.
+        return [f"r = {p}cache.get(v)", f"v = {p}fn(v) if r is None else r"], {f"{p}cache": cache, f"{p}fn": pseudonymise}
+
+    pseudonymise.refresh = refresh  # type: ignore[attr-defined]
+    return fusable(pseudonymise, fuse)
 
 
 class Encrypt(FieldRule, tag="encrypt"):
@@ -112,7 +123,10 @@ def encryptor(keyring: Keyring, cache_size: int) -> Transform:
         sealed = seal(str(value).encode("utf-8", "surrogatepass"), None)
         return cache.put(value, prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode())
 
-    return encrypt
+    def fuse(p: str) -> tuple[list[str], dict]:
+        return [f"r = {p}cache.get(v)", f"v = {p}fn(v) if r is None else r"], {f"{p}cache": cache, f"{p}fn": encrypt}
+
+    return fusable(encrypt, fuse)
 
 
 def reveal(keyring: Keyring, token: str) -> str:

@@ -106,6 +106,19 @@ class CoarsenLocation(Rule, tag="coarsen_location"):
                 return precise(lat, lon) if precise else (lat, lon)
             return snap(lat, lon)
 
+        def fuse(p: str, consented: str) -> tuple[list[str], dict] | None:
+            """Inline form: ``pt`` (the new point, or None to remove it) from the float locals
+            ``la``, ``lo``; ``consented`` is the expression for the third argument. The common
+            case (a valid point, no consent, no zones) snaps inline; the rest is the call."""
+            snap_fuse = getattr(snap, "fuse", None)
+            if zones or fixed is not None or snap_fuse is None:
+                return None
+            lines, names = snap_fuse(p)
+            names[f"{p}fn"] = coarsen_location
+            head = f"if -90.0 <= la <= 90.0 and -180.0 <= lo < 180.0 and not ({consented}):"
+            return [head, *("    " + line for line in lines), "else:", f"    pt = {p}fn(la, lo, {consented})"], names
+
+        coarsen_location.fuse = fuse  # type: ignore[attr-defined]
         return coarsen_location
 
 
@@ -134,32 +147,53 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
     step_lat = 180.0 / n_lat
     digits = _repr_decimals(step_lat)
     # Per latitude band: its longitude cell count and width; per cell: its centre.
-    # A fleet visits few cells, so both are cached (bounded).
-    bands: dict[int, tuple[int, float]] = {}
+    # A fleet visits few cells, so both are cached (bounded). Cell indices are whole
+    # floats, q - q % 1.0 (exact for q >= 0, and 2x cheaper than int(q) here); a cell's
+    # key is i * 2**26 + j (j < 40,075,200 cells round the equator at 1 m < 2**26; the
+    # key stays below 2**51, so it is exact).
+    bands: dict[float, tuple[int, float]] = {}
     centres = BoundedCache(65536)
+    top = n_lat - 1.0
 
-    def band(i: int) -> tuple[int, float]:
+    def band(i: float) -> tuple[int, float]:
         centre = -90.0 + (i + 0.5) * step_lat
         width = grid_m / (M_PER_DEG * max(math.cos(math.radians(centre)), 1e-12))
         n_lon = max(1, math.floor(360.0 / width))
         return bands.setdefault(i, (n_lon, 360.0 / n_lon))
 
+    def centre(i: float, j: float, b: tuple[int, float]) -> tuple[float, float]:
+        return centres.put(i * 67108864.0 + j, (
+            round(-90.0 + (i + 0.5) * step_lat, digits) + 0.0,
+            round(-180.0 + (j + 0.5) * b[1], digits) + 0.0,
+        ))  # fmt: skip
+
     def snap(lat: float, lon: float) -> tuple[float, float]:
         if lon >= 180.0:  # +180 is -180; dividing 360 by the step may fall a hair short of n_lon
             lon -= 360.0
-        i = int((lat + 90.0) / step_lat)
+        q = (lat + 90.0) / step_lat
+        i = q - q % 1.0
         if i >= n_lat:  # lat = 90
-            i = n_lat - 1
-        n_lon, step_lon = bands.get(i) or band(i)
-        cell = (i, int((lon + 180.0) / step_lon) % n_lon)
-        hit = centres.get(cell)
-        if hit is None:
-            hit = centres.put(cell, (
-                round(-90.0 + (i + 0.5) * step_lat, digits) + 0.0,
-                round(-180.0 + (cell[1] + 0.5) * step_lon, digits) + 0.0,
-            ))  # fmt: skip
-        return hit
+            i = top
+        b = bands.get(i) or band(i)
+        q = (lon + 180.0) / b[1]
+        j = (q - q % 1.0) % b[0]
+        return centres.get(i * 67108864.0 + j) or centre(i, j, b)
 
+    def fuse(p: str) -> tuple[list[str], dict]:
+        """``snap`` inline: ``pt`` from the locals ``la``, ``lo`` (valid, and ``lo < 180``)."""
+        lines = [
+            f"q = (la + 90.0) / {step_lat!r}",
+            "i = q - q % 1.0",
+            f"if i >= {n_lat}:",
+            f"    i = {top!r}",
+            f"b = {p}bands.get(i) or {p}band(i)",
+            "q = (lo + 180.0) / b[1]",
+            "j = (q - q % 1.0) % b[0]",
+            f"pt = {p}centres.get(i * 67108864.0 + j) or {p}centre(i, j, b)",
+        ]
+        return lines, {f"{p}bands": bands, f"{p}band": band, f"{p}centres": centres, f"{p}centre": centre}
+
+    snap.fuse = fuse  # type: ignore[attr-defined]
     return snap
 
 

@@ -13,7 +13,7 @@ import ipaddress
 
 from msgspec import UNSET
 
-from gateway.ops.base import BoundedCache, BuildEnv, FieldRule, Transform
+from gateway.ops.base import BoundedCache, BuildEnv, FieldRule, Transform, fusable
 
 
 class TruncateIp(FieldRule, tag="truncate_ip"):
@@ -56,4 +56,7 @@ class TruncateIp(FieldRule, tag="truncate_ip"):
                 out = str(ipaddress.IPv6Address(int(ip) & mask6))
             return cache.put(value, out)
 
-        return truncate_ip
+        def fuse(p: str) -> tuple[list[str], dict]:  # a cache hit without the call
+            return [f"r = {p}cache.get(v)", f"v = {p}fn(v) if r is None else r"], {f"{p}cache": cache, f"{p}fn": truncate_ip}
+
+        return fusable(truncate_ip, fuse)

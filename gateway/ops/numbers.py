@@ -8,13 +8,14 @@ operations keep the signal while dropping the precision.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from decimal import Decimal
 from datetime import datetime, timezone
 from typing import Literal
 
 from msgspec import UNSET
 
-from gateway.ops.base import BuildEnv, FieldRule, Transform
+from gateway.ops.base import BuildEnv, FieldRule, Transform, fusable
 
 NUMBER = int | float
 
@@ -25,11 +26,13 @@ def _decimals_of(step: float) -> int:
     return max(0, -exponent)
 
 
-def _multiples(step: float, floor: bool) -> Transform:
+def _multiples(step: float, floor: bool, stats: Counter | None = None, label: str = "") -> Transform:
     """Nearest (or floor) multiple of ``step`` with a clean repr: n * 0.5 gives 2.5, not 2.5000000001.
 
     Integer arithmetic on the scaled step instead of round(x, n), which is ~10x slower.
-    An integer input with an integral step stays an integer."""
+    An integer input with an integral step stays an integer. A number too large for
+    a float (JSON allows 1e400-digit integers) is removed and counted as
+    ``invalid_number``."""
     digits = _decimals_of(step)
     scale = 10**digits
     istep = round(step * scale)
@@ -38,18 +41,44 @@ def _multiples(step: float, floor: bool) -> Transform:
     def multiple(v: int | float):
         if v.__class__ is float and not math.isfinite(v):
             return UNSET
-        q = v / step
-        if floor:
-            n = math.floor(q)
-            if q - n > 1 - 1e-9:  # 0.3 / 0.1 is 2.9999999999999996: that is 3 steps
-                n += 1
-        else:
-            n = round(q)
+        try:
+            q = v / step
+            if floor:
+                n = math.floor(q)
+                if q - n > 1 - 1e-9:  # 0.3 / 0.1 is 2.9999999999999996: that is 3 steps
+                    n += 1
+            else:
+                n = round(q)
+        except OverflowError:  # an int beyond 1.8e308, or an infinite quotient
+            if stats is not None:
+                stats[(label, "invalid_number")] += 1
+            return UNSET
         if integral and v.__class__ is int:
             return n * istep
         return n * istep / scale
 
-    return multiple
+    def fuse(p: str) -> tuple[list[str], dict]:
+        # An int input inline, in integers; anything else is the call. Below 2**31 (and with a
+        # step below 2**21) the float quotient v / step is within 2**-23 of the exact one,
+        # while an exact quotient that is not whole is at least 2**-21 from a whole number
+        # (and one that is not a half, that far from a half): math.floor and round (half to
+        # even) of the float quotient are the integer floor and round-half-even.
+        if not integral or istep >= 2**21:
+            return [f"v = {p}fn(v)"], {f"{p}fn": multiple}
+        lines = ["if v.__class__ is int and -2147483648 < v < 2147483648:"]
+        if floor:
+            lines += [f"    v = v // {istep} * {istep}"]
+        else:
+            lines += [
+                f"    n = v // {istep}",
+                f"    m = v - n * {istep}",
+                f"    if m + m > {istep} or m + m == {istep} and n & 1:",
+                "        n += 1",
+                f"    v = n * {istep}",
+            ]
+        return [*lines, "else:", f"    v = {p}fn(v)"], {f"{p}fn": multiple}
+
+    return fusable(multiple, fuse)
 
 
 class Round(FieldRule, tag="round"):
@@ -70,8 +99,9 @@ class Round(FieldRule, tag="round"):
     def build(self, env: BuildEnv) -> Transform:
         if self.decimals is not None:
             d = self.decimals
-            return lambda v: round(v, d) if math.isfinite(v) else UNSET
-        return _multiples(self.step, floor=False)
+            # an int is always finite (math.isfinite would overflow on a huge one)
+            return lambda v: UNSET if v.__class__ is float and not math.isfinite(v) else round(v, d)
+        return _multiples(self.step, False, env.stats, self.label())
 
 
 class Bucket(FieldRule, tag="bucket"):
@@ -91,13 +121,13 @@ class Bucket(FieldRule, tag="bucket"):
 
     def build(self, env: BuildEnv) -> Transform:
         if self.step is not None:
-            return _multiples(self.step, floor=True)
+            return _multiples(self.step, True, env.stats, self.label())
         edges = self.edges
         fmt = [_fmt(e) for e in edges]
         labels = [f"<{fmt[0]}"] + [f"{a}-{b}" for a, b in zip(fmt, fmt[1:])] + [f">={fmt[-1]}"]
 
         def label_range(v: int | float):
-            if not math.isfinite(v):
+            if v.__class__ is float and not math.isfinite(v):  # ints compare exactly, however large
                 return UNSET
             i = 0
             while i < len(edges) and v >= edges[i]:

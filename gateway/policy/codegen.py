@@ -1,111 +1,337 @@
-"""Generate the per-object hot-path functions of a fail-closed plan.
+"""Generate the hot-path code of a fail-closed plan.
 
-For each object of the schema two functions are generated as straight-line
-Python, the way ``dataclasses`` generates ``__init__``: ``apply(obj, granted)``
-runs the field operations and ``guard(obj, depth)`` is the leak guard over the
-kept values. Direct attribute access (``obj.f3``) and no loop over step
-objects make a field cost a few bytecodes instead of a loop turn with several
+For a plan, one function is generated as straight-line Python, the way
+``dataclasses`` generates ``__init__``: ``run(payload, upstream, device,
+consents)`` checks the size, decodes, samples the unknown-field count, applies
+the message-level drops, runs the field operations and the leak guard over the
+kept values of the root object, and encodes. Each nested object gets its own
+``apply(obj, granted)`` and ``guard(obj, depth)``. Direct attribute access
+(``obj.f3``), no loop over step objects, and the operations pasted in as
+statements (their ``fuse`` form, see gateway.ops.base) where they offer one make
+a field cost a few bytecodes instead of a call and a loop turn with several
 lookups, which matters when the whole budget per message is a few microseconds.
-The generated source is kept on the function (``__source__``) for debugging.
+The generated source is kept on each function (``__source__``) for debugging.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
-from msgspec import UNSET
+import msgspec
+from msgspec import UNSET, UnsetType
 
-from gateway.ops.detect import ISO_TIME, classify_number, find
-from gateway.policy.compile import Node
+from gateway.ops.detect import ISO_SHAPES, ZERO_DIGITS, classify_number, find
+from gateway.ops.base import BoundedCache
+from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step
 
 NUMBER_LIMIT = 100_000_000_000  # integers below this cannot be a UTR, IMEI or card number
+VERDICT_CACHE = 1024  # per kept string field: recent values the guard found clean
+VERDICT_MAX_LEN = 64  # only short values are remembered
+
+# ``v`` is an ISO 8601 timestamp (gateway.ops.detect.iso_time, inline; a shape is at most 35
+# ASCII characters, so no length test is needed): find() would return nothing.
+# (A str from msgspec has no lone surrogate, so encode() cannot fail.)
+_ISO = "v.encode().translate(ZERO) in SHAPES"
 
 
 def build(node: Node, guard: bool, scan: Callable, coarsen: Callable) -> tuple[Callable, Callable]:
     """``(apply, guard)`` for ``node`` and, recursively, its children."""
-    ns: dict[str, Any] = {
-        "UNSET": UNSET, "scan": scan, "coarsen": coarsen, "find": find, "number": classify_number, "iso": ISO_TIME.fullmatch,
-    }  # fmt: skip
-    apply_lines = ["def apply(obj, granted):"]
-    guard_lines = ["def guard(obj, depth):"]
+    ns = _namespace(scan, coarsen)
+    apply_lines = ["def apply(obj, granted):", *_indent(_apply(node, ns, guard, scan, coarsen), 1), "    return None"]
+    guard_lines = [
+        "def guard(obj, depth):",
+        *_indent(_guard(node, ns, guard, scan, coarsen, lambda label, kind: f"return {label}, {kind}"), 1),
+        "    return None",
+    ]
+    return _define(apply_lines, ns, "apply"), _define(guard_lines, ns, "guard")
 
+
+def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, helpers: dict[str, Any]) -> Callable:
+    """``run(payload, upstream, device, consents) -> Forward | Reject`` for a fail-closed plan.
+
+    ``helpers`` come from gateway.pipeline: Forward, Reject, TooDeep, invalid,
+    sample_unknown, granted_of, condition, read, NO_CONSENT, EMPTY. Sets
+    ``plan.tallies`` (the counts the generated code keeps in local cells).
+
+    With the leak guard on, kept root ``integer`` fields are decoded by a second
+    Struct type that only admits values the guard would pass without a look
+    (|v| < 10**11, see NUMBER_LIMIT), so ``run`` has no check for them; a message
+    this stricter decode refuses for any reason goes to ``run_full``, which decodes
+    it again with the plan's own type and checks every kept value.
+    """
+    ns = _namespace(scan, coarsen)
+    ns.update(helpers)
+    ns.update(plan=plan, stats=plan.stats, decode=plan.decode, encode=plan.encode, conditions=plan.conditions)
+    root = plan.root
+    counters: list[tuple[str, str]] = []  # (cell name, operation name)
+    apply_lines = _apply(root, ns, plan.leak_guard, scan, coarsen, counters)
+    bounded = [s for s in root.kept if plan.leak_guard and not s.array and getattr(s.rule, "type", "") == "integer"]
+    fast_struct = bounded_struct(root, bounded) if bounded else None
+
+    def body(decoder: str, skip: list[Step], on_invalid: list[str]) -> list[str]:
+        lines = [
+            f"if len(payload) > {plan.max_bytes}:",
+            "    return Reject('too_large', plan)",
+            "try:",
+            f"    obj = {decoder}(payload)",
+            "except ValidationError as exc:",
+            *_indent(on_invalid, 1),
+            "except (DecodeError, UnicodeDecodeError):",  # msgspec passes bad UTF-8 in strings through
+            "    return Reject('not_json', plan)",
+            "except RecursionError:",
+            "    return Reject('too_deep', plan)",
+            "countdown -= 1",  # undeclared fields are counted in 1 message of ``sample``
+            "if countdown:",
+            "    unknown = 0",
+            "else:",
+            f"    countdown = {sample}",
+            "    unknown = sample_unknown(plan, payload)",
+        ]
+        if plan.conditions:
+            lines += [
+                "for cond in conditions:",
+                "    if condition(cond.rule, read(obj, cond.steps, True)):",
+                "        stats[(cond.rule.path, cond.rule.reason)] += 1",
+                "        return Reject(cond.rule.reason, plan, cond.rule.path)",
+            ]
+        if _uses_consent(root):
+            lines += ["granted = EMPTY if consents is NO_CONSENT else granted_of(plan, obj, device, consents)"]
+        else:
+            lines += ["granted = EMPTY"]  # no rule of this plan depends on consent
+        guard = _guard(root, ns, plan.leak_guard, scan, coarsen, lambda label, kind: f"return leak({label}, {kind})", skip)
+        return [
+            *lines,
+            "try:",
+            *_indent(apply_lines, 1),
+            f"    depth = {plan.max_depth - 1}",
+            *_indent(guard, 1),
+            "except TooDeep:",
+            "    return Reject('too_deep', plan)",
+            "return tuple_new(Forward, (upstream, encode(obj), plan, unknown))",  # C-level NamedTuple build
+        ]
+
+    cells = [name for name, _ in counters]
+    declare = [f"        nonlocal {', '.join(['countdown', *cells])}"]
+    lines = [
+        "def make():",
+        f"    countdown = {sample}",
+        *(f"    {name} = 0" for name in cells),
+        "    def leak(label, kind):",
+        "        stats[(label, 'leak')] += 1",
+        "        return Reject('leak', plan, label, kind)",
+        "    def tallies():",
+        f"        return [{', '.join(f'({op!r}, {name})' for name, op in counters)}]",
+        "    def run_full(payload, upstream, device, consents):",
+        *declare,
+        *_indent(body("decode", [], ["return invalid(plan, str(exc))"]), 2),
+    ]
+    if fast_struct is not None:
+        ns["decode_bounded"] = msgspec.json.Decoder(fast_struct).decode
+        lines += [
+            "    def run(payload, upstream, device, consents):",
+            *declare,
+            *_indent(body("decode_bounded", bounded, ["return run_full(payload, upstream, device, consents)"]), 2),
+        ]
+    else:
+        lines += ["    run = run_full"]
+    lines += ["    return run, tallies"]
+    make = _define(lines, ns, "make")
+    run, plan.tallies = make()
+    run.__source__ = make.__source__
+    return run
+
+
+def bounded_struct(node: Node, steps: list[Step]) -> type:
+    """``node.struct`` with the int fields ``steps`` limited to what cannot be an identifier."""
+    small = Annotated[int, msgspec.Meta(gt=-NUMBER_LIMIT, lt=NUMBER_LIMIT)]
+    attrs = {s.attr for s in steps}
+    fields = []
+    for f in msgspec.structs.fields(node.struct):
+        kind = f.type
+        if f.name in attrs:
+            assert kind == int | None | UnsetType or kind == int, kind  # what _finish declares for a kept integer
+            kind = small | None | UnsetType if kind != int else small
+        fields.append((f.name, kind, f.default if f.required is False else msgspec.NODEFAULT))
+    rename = {f.name: f.encode_name for f in msgspec.structs.fields(node.struct)}
+    return msgspec.defstruct(node.struct.__name__ + "Bounded", fields, kw_only=True, rename=rename)
+
+
+def _namespace(scan: Callable, coarsen: Callable) -> dict[str, Any]:
+    return {
+        "UNSET": UNSET, "scan": scan, "coarsen": coarsen, "find": find, "number": classify_number,
+        "ZERO": ZERO_DIGITS, "SHAPES": ISO_SHAPES, "tuple_new": tuple.__new__,
+    }  # fmt: skip
+
+
+def _uses_consent(node: Node) -> bool:
+    return any(loc.rule.consent for loc in node.locations) or any(_uses_consent(s.child) for s in node.children)
+
+
+def _indent(lines: list[str], levels: int) -> list[str]:
+    pad = "    " * levels
+    return [pad + line for line in lines]
+
+
+def _apply(
+    node: Node, ns: dict[str, Any], guard: bool, scan: Callable, coarsen: Callable, counters: list | None = None
+) -> list[str]:
+    """Statements running the field operations of ``node`` on ``obj`` (``granted`` in scope).
+
+    How often each operation acted is counted on its step (``s0.count``), or, given
+    ``counters``, in a local cell ``n_s0`` (cheaper) appended there with its operation."""
+    lines: list[str] = []
+
+    def count(name: str, op: str) -> str:
+        if counters is None:
+            return f"{name}.count += 1"
+        counters.append((f"n_{name}", op))
+        return f"n_{name} += 1"
     for i, step in enumerate(node.drops):
         ns[f"d{i}"] = step
-        apply_lines += [
-            f"    if obj.{step.attr} is not UNSET:",
-            f"        obj.{step.attr} = UNSET",
-            f"        d{i}.count += 1",
+        lines += [
+            f"if obj.{step.attr} is not UNSET:",
+            f"    obj.{step.attr} = UNSET",
+            f"    {count(f'd{i}', step.op)}",
         ]
     for i, step in enumerate(node.leaves):
         ns[f"s{i}"], ns[f"fn{i}"] = step, step.fn
-        value = f"[x for x in (None if e is None else fn{i}(e) for e in v) if x is not UNSET]" if step.array else f"fn{i}(v)"
-        apply_lines += [
-            f"    v = obj.{step.attr}",
-            "    if v is not UNSET and v is not None:",
-            f"        obj.{step.attr} = {value}",
-            f"        s{i}.count += 1",
+        fuse = getattr(step.fn, "fuse", None)
+        if step.array:
+            op = [f"v = [x for x in (None if e is None else fn{i}(e) for e in v) if x is not UNSET]"]
+        elif fuse is not None:
+            op, names = fuse(f"_{i}_")
+            ns.update(names)
+        else:
+            op = [f"v = fn{i}(v)"]
+        lines += [
+            f"v = obj.{step.attr}",
+            "if v is not UNSET and v is not None:",
+            *_indent(op, 1),
+            f"    obj.{step.attr} = v",
+            f"    {count(f's{i}', step.op)}",
         ]
     for i, loc in enumerate(node.locations):
         ns[f"loc{i}"], ns[f"cl{i}"], ns[f"purpose{i}"] = loc, loc.fn, loc.rule.consent
         lat, lon = f"obj.{loc.lat.attr}", f"obj.{loc.lon.attr}"
-        apply_lines += [
-            f"    la, lo = {lat}, {lon}",
-            "    if la.__class__ is float and lo.__class__ is float:",  # the common case, inline
-            f"        p = cl{i}(la, lo, purpose{i} in granted)",
-            f"        loc{i}.count += 1",
-            f"        {lat}, {lon} = (UNSET, UNSET) if p is None else p",
-            "    elif la is not UNSET or lo is not UNSET:",  # nulls or a lone coordinate
-            f"        p = coarsen(loc{i}, la, lo, granted)",
-            "        if p is not UNSET:",
-            f"            {lat}, {lon} = p",
+        consented = f"purpose{i} in granted" if loc.rule.consent else "False"
+        fuse = getattr(loc.fn, "fuse", None)
+        fused = fuse(f"_loc{i}_", consented) if fuse is not None else None
+        if fused is not None:
+            op, names = fused
+            ns.update(names)
+        else:
+            op = [f"pt = cl{i}(la, lo, {consented})"]
+        lines += [
+            f"la, lo = {lat}, {lon}",
+            "if la.__class__ is float and lo.__class__ is float:",  # the common case, inline
+            f"    {count(f'loc{i}', 'coarsen_location')}",
+            *_indent(op, 1),
+            "    if pt is None:",
+            f"        {lat} = UNSET",
+            f"        {lon} = UNSET",
+            "    else:",
+            f"        {lat}, {lon} = pt",
+            "elif la is not UNSET or lo is not UNSET:",  # nulls or a lone coordinate
+            f"    pt = coarsen(loc{i}, la, lo, granted)",
+            "    if pt is not UNSET:",
+            f"        {lat}, {lon} = pt",
         ]
-    for i, step in enumerate(node.kept):
-        ns[f"k{i}"], ns[f"e{i}"], ns[f"l{i}"] = step.key, step.enabled if guard else frozenset(), step.label
-        guard_lines.append(f"    v = obj.{step.attr}")
-        if guard:
-            # Fast paths for what kept fields mostly hold: words, small numbers, flags.
-            guard_lines += [
-                "    c = v.__class__",
-                "    if c is str:",
-                "        if v and not v.isalpha() and not (len(v) <= 35 and iso(v)):",
-                f"            h = find(v, e{i})",
-                "            if h:",
-                f"                return l{i}, h[0][0]",
-                "    elif c is int:",
-                f"        if not -{NUMBER_LIMIT} < v < {NUMBER_LIMIT}:",
-                "            h = number(v)",
-                f"            if h in e{i}:",
-                f"                return l{i}, h",
-                "    elif v is not UNSET and v is not None and c is not bool:",
-                f"        h = scan(v, e{i}, k{i}, depth)",
-                "        if h is not None:",
-                f"            return l{i}, h",
-            ]
-        else:  # the guard is off, but max_depth still holds for kept free-form values
-            guard_lines += [
-                "    if v.__class__ is dict or v.__class__ is list:",
-                f"        scan(v, e{i}, k{i}, depth)",
-            ]
     for i, step in enumerate(node.children):
         child_apply, child_guard = build(step.child, guard, scan, coarsen)
         ns[f"ca{i}"], ns[f"cg{i}"] = child_apply, child_guard
-        apply_lines += [f"    v = obj.{step.attr}", "    if v is not UNSET and v is not None:"]
-        guard_lines += [f"    v = obj.{step.attr}", "    if v is not UNSET and v is not None:"]
+        lines += [f"v = obj.{step.attr}", "if v is not UNSET and v is not None:"]
         if step.array:
-            apply_lines += ["        for e in v:", "            if e is not None:", f"                ca{i}(e, granted)"]
-            guard_lines += [
-                "        for e in v:",
-                "            if e is not None:",
-                f"                h = cg{i}(e, depth - 1)",
-                "                if h is not None:",
-                "                    return h",
+            lines += ["    for e in v:", "        if e is not None:", f"            ca{i}(e, granted)"]
+        else:
+            lines += [f"    ca{i}(v, granted)"]
+    return lines
+
+
+def _guard(
+    node: Node,
+    ns: dict[str, Any],
+    guard: bool,
+    scan: Callable,
+    coarsen: Callable,
+    hit: Callable[[str, str], str],
+    skip: list[Step] = (),
+) -> list[str]:
+    """Statements of the leak guard over the kept values of ``obj`` (``depth`` in scope).
+
+    ``hit(label, kind)`` is the statement for a detection (a return). The declared
+    type of a kept field is enforced by the decoder, so a ``string`` field is only
+    ever checked as a string, an ``integer`` one as an int. ``skip``: kept fields
+    the decoder has already limited to values that pass (see build_runner)."""
+    lines: list[str] = []
+    for i, step in enumerate(node.kept):
+        if any(step is s for s in skip):
+            continue
+        ns[f"k{i}"], ns[f"e{i}"], ns[f"l{i}"] = step.key, step.enabled if guard else frozenset(), step.label
+        kind = getattr(step.rule, "type", "any")
+        if step.array:  # ``path[]``: the value is a list of that type
+            kind = "array"
+        if not guard:  # the guard is off, but max_depth still holds for kept free-form values
+            if kind in ("any", "object", "array"):
+                lines += [
+                    f"v = obj.{step.attr}",
+                    "if v.__class__ is dict or v.__class__ is list:",
+                    f"    scan(v, e{i}, k{i}, depth)",
+                ]
+            continue
+        string = [  # words and timestamps hold no identifier; nor a value found clean before
+            f"if v and not v.isalpha() and not {_ISO} and v not in ok{i}:",
+            f"    h = find(v, e{i})",
+            "    if h:",
+            f"        {hit(f'l{i}', 'h[0][0]')}",
+            f"    if len(v) <= {VERDICT_MAX_LEN}:",
+            f"        ok{i}.put(v, True)",
+        ]
+        integer = [
+            f"if not -{NUMBER_LIMIT} < v < {NUMBER_LIMIT}:",
+            "    h = number(v)",
+            f"    if h in e{i}:",
+            f"        {hit(f'l{i}', 'h')}",
+        ]
+        other = [
+            "h = scan(v, e{i}, k{i}, depth)".format(i=i),
+            "if h is not None:",
+            f"    {hit(f'l{i}', 'h')}",
+        ]
+        if kind in ("string", "any"):
+            ns[f"ok{i}"] = BoundedCache(VERDICT_CACHE)  # values find() returned nothing for
+        lines.append(f"v = obj.{step.attr}")
+        if kind == "string":
+            lines += string  # a str, None or UNSET (both false)
+        elif kind == "integer":
+            lines += ["if v.__class__ is int:", *_indent(integer, 1)]
+        elif kind == "number":
+            lines += ["if v.__class__ is int:", *_indent(integer, 1)]
+            if COORDINATE_KEYS.fullmatch(step.key):  # a float elsewhere cannot trip a detector
+                lines += ["elif v.__class__ is float:", *_indent(other, 1)]
+        else:
+            lines += [
+                "c = v.__class__",
+                "if c is str:",
+                *_indent(string, 1),
+                "elif c is int:",
+                *_indent(integer, 1),
+                "elif v is not UNSET and v is not None and c is not bool:",
+                *_indent(other, 1),
+            ]
+    for i, step in enumerate(node.children):
+        ns[f"cg{i}"] = ns.get(f"cg{i}") or build(step.child, guard, scan, coarsen)[1]
+        lines += [f"v = obj.{step.attr}", "if v is not UNSET and v is not None:"]
+        if step.array:
+            lines += [
+                "    for e in v:",
+                "        if e is not None:",
+                f"            h = cg{i}(e, depth - 1)",
+                "            if h is not None:",
+                f"                {hit('h[0]', 'h[1]')}",
             ]
         else:
-            apply_lines += [f"        ca{i}(v, granted)"]
-            guard_lines += [f"        h = cg{i}(v, depth - 1)", "        if h is not None:", "            return h"]
-    apply_lines.append("    return None")
-    guard_lines.append("    return None")
-    return _define(apply_lines, ns, "apply"), _define(guard_lines, ns, "guard")
+            lines += [f"    h = cg{i}(v, depth - 1)", "    if h is not None:", f"        {hit('h[0]', 'h[1]')}"]
+    return lines
 
 
 def _define(lines: list[str], ns: dict[str, Any], name: str) -> Callable:
