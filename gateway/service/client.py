@@ -52,6 +52,9 @@ class Client(aiomqtt.Client):
         self._thread_id = threading.get_ident()  # aiomqtt requires creation on the loop thread
         self._flush_scheduled = False
         self._on_puback_cb = on_puback
+        # paho logs every packet at debug level; the formatting checks cost per message,
+        # and connection failures surface as aiomqtt exceptions that the gateway logs itself.
+        self._client.disable_logger()
         if on_message is not None:
             self._client.on_message = lambda _c, _u, message: on_message(message)
 

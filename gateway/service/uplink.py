@@ -59,15 +59,23 @@ class _Stored(msgspec.Struct, array_like=True):
 
 
 def provenance(user: list[tuple[str, str]], expiry: int | None) -> Provenance:
-    return Provenance(_properties(user, expiry), msgspec.json.encode(_Stored(user, expiry)), expiry)
+    return Provenance(_Packed(user, expiry), msgspec.json.encode(_Stored(user, expiry)), expiry)
 
 
-def _properties(user: list[tuple[str, str]], expiry: int | None) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
-    props.UserProperty = list(user)
-    if expiry is not None:
-        props.MessageExpiryInterval = expiry
-    return props
+class _Packed(Properties):
+    """PUBLISH properties packed once: paho packs ``Properties`` anew on every publish,
+    which costs more than minimising the message (every field name is looked up by
+    string manipulation). The provenance of a policy never changes, so pack it once."""
+
+    def __init__(self, user: list[tuple[str, str]], expiry: int | None) -> None:
+        super().__init__(PacketTypes.PUBLISH)
+        self.UserProperty = list(user)
+        if expiry is not None:
+            self.MessageExpiryInterval = expiry
+        object.__setattr__(self, "_packed", super().pack())  # Properties.__setattr__ only takes MQTT names
+
+    def pack(self) -> bytes:
+        return self._packed  # type: ignore[attr-defined]
 
 
 class Item(NamedTuple):
@@ -131,6 +139,8 @@ class Uplink:
         self._stop = asyncio.Event()
         self._connected_once = False
         self._full_logged = False
+        self._drain_props: dict[tuple[bytes, int | None], _Packed] = {}
+        self.first_attempt = asyncio.Event()  # set once the first connection attempt is over
         self._update_gauges()
 
     # -- state seen by the worker ------------------------------------------------------
@@ -251,6 +261,7 @@ class Uplink:
                 except Exception as exc:  # noqa: BLE001 - any connection failure: log, back off, retry
                     self._lost()
                     log.warning("cloud_connect_failed", error=_describe(exc))
+                self.first_attempt.set()
                 if self._stop.is_set():
                     break
                 await wait_first(self._stop.wait(), timeout=backoff.next_delay())
@@ -282,6 +293,7 @@ class Uplink:
             self._connected_once = True
             backoff.reset()
             log.info("cloud_connected", host=ep.host, port=ep.port, spool_depth=self.spool.depth)
+            self.first_attempt.set()
             self._wake.set()
             try:
                 await wait_first(client.wait_disconnected(), self._stop.wait())
@@ -335,7 +347,12 @@ class Uplink:
                 if expiry <= 0:  # the message's MQTT 5 expiry passed while spooled
                     expired.append(e.id)
                     continue
-            mid = client.publish_nowait(e.topic, e.payload, e.qos, _properties(stored.user, expiry))
+            props = self._drain_props.get((e.properties, expiry))
+            if props is None:
+                if len(self._drain_props) > 1024:
+                    self._drain_props.clear()
+                props = self._drain_props[(e.properties, expiry)] = _Packed(stored.user, expiry)
+            mid = client.publish_nowait(e.topic, e.payload, e.qos, props)
             if mid is None:
                 self._drain_failed = True
                 break

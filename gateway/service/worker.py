@@ -111,6 +111,9 @@ class Worker:
             local=cfg.local.url, cloud=cfg.cloud.url,
         )
         up = asyncio.create_task(self.uplink.run(), name="uplink")
+        # The cloud first: a backlog waiting at the local broker then goes straight up
+        # instead of through the spool. Not forever: an absent cloud is what the spool is for.
+        await wait_first(self.uplink.first_attempt.wait(), self._stop.wait(), timeout=15)
         down = asyncio.create_task(self._local_loop(), name="local")
         trackers = await self._start_gt06() if cfg.ingest.gt06.listen and self.index == 0 else None
         try:
