@@ -773,12 +773,24 @@ def test_good_coarsen_parameters_are_accepted():
 
 
 def fused(fn):
-    """The transform's ``fuse`` lines as a function of ``v``."""
-    lines, names = fn.fuse("_t_")
+    """The transform with its ``fuse`` form pasted in, as the plan's code generator does."""
+    if fn.fuse("_t_") is None:  # no inline form for these parameters: the generator calls fn
+        return fn
+    test, lines, names = fn.fuse("_t_")
     assert all(name.startswith("_t_") for name in names)
-    source = "def f(v):\n" + "".join(f"    {line}\n" for line in lines) + "    return v\n"
-    ns = {"UNSET": UNSET, **names}
+    body = "".join(f"        {line}\n" for line in lines)
+    source = f"def f(v):\n    if {test}:\n{body}        return v\n    return fn(v)\n"
+    ns = {"UNSET": UNSET, "fn": fn, **names}
     exec(source, ns)  # noqa: S102 - the code under test
+    return ns["f"]
+
+
+def fused_only(fn):
+    """Only the inline part: None where the test does not hold."""
+    test, lines, names = fn.fuse("_t_")
+    body = "".join(f"        {line}\n" for line in lines)
+    ns = {"UNSET": UNSET, **names}
+    exec(f"def f(v):\n    if {test}:\n{body}        return v\n    return None\n", ns)  # noqa: S102
     return ns["f"]
 
 
@@ -816,10 +828,12 @@ def test_fused_round_and_bucket_equal_the_transform(value, step, cls):
 def test_fused_int_path_half_cases_exhaustively(cls, step):
     """Every int in a window around 0 and around +-2**31 (where the inline path ends)."""
     fn = build(cls, path="x", step=step)
-    f = fused(fn)
+    f, inline = fused(fn), fused_only(fn)
     for base in (0, 2**31, -(2**31)):
         for value in range(base - 300, base + 300):
             assert same(f(value), fn(value)), value
+    assert all(same(inline(v), fn(v)) for v in range(-300, 300))  # and these do take the inline path
+    assert inline(2**31) is None and inline(2.0) is None and inline(None) is None and inline(UNSET) is None
 
 
 def test_huge_numbers_are_removed_and_counted_not_raised():
@@ -851,9 +865,11 @@ def test_fused_cached_transforms_equal_the_transform_hit_or_miss():
         (build(TruncateIp, e, path="ip"), ["203.0.113.77", "::ffff:203.0.113.7", "not-an-ip", "203.0.113.77", "not-an-ip"]),
     ]
     for fn, values in cases:
-        f = fused(fn)
+        f, inline = fused(fn), fused_only(fn)
         for v in values:  # the first time a miss (the call), then a cache hit
             assert same(f(v), fn(v)) or f(v) is fn(v) is UNSET, v
+        assert inline(values[0]) == fn(values[0])  # a hit, inline
+        assert inline(None) is inline(UNSET) is None  # never a hit
     assert e.stats[("ip", "invalid_ip")] == 4  # counted on every miss, fused or not
 
 
@@ -889,9 +905,10 @@ def reference_grid(grid_m: float):
 
 
 def fused_location(fn):
-    lines, names = fn.fuse("_t_", "consented")
-    source = "def f(la, lo, consented):\n" + "".join(f"    {line}\n" for line in lines) + "    return pt\n"
-    ns = dict(names)
+    test, lines, names = fn.fuse("_t_", "consented")
+    body = "".join(f"        {line}\n" for line in lines)
+    source = f"def f(la, lo, consented):\n    if {test}:\n{body}        return pt\n    return fn(la, lo, consented)\n"
+    ns = {"fn": fn, **names}
     exec(source, ns)  # noqa: S102 - the code under test
     return ns["f"]
 

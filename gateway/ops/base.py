@@ -20,13 +20,15 @@ from gateway.keys import Keyring
 
 Transform = Callable[[Any], Any]
 
-# An operation's transform may carry ``fuse``: ``fuse(prefix) -> (lines, names)``, Python
-# statements that compute the same result as the call ``v = transform(v)`` on the local
-# ``v`` (``UNSET`` removes the field), and the globals they need (each name starting with
-# ``prefix``). The plan's code generator (gateway.policy.codegen) pastes them into the
-# generated hot path instead of a call. tests/test_ops.py checks every fused form against
-# its transform.
-Fuse = Callable[[str], "tuple[list[str], dict[str, Any]]"]
+# An operation's transform may carry ``fuse``: ``fuse(prefix) -> (test, lines, names)``, its
+# common case as Python source for the plan's code generator (gateway.policy.codegen) to
+# paste into the generated hot path instead of a call: when the expression ``test`` on the
+# local ``v`` holds (it implies that ``v`` is present: not None, not UNSET), the statements
+# ``lines`` set ``v`` to what ``transform(v)`` returns (``UNSET`` removes the field);
+# otherwise a present value goes to the transform. ``names`` are the globals they use, each
+# starting with ``prefix``. ``fuse`` returns None when these parameters have no inline form.
+# tests/test_ops.py checks every fused form against its transform.
+Fuse = Callable[[str], "tuple[str, list[str], dict[str, Any]] | None"]
 
 
 def fusable(fn: Transform, fuse: Fuse) -> Transform:

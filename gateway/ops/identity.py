@@ -88,10 +88,11 @@ def pseudonymiser(keyring: Keyring, epochs: Epochs, rule: Pseudonymise, cache_si
         if state[1] != epochs.generation:
             rekey()
 
-    def fuse(p: str) -> tuple[list[str], dict]:
-        # A cache hit without the call. Only valid while whoever runs the fused code calls
-        # ``refresh`` when the epoch generation changes: Engine.process does, before a message.
-        return [f"r = {p}cache.get(v)", f"v = {p}fn(v) if r is None else r"], {f"{p}cache": cache, f"{p}fn": pseudonymise}
+    def fuse(p: str) -> tuple[str, list[str], dict]:
+        # A cache hit without the call (the cache never holds None or UNSET). Only valid while
+        # whoever runs the fused code calls ``refresh`` when the epoch generation changes:
+        # Engine.process does, before a message.
+        return f"(r := {p}cache.get(v)) is not None", ["v = r"], {f"{p}cache": cache}
 
     pseudonymise.refresh = refresh  # type: ignore[attr-defined]
     return fusable(pseudonymise, fuse)
@@ -123,8 +124,8 @@ def encryptor(keyring: Keyring, cache_size: int) -> Transform:
         sealed = seal(str(value).encode("utf-8", "surrogatepass"), None)
         return cache.put(value, prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode())
 
-    def fuse(p: str) -> tuple[list[str], dict]:
-        return [f"r = {p}cache.get(v)", f"v = {p}fn(v) if r is None else r"], {f"{p}cache": cache, f"{p}fn": encrypt}
+    def fuse(p: str) -> tuple[str, list[str], dict]:  # a cache hit without the call
+        return f"(r := {p}cache.get(v)) is not None", ["v = r"], {f"{p}cache": cache}
 
     return fusable(encrypt, fuse)
 

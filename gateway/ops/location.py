@@ -106,17 +106,17 @@ class CoarsenLocation(Rule, tag="coarsen_location"):
                 return precise(lat, lon) if precise else (lat, lon)
             return snap(lat, lon)
 
-        def fuse(p: str, consented: str) -> tuple[list[str], dict] | None:
-            """Inline form: ``pt`` (the new point, or None to remove it) from the float locals
-            ``la``, ``lo``; ``consented`` is the expression for the third argument. The common
-            case (a valid point, no consent, no zones) snaps inline; the rest is the call."""
+        def fuse(p: str, consented: str) -> tuple[str, list[str], dict] | None:
+            """The common case inline (see gateway.ops.base.Fuse), over the float locals ``la``
+            and ``lo``: when ``test`` holds (a valid point, no consent, no zones), ``lines``
+            set ``pt`` to the snapped point; anything else is the call. ``consented`` is the
+            expression for the call's third argument."""
             snap_fuse = getattr(snap, "fuse", None)
             if zones or fixed is not None or snap_fuse is None:
                 return None
             lines, names = snap_fuse(p)
-            names[f"{p}fn"] = coarsen_location
-            head = f"if -90.0 <= la <= 90.0 and -180.0 <= lo < 180.0 and not ({consented}):"
-            return [head, *("    " + line for line in lines), "else:", f"    pt = {p}fn(la, lo, {consented})"], names
+            test = "-90.0 <= la <= 90.0 and -180.0 <= lo < 180.0" + ("" if consented == "False" else f" and not ({consented})")
+            return test, lines, names
 
         coarsen_location.fuse = fuse  # type: ignore[attr-defined]
         return coarsen_location

@@ -56,7 +56,7 @@ class TruncateIp(FieldRule, tag="truncate_ip"):
                 out = str(ipaddress.IPv6Address(int(ip) & mask6))
             return cache.put(value, out)
 
-        def fuse(p: str) -> tuple[list[str], dict]:  # a cache hit without the call
-            return [f"r = {p}cache.get(v)", f"v = {p}fn(v) if r is None else r"], {f"{p}cache": cache, f"{p}fn": truncate_ip}
+        def fuse(p: str) -> tuple[str, list[str], dict]:  # a cache hit without the call
+            return f"(r := {p}cache.get(v)) is not None", ["v = r"], {f"{p}cache": cache}
 
         return fusable(truncate_ip, fuse)

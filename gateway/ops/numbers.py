@@ -57,26 +57,24 @@ def _multiples(step: float, floor: bool, stats: Counter | None = None, label: st
             return n * istep
         return n * istep / scale
 
-    def fuse(p: str) -> tuple[list[str], dict]:
-        # An int input inline, in integers; anything else is the call. Below 2**31 (and with a
-        # step below 2**21) the float quotient v / step is within 2**-23 of the exact one,
-        # while an exact quotient that is not whole is at least 2**-21 from a whole number
-        # (and one that is not a half, that far from a half): math.floor and round (half to
-        # even) of the float quotient are the integer floor and round-half-even.
+    def fuse(p: str) -> tuple[str, list[str], dict] | None:
+        # An int inline, in integers. Below 2**31 (and with a step below 2**21) the float
+        # quotient v / step is within 2**-23 of the exact one, while an exact quotient that is
+        # not whole is at least 2**-21 from a whole number (and one that is not a half, that
+        # far from a half): math.floor and round (half to even) of the float quotient are the
+        # integer floor and round-half-even.
         if not integral or istep >= 2**21:
-            return [f"v = {p}fn(v)"], {f"{p}fn": multiple}
-        lines = ["if v.__class__ is int and -2147483648 < v < 2147483648:"]
+            return None
+        test = "v.__class__ is int and -2147483648 < v < 2147483648"
         if floor:
-            lines += [f"    v = v // {istep} * {istep}"]
-        else:
-            lines += [
-                f"    n = v // {istep}",
-                f"    m = v - n * {istep}",
-                f"    if m + m > {istep} or m + m == {istep} and n & 1:",
-                "        n += 1",
-                f"    v = n * {istep}",
-            ]
-        return [*lines, "else:", f"    v = {p}fn(v)"], {f"{p}fn": multiple}
+            return test, [f"v = v // {istep} * {istep}"], {}
+        return test, [
+            f"n = v // {istep}",
+            f"m = v - n * {istep}",
+            f"if m + m > {istep} or m + m == {istep} and n & 1:",
+            "    n += 1",
+            f"v = n * {istep}",
+        ], {}
 
     return fusable(multiple, fuse)
 

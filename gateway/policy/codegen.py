@@ -102,8 +102,9 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
         return [
             *lines,
             "try:",
+            "    pass",  # for a policy with nothing to apply or guard
             *_indent(apply_lines, 1),
-            f"    depth = {plan.max_depth - 1}",
+            *([f"    depth = {plan.max_depth - 1}"] if any("depth" in line for line in guard) else []),
             *_indent(guard, 1),
             "except TooDeep:",
             "    return Reject('too_deep', plan)",
@@ -153,7 +154,7 @@ def bounded_struct(node: Node, steps: list[Step]) -> type:
             kind = small | None | UnsetType if kind != int else small
         fields.append((f.name, kind, f.default if f.required is False else msgspec.NODEFAULT))
     rename = {f.name: f.encode_name for f in msgspec.structs.fields(node.struct)}
-    return msgspec.defstruct(node.struct.__name__ + "Bounded", fields, kw_only=True, rename=rename)
+    return msgspec.defstruct(node.struct.__name__ + "Bounded", fields, kw_only=True, rename=rename, gc=False)
 
 
 def _namespace(scan: Callable, coarsen: Callable) -> dict[str, Any]:
@@ -196,41 +197,52 @@ def _apply(
     for i, step in enumerate(node.leaves):
         ns[f"s{i}"], ns[f"fn{i}"] = step, step.fn
         fuse = getattr(step.fn, "fuse", None)
-        if step.array:
-            op = [f"v = [x for x in (None if e is None else fn{i}(e) for e in v) if x is not UNSET]"]
-        elif fuse is not None:
-            op, names = fuse(f"_{i}_")
+        fused = fuse(f"_{i}_") if fuse is not None and not step.array else None
+        tally = count(f"s{i}", step.op)
+        lines.append(f"v = obj.{step.attr}")
+        if fused is not None:  # the operation's common case inline, the rest a call
+            test, op, names = fused
             ns.update(names)
+            if len(op) == 1 and op[0].startswith("v = "):  # one expression: straight into the field
+                op = [f"obj.{step.attr} = {op[0][4:]}"]
+            else:
+                op = [*op, f"obj.{step.attr} = v"]
+            lines += [f"if {test}:", *_indent(op, 1), f"    {tally}"]
+            lines.append("elif v is not UNSET and v is not None:")
         else:
-            op = [f"v = fn{i}(v)"]
-        lines += [
-            f"v = obj.{step.attr}",
-            "if v is not UNSET and v is not None:",
-            *_indent(op, 1),
-            f"    obj.{step.attr} = v",
-            f"    {count(f's{i}', step.op)}",
-        ]
+            lines.append("if v is not UNSET and v is not None:")
+        if step.array:
+            lines.append(f"    v = [x for x in (None if e is None else fn{i}(e) for e in v) if x is not UNSET]")
+        else:
+            lines.append(f"    v = fn{i}(v)")
+        lines += [f"    obj.{step.attr} = v", f"    {tally}"]
     for i, loc in enumerate(node.locations):
         ns[f"loc{i}"], ns[f"cl{i}"], ns[f"purpose{i}"] = loc, loc.fn, loc.rule.consent
         lat, lon = f"obj.{loc.lat.attr}", f"obj.{loc.lon.attr}"
         consented = f"purpose{i} in granted" if loc.rule.consent else "False"
         fuse = getattr(loc.fn, "fuse", None)
         fused = fuse(f"_loc{i}_", consented) if fuse is not None else None
-        if fused is not None:
-            op, names = fused
-            ns.update(names)
-        else:
-            op = [f"pt = cl{i}(la, lo, {consented})"]
+        tally = count(f"loc{i}", "coarsen_location")
+        call = [
+            f"pt = cl{i}(la, lo, {consented})",
+            "if pt is None:",
+            f"    {lat} = UNSET",
+            f"    {lon} = UNSET",
+            "else:",
+            f"    {lat}, {lon} = pt",
+        ]
         lines += [
             f"la, lo = {lat}, {lon}",
-            "if la.__class__ is float and lo.__class__ is float:",  # the common case, inline
-            f"    {count(f'loc{i}', 'coarsen_location')}",
-            *_indent(op, 1),
-            "    if pt is None:",
-            f"        {lat} = UNSET",
-            f"        {lon} = UNSET",
-            "    else:",
-            f"        {lat}, {lon} = pt",
+            "if la.__class__ is float and lo.__class__ is float:",
+            f"    {tally}",
+        ]
+        if fused is not None:  # the common case inline
+            test, op, names = fused
+            ns.update(names)
+            lines += [f"    if {test}:", *_indent(op, 2), f"        {lat}, {lon} = pt", "    else:", *_indent(call, 2)]
+        else:
+            lines += _indent(call, 1)
+        lines += [
             "elif la is not UNSET or lo is not UNSET:",  # nulls or a lone coordinate
             f"    pt = coarsen(loc{i}, la, lo, granted)",
             "    if pt is not UNSET:",

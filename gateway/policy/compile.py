@@ -355,6 +355,8 @@ def _finish(node: Node, structs: bool, name: str) -> None:
             fields.append((step.attr, msgspec.Raw | UnsetType, UNSET))
         else:
             fields.append((step.attr, inner | None | UnsetType, UNSET))
+    # gc=False: a decoded message is a tree (JSON has no cycles, and the operations only put
+    # new scalars in), so the collector need not track the millions of short-lived instances.
     node.struct = msgspec.defstruct(
-        name, fields, kw_only=True, rename={s.attr: s.key for s in node.steps.values() if s.attr}
+        name, fields, kw_only=True, rename={s.attr: s.key for s in node.steps.values() if s.attr}, gc=False
     )
