@@ -10,9 +10,11 @@ loop thread, and tracks its own PUBACKs. So this class:
 
 - hands paho's ``MQTTMessage`` straight to ``on_message`` (no queue, no task);
 - reports PUBACKs to ``on_puback(mid, failed)`` and offers ``publish_nowait``;
-- coalesces writes: when paho wants to write from the loop thread, one
-  ``call_soon`` flushes all packets queued in that loop turn, and a writer is
-  registered only if the socket would block.
+- buffers the socket: paho reads a packet with three or more ``recv`` calls
+  (command byte, each length byte, body) and sends each packet with its own
+  ``send``. Here ``recv`` is served from one 64 KiB read, and sends are gathered
+  into one buffer written once per event-loop turn (a writer is registered only
+  if the socket would block).
 
 Connection handling, TLS and the context manager stay aiomqtt's. Everything here
 relies on aiomqtt 2.5 internals (``_client``, ``_loop``, ``_disconnected``,
@@ -23,6 +25,7 @@ them, and ``gateway/service/acks.py`` is the one place that switches on manual a
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +54,15 @@ class Client(aiomqtt.Client):
         super().__init__(*args, **kwargs)
         self._thread_id = threading.get_ident()  # aiomqtt requires creation on the loop thread
         self._flush_scheduled = False
+        self._rbuf = b""
+        self._rpos = 0
+        self._wbuf = bytearray()
+        self._writer_fd: int | None = None
+        self.receive_maximum = 65535
+        # Instance attributes shadow paho's methods of the same name (paho 2.x: the only
+        # places it touches the socket for MQTT traffic).
+        self._client._sock_recv = self._sock_recv  # type: ignore[method-assign]
+        self._client._sock_send = self._sock_send  # type: ignore[method-assign]
         self._on_puback_cb = on_puback
         # paho logs every packet at debug level; the formatting checks cost per message,
         # and connection failures surface as aiomqtt exceptions that the gateway logs itself.
@@ -61,6 +73,12 @@ class Client(aiomqtt.Client):
     @property
     def paho(self) -> paho.Client:
         return self._client
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
+                    properties: Properties | None = None) -> None:
+        # MQTT 5: the broker's Receive Maximum bounds our unacknowledged QoS 1 publishes.
+        self.receive_maximum = getattr(properties, "ReceiveMaximum", 65535) if properties is not None else 65535
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     async def wait_disconnected(self) -> None:
         """Return (or raise the cause) once the connection is gone."""
@@ -95,21 +113,103 @@ class Client(aiomqtt.Client):
             cb(mid, bool(getattr(reason_code, "is_failure", False)))
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
-    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if threading.get_ident() != self._thread_id:  # paho's connect() runs in an executor thread
-            super()._on_socket_register_write(client, userdata, sock)
-            return
+    # -- socket I/O ------------------------------------------------------------------------
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            sock = self._client._sock
+            if sock is None:
+                raise ConnectionError("socket closed")
+            try:
+                data = sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                raise BlockingIOError() from exc
+            if not data:
+                return b""  # EOF: paho treats it as the connection lost
+            self._rbuf, self._rpos = data, 0
+        chunk = self._rbuf[self._rpos : self._rpos + bufsize]
+        self._rpos += len(chunk)
+        return chunk
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if self._client._sock is None:
+            raise ConnectionError("socket closed")
+        self._wbuf += buf
+        self._schedule_flush()
+        return len(buf)
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush, client, userdata, sock)
+            if threading.get_ident() == self._thread_id:
+                self._loop.call_soon(self._flush)
+            else:  # paho's connect() runs in an executor thread
+                self._loop.call_soon_threadsafe(self._flush)
 
-    def _flush(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._schedule_flush()
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        pass  # paho's view; our own writer follows self._wbuf
+
+    def _flush(self) -> None:
+        """Let paho queue its packets into the buffer, then write the buffer once."""
         self._flush_scheduled = False
+        client = self._client
         try:
             client.loop_write()
+            sock = client._sock
+            if sock is None or not self._wbuf:
+                self._set_writer(None)
+                return
+            try:
+                sent = sock.send(self._wbuf)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0
+            del self._wbuf[:sent]
+            self._set_writer(sock.fileno() if self._wbuf else None)
         except Exception as exc:  # noqa: BLE001 - as aiomqtt: a broken socket means disconnected
+            self._set_writer(None)
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
+
+    def _set_writer(self, fd: int | None) -> None:
+        if fd == self._writer_fd:
             return
-        if client.want_write():  # the socket buffer is full: wait until it drains
-            super()._on_socket_register_write(client, userdata, sock)
+        if self._writer_fd is not None:
+            self._loop.remove_writer(self._writer_fd)
+        if fd is not None:
+            self._loop.add_writer(fd, self._flush)
+        self._writer_fd = fd
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        """aiomqtt's reader, plus: keep reading while our buffer still holds packets."""
+
+        def on_readable() -> None:
+            try:
+                while True:
+                    if client.loop_read() != paho.MQTT_ERR_SUCCESS or client._sock is None:
+                        break
+                    if self._rpos < len(self._rbuf):
+                        continue  # whole packets already read from the kernel: no readiness event will come
+                    pending = getattr(client._sock, "pending", None)
+                    if pending is not None and pending() > 0:
+                        continue
+                    break
+            except Exception as exc:  # noqa: BLE001 - as aiomqtt: a broken socket means disconnected
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def start_misc() -> None:
+            self._misc_task = self._loop.create_task(self._misc_loop())
+
+        self._rbuf, self._rpos = b"", 0
+        self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), on_readable)
+        self._loop.call_soon_threadsafe(start_misc)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() == self._thread_id:
+            self._set_writer(None)
+        else:
+            self._loop.call_soon_threadsafe(self._set_writer, None)
+        super()._on_socket_close(client, userdata, sock)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -128,6 +129,8 @@ class Uplink:
         self.direct = False
         self.local_gen = 0
         self._window: dict[int, Item] = {}  # mid -> item published directly, awaiting PUBACK
+        self._overflow: deque[Item] = deque()  # direct items waiting for room in the window
+        self._limit = endpoint.max_inflight  # min(config, the broker's Receive Maximum) once connected
         self._pending: list[Item] = []  # to be spooled at the end of this loop turn
         self._held: list[Item] = []  # refused by a full spool, in order
         self._flush_scheduled = False
@@ -152,7 +155,7 @@ class Uplink:
     @property
     def backlog(self) -> int:
         """Items taken but not yet safe (in flight to the cloud, to be spooled, or held)."""
-        return len(self._window) + len(self._pending) + len(self._held)
+        return len(self._window) + len(self._overflow) + len(self._pending) + len(self._held)
 
     @property
     def accepting(self) -> bool:
@@ -164,17 +167,25 @@ class Uplink:
     def submit(self, item: Item) -> None:
         """Take one minimised message; its ``ack`` runs once it is safe."""
         if self.direct:
-            client = self.client
-            mid = client.publish_nowait(item.topic, item.payload, item.qos, item.prov.properties) if client else None
-            if mid is not None:
-                if item.qos:
-                    self._window[mid] = item
-                else:
-                    self._done(item)  # QoS 0 upstream (the policy's choice): handed to the socket
+            if len(self._window) >= self._limit or self._overflow:
+                self._overflow.append(item)
+                return
+            if self._publish(item):
                 return
             self._go_offline()
         self._pending.append(item)
         self._schedule_flush()
+
+    def _publish(self, item: Item) -> bool:
+        client = self.client
+        mid = client.publish_nowait(item.topic, item.payload, item.qos, item.prov.properties) if client else None
+        if mid is None:
+            return False
+        if item.qos:
+            self._window[mid] = item
+        else:
+            self._done(item)  # QoS 0 upstream (the policy's choice): handed to the socket
+        return True
 
     def _done(self, item: Item) -> None:
         if item.ack is not None and (item.gen == 0 or item.gen == self.local_gen):
@@ -190,6 +201,12 @@ class Uplink:
             else:
                 self.metrics.uplink_acked.inc()
                 self._done(item)
+                overflow = self._overflow
+                while overflow and self.direct and len(self._window) < self._limit:
+                    if not self._publish(overflow[0]):
+                        self._go_offline()  # the item stays first in line, for the spool
+                        break
+                    overflow.popleft()
             return
         sid = self._draining.pop(mid, None)
         if sid is not None:
@@ -205,9 +222,10 @@ class Uplink:
     def _go_offline(self) -> None:
         """Stop publishing directly; what is in flight goes to the spool first, in order."""
         self.direct = False
-        if self._window:
-            self._pending[:0] = self._window.values()  # dicts keep publish order
+        if self._window or self._overflow:
+            self._pending[:0] = [*self._window.values(), *self._overflow]  # dicts keep publish order
             self._window.clear()
+            self._overflow.clear()
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -281,11 +299,14 @@ class Uplink:
             username=user,
             password=password,
             tls_context=ep.tls_context(),
-            max_inflight_messages=ep.max_inflight,
+            # paho's own window rescans every message in flight on each PUBACK (O(window)
+            # per message); the uplink keeps the window itself (self._limit) instead.
+            max_inflight_messages=0,
             on_puback=self._on_puback,
             timeout=10,
         )
         async with client:
+            self._limit = max(1, min(ep.max_inflight, client.receive_maximum))
             self.client = client
             self.metrics.connected.labels("cloud").set(1)
             if self._connected_once:
@@ -325,7 +346,7 @@ class Uplink:
         """Republish the oldest spooled batch; False if that failed (retry later)."""
         if self._pending or self._held:
             self.flush()
-        entries = self.spool.peek(DRAIN_BATCH)
+        entries = self.spool.peek(min(DRAIN_BATCH, self._limit))
         if not entries:
             if not self._pending and not self._held:
                 self.direct = True
