@@ -147,11 +147,11 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
     step_lat = 180.0 / n_lat
     digits = _repr_decimals(step_lat)
     # Per latitude band: its longitude cell count and width; per cell: its centre.
-    # A fleet visits few cells, so both are cached (bounded). Cell indices are whole
-    # floats, q - q % 1.0 (exact for q >= 0, and 2x cheaper than int(q) here); a cell's
-    # key is i * 2**26 + j (j < 40,075,200 cells round the equator at 1 m < 2**26; the
-    # key stays below 2**51, so it is exact).
-    bands: dict[float, tuple[int, float]] = {}
+    # A fleet visits few cells, so both are cached (bounded: at 1 m there are 2e7 bands).
+    # Cell indices are whole floats, q // 1.0 (the exact floor for q >= 0, and 2x cheaper
+    # than int(q) here); a cell's key is i * 2**26 + j (j < 40,075,200 cells round the
+    # equator at 1 m < 2**26; the key stays below 2**51, so it is exact).
+    bands = BoundedCache(65536)
     centres = BoundedCache(65536)
     top = n_lat - 1.0
 
@@ -159,7 +159,7 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
         centre = -90.0 + (i + 0.5) * step_lat
         width = grid_m / (M_PER_DEG * max(math.cos(math.radians(centre)), 1e-12))
         n_lon = max(1, math.floor(360.0 / width))
-        return bands.setdefault(i, (n_lon, 360.0 / n_lon))
+        return bands.put(i, (n_lon, 360.0 / n_lon))
 
     def centre(i: float, j: float, b: tuple[int, float]) -> tuple[float, float]:
         return centres.put(i * 67108864.0 + j, (
@@ -170,25 +170,21 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
     def snap(lat: float, lon: float) -> tuple[float, float]:
         if lon >= 180.0:  # +180 is -180; dividing 360 by the step may fall a hair short of n_lon
             lon -= 360.0
-        q = (lat + 90.0) / step_lat
-        i = q - q % 1.0
+        i = (lat + 90.0) / step_lat // 1.0
         if i >= n_lat:  # lat = 90
             i = top
         b = bands.get(i) or band(i)
-        q = (lon + 180.0) / b[1]
-        j = (q - q % 1.0) % b[0]
+        j = (lon + 180.0) / b[1] // 1.0 % b[0]
         return centres.get(i * 67108864.0 + j) or centre(i, j, b)
 
     def fuse(p: str) -> tuple[list[str], dict]:
         """``snap`` inline: ``pt`` from the locals ``la``, ``lo`` (valid, and ``lo < 180``)."""
         lines = [
-            f"q = (la + 90.0) / {step_lat!r}",
-            "i = q - q % 1.0",
+            f"i = (la + 90.0) / {step_lat!r} // 1.0",
             f"if i >= {n_lat}:",
             f"    i = {top!r}",
             f"b = {p}bands.get(i) or {p}band(i)",
-            "q = (lo + 180.0) / b[1]",
-            "j = (q - q % 1.0) % b[0]",
+            "j = (lo + 180.0) / b[1] // 1.0 % b[0]",
             f"pt = {p}centres.get(i * 67108864.0 + j) or {p}centre(i, j, b)",
         ]
         return lines, {f"{p}bands": bands, f"{p}band": band, f"{p}centres": centres, f"{p}centre": centre}
