@@ -208,6 +208,15 @@ class Client(aiomqtt.Client):
         self._loop.call_soon_threadsafe(start_misc)
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # paho closes the socket right after "writing" DISCONNECT, which here only reached
+        # our buffer: send what is buffered first (the PUBACKs before it matter most).
+        if self._wbuf:
+            try:
+                sock.settimeout(1.0)
+                sock.sendall(self._wbuf)
+            except OSError:
+                pass  # the connection is gone anyway; unacknowledged messages are redelivered
+            self._wbuf.clear()
         if threading.get_ident() == self._thread_id:
             self._set_writer(None)
         else:
