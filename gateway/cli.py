@@ -207,6 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (PolicySetError, ConfigError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except OSError as exc:  # e.g. the metrics or GT06 port is taken, the spool path is not writable
+        print(f"gateway: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_INVALID
 
 
 def parser() -> argparse.ArgumentParser:

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from devices.gt06.server import Limits
+
 __all__ = ["Config", "ConfigError", "Endpoint", "load_config"]
 
 
@@ -158,17 +160,20 @@ class Reconnect(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("need 0 < min_s <= max_s <= 3600")
 
 
+_LIMITS = Limits()  # the listener's own defaults, documented (and reasoned) there
+
+
 class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Native TCP ingress for Jimi/Concox GT06 trackers (see devices/gt06/server.py)."""
 
     listen: str = ""  # e.g. "0.0.0.0:5023"; "" = off
-    max_connections: int = 10000
-    max_buffer: int = 4096
-    idle_timeout_s: float = 600.0
-    login_timeout_s: float = 30.0
-    max_frames_per_second: float = 20.0
-    frame_burst: int = 100
-    max_bad_frames: int = 32
+    max_connections: int = _LIMITS.max_connections
+    max_buffer: int = _LIMITS.max_buffer
+    idle_timeout_s: float = _LIMITS.idle_timeout
+    login_timeout_s: float = _LIMITS.login_timeout
+    max_frames_per_second: float = _LIMITS.max_frames_per_second
+    frame_burst: int = _LIMITS.frame_burst
+    max_bad_frames: int = _LIMITS.max_bad_frames
     allowed_imeis: list[str] | None = None  # None: any device that logs in
     allowed_imeis_file: str = ""  # or one IMEI per line
 
@@ -183,6 +188,13 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_connections=self.max_connections, max_buffer=self.max_buffer, idle_timeout=self.idle_timeout_s,
+            login_timeout=self.login_timeout_s, max_frames_per_second=self.max_frames_per_second,
+            frame_burst=self.frame_burst, max_bad_frames=self.max_bad_frames, allowed_imeis=self.allow_list(),
+        )
 
     def allow_list(self) -> frozenset[str] | None:
         """The IMEI allow-list (a file is read when the listener starts)."""

@@ -192,21 +192,20 @@ class Uplink:
             item.ack()
 
     def _on_puback(self, mid: int, failed: bool) -> None:
-        item = self._window.pop(mid, None)
-        if item is not None:
-            if failed:  # the cloud refused it (quota, authorisation): keep it, retry later
+        window = self._window
+        if mid in window:
+            if failed:  # the cloud refused it (quota, authorisation): spool it in its place, retry later
                 self.metrics.cloud_refused.inc()
-                self._window[mid] = item
                 self._go_offline()
-            else:
-                self.metrics.uplink_acked.inc()
-                self._done(item)
-                overflow = self._overflow
-                while overflow and self.direct and len(self._window) < self._limit:
-                    if not self._publish(overflow[0]):
-                        self._go_offline()  # the item stays first in line, for the spool
-                        break
-                    overflow.popleft()
+                return
+            self.metrics.uplink_acked.inc()
+            self._done(window.pop(mid))
+            overflow = self._overflow
+            while overflow and self.direct and len(window) < self._limit:
+                if not self._publish(overflow[0]):
+                    self._go_offline()  # the item stays first in line, for the spool
+                    break
+                overflow.popleft()
             return
         sid = self._draining.pop(mid, None)
         if sid is not None:

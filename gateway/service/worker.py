@@ -115,8 +115,10 @@ class Worker:
         # instead of through the spool. Not forever: an absent cloud is what the spool is for.
         await wait_first(self.uplink.first_attempt.wait(), self._stop.wait(), timeout=15)
         down = asyncio.create_task(self._local_loop(), name="local")
-        trackers = await self._start_gt06() if cfg.ingest.gt06.listen and self.index == 0 else None
+        trackers = None
         try:
+            if cfg.ingest.gt06.listen and self.index == 0:
+                trackers = await self._start_gt06()
             await self._stop.wait()
         finally:
             if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
@@ -158,11 +160,7 @@ class Worker:
 
     async def _start_gt06(self) -> Any:
         g = self.cfg.ingest.gt06
-        limits = gt06_server.Limits(
-            max_connections=g.max_connections, max_buffer=g.max_buffer, idle_timeout=g.idle_timeout_s,
-            login_timeout=g.login_timeout_s, max_frames_per_second=g.max_frames_per_second,
-            frame_burst=g.frame_burst, max_bad_frames=g.max_bad_frames, allowed_imeis=g.allow_list(),
-        )
+        limits = g.limits()
         counters = gt06_server.Counters()
         self.metrics.register_gt06(counters)
         host, port = g.address()
@@ -174,7 +172,7 @@ class Worker:
         """A decoded GT06 frame: same engine and uplink as MQTT; the tracker's ACK waits until it is safe."""
         consents = self.consents
         t0 = time.perf_counter()
-        result = self.engine.process(topic, payload, None, consents.table if consents else {})
+        result = self.engine.process(topic, payload, time.time(), consents.table if consents else {})
         self.metrics.observe(result, time.perf_counter() - t0)
         if result.__class__ is not Forward:
             self._rejected(result, topic, payload)
@@ -295,7 +293,7 @@ class Worker:
             return
         engine = self.engine
         t0 = time.perf_counter()
-        result = engine.process(topic, message.payload, None, consents.table if consents else {})
+        result = engine.process(topic, message.payload, time.time(), consents.table if consents else {})
         self.metrics.observe(result, time.perf_counter() - t0)
         if result.__class__ is Forward:
             plan = result.plan
