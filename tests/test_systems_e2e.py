@@ -20,6 +20,7 @@ import pytest
 
 from brokers import Mosquitto
 from devices.simulate import SYSTEMS
+from gateway.policy.load import load
 from service_harness import ROOT, Gateway, Publisher, Sink, wait_until
 from test_devices import COORDINATES, FORBIDDEN, FORBIDDEN_MIJACK, canaries, decimals, keys, leaves, luhn_numbers
 
@@ -60,6 +61,16 @@ def test_system_traffic_through_the_live_gateway_keeps_the_promise(site, system:
     assert len(got) == want  # no more: what the pack rejects never arrives
     drops = {r: gw.metric("gateway_messages_dropped_total", policy=system, reason=r) for r in set(module.AWKWARD.values()) if r}
     assert sum(drops.values()) == len(rejected), drops
+
+    # what the gateway cannot enforce in the cloud it states on every message: retention, expiry, provenance
+    meta = load(ROOT / "rules" / f"{system}.toml")
+    for m in got:
+        props = dict(m.properties.UserProperty)
+        assert props["policy_version"] == meta.policy.policy.version and props["policy_sha256"] == meta.sha256
+        assert props.get("retention", "") == meta.policy.policy.retention
+        expiry = meta.policy.route.expiry_s
+        assert getattr(m.properties, "MessageExpiryInterval", None) == expiry or \
+            expiry is not None and 0 < m.properties.MessageExpiryInterval <= expiry
 
     forbidden = FORBIDDEN | (FORBIDDEN_MIJACK if system == "mijack-power-inlock" else set())
     everything = "\n".join(m.topic + " " + m.payload.decode() for m in got)
