@@ -2,8 +2,9 @@
 
 Subscribe on the site broker, republish every message to the cloud broker, nothing else:
 no minimisation, automatic acknowledgements (paho acks on receipt, so it is not
-at-least-once), publishes awaited concurrently in a bounded window so QoS 1 is not
-round-trip bound. Persistent session, so the benchmark can queue a backlog for it.
+at-least-once: a publish that times out is a lost message), publishes awaited
+concurrently in a bounded window so QoS 1 is not round-trip bound, client defaults
+otherwise. Persistent session, so the benchmark can queue a backlog for it.
 
     python benchmarks/relay.py LOCAL_PORT CLOUD_PORT QOS CLIENT_ID WORKERS
 """
@@ -29,7 +30,7 @@ async def main(local_port: int, cloud_port: int, qos: int, client_id: str, worke
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     async with aiomqtt.Client("127.0.0.1", cloud_port, identifier=f"{client_id}-up",
-                              protocol=aiomqtt.ProtocolVersion.V5, max_inflight_messages=1000) as cloud, \
+                              protocol=aiomqtt.ProtocolVersion.V5) as cloud, \
             aiomqtt.Client("127.0.0.1", local_port, identifier=client_id, properties=props,
                            protocol=aiomqtt.ProtocolVersion.V5, clean_start=False) as local:
         cloud.pending_calls_threshold = WINDOW + 16
