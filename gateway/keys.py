@@ -118,6 +118,7 @@ def keygen(path: str | os.PathLike, key_id: str | None = None, rotate: bool = Fa
     else:
         kid = key_id or "k1"
         ring = Keyring(kid, {kid: secrets.token_bytes(32)})
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # e.g. .gateway/ of the sample config
     data = ring.to_json()
     tmp = path.with_name(path.name + ".tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC

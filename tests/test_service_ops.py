@@ -16,7 +16,7 @@ import pytest
 
 from brokers import Mosquitto
 from gateway.service.config import Config, ConfigError, Endpoint, load_config
-from service_harness import GATEWAY, POLICY, ROOT, Gateway, Publisher, Sink, wait_until
+from service_harness import GATEWAY, POLICY, ROOT, Gateway, Publisher, Sink, free_port, wait_until
 
 def pseudonym_topic(gw: Gateway, device: str) -> str:
     """The upstream topic ``gateway minimise`` gives ``device`` with this gateway's key."""
@@ -168,6 +168,43 @@ def test_rejected_messages_go_raw_to_the_local_dead_letter_topic_only(site) -> N
         assert gw.metric("gateway_dead_lettered_total") == 1
     finally:
         dead.close()
+
+
+def test_the_sample_config_runs_against_one_local_mosquitto(tmp_path: Path, broker: Mosquitto) -> None:
+    """config.toml as shipped (one broker as site and cloud), only its port and paths moved here."""
+    text = (ROOT / "config.toml").read_text()
+    assert text.count('"mqtt://127.0.0.1:1883"') == 2
+    subprocess.run([GATEWAY, "keygen", str(tmp_path / ".gateway" / "keys.json")], check=True, capture_output=True)
+    port = free_port()
+    text = (text.replace("127.0.0.1:1883", f"127.0.0.1:{broker.port}").replace("127.0.0.1:9108", f"127.0.0.1:{port}")
+            .replace('"rules/', f'"{ROOT}/rules/'))
+    (tmp_path / "config.toml").write_text(text)
+    fleet = Sink(broker.url, topic="fleet/#", client_id="fleet-view")
+    pub = Publisher(broker.url)
+    proc = subprocess.Popen([GATEWAY, "run", "--config", str(tmp_path / "config.toml")], stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _http_ok(port, "/readyz"), 30, "the sample config's gateway ready")
+        imei = "358756091234567"
+        pub.publish_all([(f"tracksolid/{imei}/location", b'{"imei":"358756091234567","latitude":12.971598,'
+                                                          b'"longitude":77.594562}')])
+        (got,) = fleet.wait_for(1, 20)
+        assert imei not in got.topic and imei.encode() not in got.payload
+        assert (tmp_path / ".gateway" / "spool.db").exists()
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+        fleet.close()
+        pub.close()
+
+
+def _http_ok(port: int, path: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def test_configuration_doc_example_loads_and_documents_every_key(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 from functools import partial
 from typing import Any
 
@@ -95,6 +96,7 @@ class Worker:
         self.engine = build_engine(cfg)
         self.metrics.register_engine(self.engine)
         spool_path = cfg.spool.path if self.index == 0 else _indexed(cfg.spool.path, self.index)
+        Path(spool_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         spool = Spool(spool_path, cfg.spool.max_bytes)
         self.uplink = Uplink(cfg.cloud, self.cloud_id, spool, self.metrics, cfg.reconnect)
         http = None
