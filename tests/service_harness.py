@@ -231,6 +231,7 @@ class Publisher:
     def publish_all(
         self, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout: float = 60, every: Callable[[int], None] | None = None
     ) -> int:
+        wait_until(self.client.is_connected, 30, "the publisher (re)connected")  # e.g. after a broker restart
         infos = []
         for i, (topic, payload) in enumerate(messages):
             infos.append(self.client.publish(topic, payload, qos=qos))
