@@ -113,6 +113,8 @@ async def wait_first(*aws: Any, timeout: float | None = None) -> None:
     finally:
         for t, a in zip(tasks, aws):
             if t is not a:
+                if t.done() and not t.cancelled():
+                    t.exception()  # retrieved: the caller looks at the state, not at this result
                 t.cancel()
 
 
@@ -143,6 +145,7 @@ class Uplink:
         self._connected_once = False
         self._full_logged = False
         self._drain_props: dict[tuple[bytes, int | None], _Packed] = {}
+        self._drained_total = 0  # republished from the spool in this outage (for the log)
         self.first_attempt = asyncio.Event()  # set once the first connection attempt is over
         self._update_gauges()
 
@@ -350,7 +353,9 @@ class Uplink:
             if not self._pending and not self._held:
                 self.direct = True
                 self._full_logged = False
-                log.info("spool_drained")
+                if self._drained_total:
+                    log.info("spool_drained", messages=self._drained_total)
+                    self._drained_total = 0
             return True
         client = self.client
         assert client is not None
@@ -387,6 +392,7 @@ class Uplink:
         if expired:
             self.metrics.spool_expired.inc(len(expired))
         self.spool.delete(self._drained + expired)
+        self._drained_total += len(self._drained)
         self._drained = []
         self._update_gauges()
         if self._held:

@@ -172,9 +172,8 @@ class Worker:
 
     async def _on_tracker_message(self, topic: str, payload: bytes) -> None:
         """A decoded GT06 frame: same engine and uplink as MQTT; the tracker's ACK waits until it is safe."""
-        consents = self.consents
         t0 = time.perf_counter()
-        result = self.engine.process(topic, payload, time.time(), consents.table if consents else {})
+        result = self._process(topic, payload)
         self.metrics.observe(result, time.perf_counter() - t0)
         if result.__class__ is not Forward:
             self._rejected(result, topic, payload)
@@ -293,9 +292,8 @@ class Worker:
         if not qos and uplink.backlog > self._qos0_limit:
             self.metrics.dropped.labels("none", "overload").inc()  # QoS 0: at most once, by the sender's choice
             return
-        engine = self.engine
         t0 = time.perf_counter()
-        result = engine.process(topic, message.payload, time.time(), consents.table if consents else {})
+        result = self._process(topic, message.payload)
         self.metrics.observe(result, time.perf_counter() - t0)
         if result.__class__ is Forward:
             plan = result.plan
@@ -307,6 +305,17 @@ class Worker:
         self._rejected(result, topic, message.payload)
         if ack:
             ack()
+
+    def _process(self, topic: str, payload: bytes) -> Forward | Reject:
+        """The engine, fenced: a bug must cost one message (counted), not a reconnect loop
+        in which the broker redelivers the same message for ever."""
+        consents = self.consents
+        try:
+            return self.engine.process(topic, payload, time.time(), consents.table if consents else {})
+        except Exception as exc:  # noqa: BLE001
+            # The exception's text could quote the payload: only its class is logged.
+            log.error("engine_error", error=exc.__class__.__name__, action="message dropped and counted")
+            return Reject("internal_error")
 
     def _rejected(self, result: Reject, topic: str, payload: bytes) -> None:
         name = result.plan.name if result.plan is not None else "none"
