@@ -249,3 +249,15 @@ def test_readyz_follows_the_local_broker_and_secrets_stay_out_of_logs(
         assert gw.stop() == 0
     finally:
         gw.close()
+
+
+def test_logged_errors_carry_text_only_for_connection_errors() -> None:
+    """Any other exception's text could quote a topic or a payload."""
+    import aiomqtt
+
+    from gateway.service.uplink import describe
+
+    assert describe(UnicodeDecodeError("utf-8", b"site/CANARY\xff", 11, 12, "invalid")) == "UnicodeDecodeError"
+    assert describe(ValueError("payload CANARY-7")) == "ValueError"
+    assert describe(ConnectionRefusedError(111, "Connection refused")) == "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert describe(aiomqtt.MqttError("Disconnected during message iteration")).endswith("message iteration")

@@ -39,7 +39,7 @@ from gateway.service.config import Endpoint, Reconnect
 from gateway.spool import Spool
 from gateway.telemetry import Metrics, get_logger
 
-__all__ = ["Backoff", "Item", "Provenance", "Uplink", "provenance"]
+__all__ = ["Backoff", "Item", "Provenance", "Uplink", "describe", "provenance"]
 
 log = get_logger("gateway.uplink")
 DRAIN_BATCH = 500
@@ -280,7 +280,7 @@ class Uplink:
                     raise
                 except Exception as exc:  # noqa: BLE001 - any connection failure: log, back off, retry
                     self._lost()
-                    log.warning("cloud_connect_failed", error=_describe(exc))
+                    log.warning("cloud_connect_failed", error=describe(exc))
                 self.first_attempt.set()
                 if self._stop.is_set():
                     break
@@ -324,7 +324,7 @@ class Uplink:
                 self._lost()
             if client.is_disconnected:
                 exc = client._disconnected.exception() if client._disconnected.done() else None
-                log.warning("cloud_disconnected", error=_describe(exc) if exc else "")
+                log.warning("cloud_disconnected", error=describe(exc) if exc else "")
 
     def _lost(self) -> None:
         self.client = None
@@ -409,8 +409,13 @@ class Uplink:
         self._stop.set()
 
 
-def _describe(exc: BaseException | None) -> str:
-    """An error for a log line: its class and paho's reason, never data."""
+def describe(exc: BaseException | None) -> str:
+    """An error for a log line: its class, plus the text of connection errors only.
+
+    MQTT and socket errors say things like "Connection refused"; any other exception's
+    text could quote a topic or payload, so only its class is logged."""
     if exc is None:
         return ""
-    return f"{exc.__class__.__name__}: {exc}"
+    if isinstance(exc, (aiomqtt.MqttError, OSError)):
+        return f"{exc.__class__.__name__}: {exc}"
+    return exc.__class__.__name__

@@ -37,7 +37,7 @@ from gateway.service.acks import acker, enable_manual_acks
 from gateway.service.client import Client
 from gateway.service.config import Config, ConfigError
 from gateway.service.consent import Consents
-from gateway.service.uplink import Backoff, Item, Provenance, Uplink, provenance, wait_first
+from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
 from gateway.spool import Spool
 from gateway.telemetry import Metrics, _package_version, configure_logging, get_logger, serve
 
@@ -219,7 +219,7 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - any connection failure: log, back off, retry
                 self.local = None
                 self.metrics.connected.labels("local").set(0)
-                log.warning("local_disconnected", error=f"{exc.__class__.__name__}: {exc}")
+                log.warning("local_disconnected", error=describe(exc))
             await asyncio.sleep(backoff.next_delay())
 
     def _local_client(self) -> Client:
@@ -349,7 +349,7 @@ class Worker:
         try:
             await self._resubscribe()
         except aiomqtt.MqttError as exc:
-            log.warning("resubscribe_failed", error=str(exc), action="the next connection subscribes")
+            log.warning("resubscribe_failed", error=describe(exc), action="the next connection subscribes")
 
 
 def _provenance(plan: Plan) -> Provenance:
