@@ -105,7 +105,7 @@ def _short(payload: bytes, width: int = 150) -> str:
 async def _live(count: int, tty: bool) -> int:
     from devices.gt06 import simulator as gt06_sim
     from devices.simulate import SYSTEMS, publish
-    from gateway.mosquitto import Mosquitto, MosquittoMissing
+    from gateway.mosquitto import Mosquitto, MosquittoMissing, free_port
 
     work = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     try:
@@ -118,7 +118,7 @@ async def _live(count: int, tty: bool) -> int:
     try:
         keys = work / "keys.json"
         subprocess.run([sys.executable, "-m", "gateway.cli", "keygen", str(keys)], check=True, capture_output=True)
-        metrics_port, gt06_port = _free_port(), _free_port()
+        metrics_port, gt06_port = free_port(), free_port()
         policies = ", ".join(f'"{p}"' for p in sorted(RULES.glob("*.toml")))
         config = work / "config.toml"
         config.write_text(
@@ -305,14 +305,6 @@ def _summary(before: dict, after: dict, removed: Counter, sent: int, seconds: fl
     print("   (GT06 frames are binary, not counted). Undeclared fields count too: fail closed.")
     print("   Nothing raw left the site: identifiers are pseudonymised or encrypted, positions coarsened, "
           "messages with credentials dropped whole.")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30) -> bool:

@@ -39,7 +39,8 @@ def find_mosquitto() -> str:
     raise MosquittoMissing(f"mosquitto is not installed: {SETUP_HINT}")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -69,7 +70,7 @@ class Mosquitto:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
-        self.port = _free_port()
+        self.port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._extra = extra  # more mosquitto.conf lines, e.g. "max_inflight_messages 1000"
         self._write_config()

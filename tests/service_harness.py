@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import paho.mqtt.client as paho
+
+from gateway.mosquitto import free_port
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -30,10 +31,6 @@ GATEWAY = str(Path(sys.executable).with_name("gateway"))
 POLICY = ROOT / "tests" / "policies" / "service.toml"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
@@ -163,6 +160,19 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
+def _persistent_client(url: str, client_id: str, setup: Callable[[paho.Client], None] = lambda c: None) -> paho.Client:
+    """A paho MQTT 5 client with a persistent session on its own network thread, connected to ``url``."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.reconnect_delay_set(0.05, 0.5)
+    setup(client)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    host, port = _host_port(url)
+    client.connect(host, port, keepalive=5, clean_start=False, properties=props)
+    client.loop_start()
+    return client
+
+
 def _host_port(url: str) -> tuple[str, int]:
     host, port = url.removeprefix("mqtt://").rsplit(":", 1)
     return host, int(port)
@@ -176,18 +186,13 @@ class Sink:
         self._lock = threading.Lock()
         self.topic = topic
         self.subscribed = threading.Event()
-        self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
-        )
-        self.client.on_message = self._on_message
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.reconnect_delay_set(0.05, 0.5)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        host, port = _host_port(url)
-        self.client.connect(host, port, keepalive=5, clean_start=False, properties=props)
-        self.client.loop_start()
+
+        def setup(client: paho.Client) -> None:
+            client.on_message = self._on_message
+            client.on_connect = self._on_connect
+            client.on_subscribe = lambda *a: self.subscribed.set()
+
+        self.client = _persistent_client(url, client_id, setup)
         if not self.subscribed.wait(10):
             raise AssertionError("sink did not subscribe")
 
@@ -219,24 +224,15 @@ class Publisher:
     """A device-side publisher; ``publish_all`` waits for every PUBACK (retrying across broker restarts)."""
 
     def __init__(self, url: str, client_id: str = "test-devices") -> None:
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-        self.client.max_inflight_messages_set(200)
-        self.client.reconnect_delay_set(0.05, 0.5)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        host, port = _host_port(url)
-        self.client.connect(host, port, keepalive=5, clean_start=False, properties=props)
-        self.client.loop_start()
+        self.client = _persistent_client(url, client_id, lambda c: c.max_inflight_messages_set(200))
 
     def publish_all(
-        self, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout: float = 60, every: Callable[[int], None] | None = None
+        self, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout: float = 60
     ) -> int:
         wait_until(self.client.is_connected, 30, "the publisher (re)connected")  # e.g. after a broker restart
         infos = []
-        for i, (topic, payload) in enumerate(messages):
+        for topic, payload in messages:
             infos.append(self.client.publish(topic, payload, qos=qos))
-            if every is not None:
-                every(i)
         deadline = time.monotonic() + timeout
         for info in infos:
             info.wait_for_publish(max(0.1, deadline - time.monotonic()))

@@ -18,6 +18,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -178,13 +179,8 @@ class Worker:
         if result.__class__ is not Forward:
             self._rejected(result, topic, payload)
             return  # acknowledged to the tracker: resending would not change the verdict
-        plan = result.plan
-        prov = self._prov.get(id(plan))
-        if prov is None:
-            prov = self._prov[id(plan)] = _provenance(plan)
         safe = asyncio.get_running_loop().create_future()
-        self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov,
-                                partial(safe.set_result, None), 0))
+        self._forward(result, partial(safe.set_result, None), 0)
         await safe
 
     # -- local side ------------------------------------------------------------------------
@@ -296,15 +292,19 @@ class Worker:
         result = self._process(topic, message.payload)
         self.metrics.observe(result, time.perf_counter() - t0)
         if result.__class__ is Forward:
-            plan = result.plan
-            prov = self._prov.get(id(plan))
-            if prov is None:
-                prov = self._prov[id(plan)] = _provenance(plan)
-            uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, ack, self.gen))
+            self._forward(result, ack, self.gen)
             return
         self._rejected(result, topic, message.payload)
         if ack:
             ack()
+
+    def _forward(self, result: Forward, ack: Callable[[], None] | None, gen: int) -> None:
+        """Hand a minimised message to the uplink with its policy's provenance (built once per plan)."""
+        plan = result.plan
+        prov = self._prov.get(id(plan))
+        if prov is None:
+            prov = self._prov[id(plan)] = _provenance(plan)
+        self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, ack, gen))
 
     def _process(self, topic: str, payload: bytes) -> Forward | Reject:
         """The engine, fenced: a bug must cost one message (counted), not a reconnect loop
