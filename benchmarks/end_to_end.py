@@ -363,7 +363,7 @@ async def main() -> int:
         if "msg_s" not in r:
             print(f"{label:<18}{'':>16}{'':>24}{'':>12}{r['latency']['p50_ms']:>9.2f}{r['latency']['p99_ms']:>9.2f}")
             continue
-        print(f"{label:<18}{r['msg_s']:>16,.0f}{str(r['runs_msg_s']):>24}{r['cpu_us_per_msg']:>12.0f}"
+        print(f"{label:<18}{r['msg_s']:>16,.0f}{r['runs_msg_s']!s:>24}{r['cpu_us_per_msg']:>12.0f}"
               f"{r['latency']['p50_ms']:>9.2f}{r['latency']['p99_ms']:>9.2f}{r['added_p50_ms']:>8.2f}{r['added_p99_ms']:>8.2f}  {r['lost']}")
     for qos in (0, 1):
         for workers in (1, 2):

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.keys import Keyring, KeyFileError, keygen
+from gateway.keys import KeyFileError, Keyring, keygen
 from gateway.pipeline import Engine, Forward
 from gateway.policy.check import decode_output, run_tests
 from gateway.policy.load import PolicyError, load

@@ -220,7 +220,7 @@ def _showcase(stream) -> list:
     normal, awkward = [], []
     for sample in stream:
         (awkward if sample.awkward else normal).append(sample)
-        if len(normal) >= SHOW - 2 and len(awkward) >= 2 or len(normal) + len(awkward) > 400:
+        if (len(normal) >= SHOW - 2 and len(awkward) >= 2) or len(normal) + len(awkward) > 400:
             break
     return normal[: SHOW - min(2, len(awkward))] + awkward[:2]
 

@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 
 from gateway.pipeline import NO_CONSENT, REASONS, Engine, Forward
-from gateway.policy.compile import Node, Plan
 from gateway.policy.check import decode_output
+from gateway.policy.compile import Node, Plan
 
 UNDECLARED = "not declared by the policy: removed (fail closed)"
 UNDECLARED_KEEP = "not declared by the policy: kept (default = \"keep\")"

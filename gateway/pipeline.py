@@ -255,7 +255,7 @@ def _kept_scanner(plan: Plan):
 
 def _coarsen(loc, lat: Any, lon: Any, granted: frozenset[str]) -> Any:
     """The new (lat, lon); UNSET to leave both alone; a lone coordinate is removed."""
-    if lat is UNSET and lon is UNSET or lat is None and lon is None:
+    if (lat is UNSET and lon is UNSET) or (lat is None and lon is None):
         return UNSET
     loc.count += 1
     if lat is None or lon is None or lat is UNSET or lon is UNSET:
@@ -359,7 +359,7 @@ def _guard_dict(plan: Plan, node: Node, d: dict, depth: int, guard: bool) -> tup
     """Scan everything kept: declared ``keep`` fields and every undeclared one."""
     for key, v in d.items():
         step = node.steps.get(key)
-        if step is None or step.rule is not None and step.rule.op_name() == "keep":
+        if step is None or (step.rule is not None and step.rule.op_name() == "keep"):
             enabled = (step.enabled if step else ALL) if guard else _EMPTY
             decimals = plan.coordinate_decimals if guard else 99  # 99: no coordinate check
             kind = (_scan(key, enabled, 0, "", depth) if step is None else None) or _scan(

@@ -20,7 +20,8 @@ from importlib import metadata
 from typing import Any, TextIO
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, generate_latest
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -28,7 +29,7 @@ from prometheus_client.registry import Collector
 from gateway.pipeline import Engine, Forward, Reject
 from gateway.policy.compile import Plan
 
-__all__ = ["configure_logging", "get_logger", "redact_payloads", "Metrics", "serve", "REDACTED_KEYS"]
+__all__ = ["REDACTED_KEYS", "Metrics", "configure_logging", "get_logger", "redact_payloads", "serve"]
 
 # -- logging -------------------------------------------------------------------------------
 
@@ -304,7 +305,7 @@ def serve(
     log = get_logger("gateway.telemetry")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._reply(200, metrics.render(), CONTENT_TYPE_LATEST)
@@ -323,7 +324,7 @@ def serve(
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # scrapes every few seconds would drown the log
 
     server = _Server((host, port), Handler)

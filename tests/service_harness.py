@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import paho.mqtt.client as paho
-
-from gateway.mosquitto import free_port
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from gateway.mosquitto import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = str(Path(sys.executable).with_name("gateway"))

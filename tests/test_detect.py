@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import string
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -419,7 +419,7 @@ def test_day_month_year_date_with_hour_is_not_a_phone():
 )
 def test_iso_timestamps_are_never_identifiers(when, offset_min, sep, spec, zone, framed):
     if zone == "utc":
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     elif zone == "offset":
         when = when.replace(tzinfo=timezone(timedelta(minutes=offset_min)))
     text = when.isoformat(sep=sep, timespec=spec)
@@ -435,7 +435,7 @@ def test_iso_timestamps_are_never_identifiers(when, offset_min, sep, spec, zone,
 
 def test_detector_names_and_tokens():
     assert set(DETECTORS) == {"secret", "email", "upi_vpa", "ip", "card", "imei", "utr", "phone"}
-    assert ALL == frozenset(DETECTORS)
+    assert frozenset(DETECTORS) == ALL
 
 
 def test_find_is_ordered_and_non_overlapping():

@@ -21,8 +21,8 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from reference import hkdf_sha256
+
 from gateway.keys import Keyring
 from gateway.ops.identity import reveal
 from gateway.pipeline import Engine, Forward, Reject

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec import UNSET
-
 from reference import hkdf_sha256
+
 from gateway.keys import KeyFileError, Keyring, keygen
 from gateway.ops import (
     Bucket,
@@ -781,7 +781,7 @@ def fused(fn):
     body = "".join(f"        {line}\n" for line in lines)
     source = f"def f(v):\n    if {test}:\n{body}        return v\n    return fn(v)\n"
     ns = {"UNSET": UNSET, "fn": fn, **names}
-    exec(source, ns)  # noqa: S102 - the code under test
+    exec(source, ns)
     return ns["f"]
 
 
@@ -790,7 +790,7 @@ def fused_only(fn):
     test, lines, names = fn.fuse("_t_")
     body = "".join(f"        {line}\n" for line in lines)
     ns = {"UNSET": UNSET, **names}
-    exec(f"def f(v):\n    if {test}:\n{body}        return v\n    return None\n", ns)  # noqa: S102
+    exec(f"def f(v):\n    if {test}:\n{body}        return v\n    return None\n", ns)
     return ns["f"]
 
 
@@ -909,7 +909,7 @@ def fused_location(fn):
     body = "".join(f"        {line}\n" for line in lines)
     source = f"def f(la, lo, consented):\n    if {test}:\n{body}        return pt\n    return fn(la, lo, consented)\n"
     ns = {"fn": fn, **names}
-    exec(source, ns)  # noqa: S102 - the code under test
+    exec(source, ns)
     return ns["f"]
 
 

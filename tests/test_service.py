@@ -17,7 +17,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from brokers import Mosquitto
 from service_harness import GATEWAY, POLICY, Gateway, Publisher, Sink, wait_until
 

@@ -12,8 +12,8 @@ from importlib.metadata import version
 import aiomqtt
 import paho.mqtt.client as paho
 import pytest
-
 from brokers import Mosquitto
+
 from gateway.service.acks import acker, enable_manual_acks
 from gateway.service.client import Client
 

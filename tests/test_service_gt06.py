@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
 from brokers import Mosquitto
+from service_harness import ROOT, Gateway, Sink, free_port
+
 from devices.gt06 import simulator
-from service_harness import ROOT, Gateway, Sink, free_port, wait_until
 
 
 def test_trackers_over_gt06_arrive_minimised_at_the_cloud(tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]) -> None:

@@ -4,19 +4,18 @@ read its dead letters, watch /readyz. Real brokers and the real console script."
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
 from pathlib import Path
 
 import msgspec
-import paho.mqtt.client as paho
 import pytest
-
 from brokers import Mosquitto
-from gateway.service.config import Config, ConfigError, Endpoint, load_config
 from service_harness import GATEWAY, POLICY, ROOT, Gateway, Publisher, Sink, free_port, wait_until
+
+from gateway.service.config import Config, ConfigError, Endpoint, load_config
+
 
 def pseudonym_topic(gw: Gateway, device: str) -> str:
     """The upstream topic ``gateway minimise`` gives ``device`` with this gateway's key."""

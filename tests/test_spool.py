@@ -238,7 +238,7 @@ def test_sigkill_mid_write_keeps_every_committed_entry(tmp_path: Path) -> None:
 def test_canary_only_the_minimised_bytes_reach_disk(tmp_path: Path) -> None:
     """The spool takes finished bytes and stores exactly those, nothing derived."""
     raw_pan, raw_name = "4111111111111111", "Amit Sharma"  # in the device's message
-    minimised = '{"card":"411111******1111","user":"u_3f9a2c","amount":120}'.encode()
+    minimised = b'{"card":"411111******1111","user":"u_3f9a2c","amount":120}'
     path = tmp_path / "s.db"
     spool = Spool(path, BIG)
     row_id = spool.append("u_3f9a2c", "cloud/site1/pay", minimised, 1, b"\x26\x00\x01k\x00\x01v")

@@ -13,16 +13,15 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 import pytest
-
 from brokers import Mosquitto
-from devices.simulate import SYSTEMS
-from gateway.policy.load import load
 from service_harness import ROOT, Gateway, Publisher, Sink, wait_until
 from test_devices import COORDINATES, FORBIDDEN, FORBIDDEN_MIJACK, canaries, decimals, keys, leaves, luhn_numbers
+
+from devices.simulate import SYSTEMS
+from gateway.policy.load import load
 
 N = 400
 
@@ -70,7 +69,7 @@ def test_system_traffic_through_the_live_gateway_keeps_the_promise(site, system:
         assert props.get("retention", "") == meta.policy.policy.retention
         expiry = meta.policy.route.expiry_s
         assert getattr(m.properties, "MessageExpiryInterval", None) == expiry or \
-            expiry is not None and 0 < m.properties.MessageExpiryInterval <= expiry
+            (expiry is not None and 0 < m.properties.MessageExpiryInterval <= expiry)
 
     forbidden = FORBIDDEN | (FORBIDDEN_MIJACK if system == "mijack-power-inlock" else set())
     everything = "\n".join(m.topic + " " + m.payload.decode() for m in got)

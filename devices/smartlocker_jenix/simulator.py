@@ -20,7 +20,6 @@ from devices.smartlocker_jenix.messages import (
     AccessEvent,
     App,
     Diagnostics,
-    Error,
     Fix,
     LockEvent,
     Operator,

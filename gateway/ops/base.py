@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import msgspec
 from msgspec import UNSET
@@ -82,7 +83,7 @@ class Epochs:
     def advance(self, now: float) -> None:
         if self.start <= now < self.boundary:
             return
-        day = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         self.start = day.timestamp()
         self.boundary = self.start + 86400
         self.ids = {"never": "0", "daily": day.strftime("%Y-%m-%d"), "monthly": day.strftime("%Y-%m")}
@@ -113,4 +114,4 @@ class BoundedCache(dict):
         return value
 
 
-__all__ = ["UNSET", "SCALAR", "Rule", "FieldRule", "Epochs", "BuildEnv", "BoundedCache", "Transform", "Fuse", "fusable"]
+__all__ = ["SCALAR", "UNSET", "BoundedCache", "BuildEnv", "Epochs", "FieldRule", "Fuse", "Rule", "Transform", "fusable"]

@@ -127,7 +127,7 @@ def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
         in_date[d.start() : d.end()] = b"\x01" * (d.end() - d.start())
     candidates = []
     for i, (start, _, first_digits) in enumerate(groups):
-        if len(first_digits) < 2 and run[start] != "+" or in_date[start]:
+        if (len(first_digits) < 2 and run[start] != "+") or in_date[start]:
             continue
         digits, best = "", None
         for k in range(i, len(groups)):

@@ -23,7 +23,7 @@ from typing import Literal
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
-from gateway.keys import Keyring, KeyFileError
+from gateway.keys import KeyFileError, Keyring
 from gateway.ops.base import BoundedCache, BuildEnv, Epochs, FieldRule, Transform, fusable
 
 ENC_PREFIX = "enc."

@@ -21,7 +21,8 @@ longitude step, and a privacy zone is a circle around a point.
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import msgspec
 

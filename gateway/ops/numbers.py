@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from datetime import UTC, datetime
 from decimal import Decimal
-from datetime import datetime, timezone
 from typing import Literal
 
 from msgspec import UNSET
@@ -166,8 +166,8 @@ class BucketTime(FieldRule, tag="bucket_time"):
 
         def floor_ts(t: float) -> float:
             if month:
-                d = datetime.fromtimestamp(t, timezone.utc)
-                return datetime(d.year, d.month, 1, tzinfo=timezone.utc).timestamp()
+                d = datetime.fromtimestamp(t, UTC)
+                return datetime(d.year, d.month, 1, tzinfo=UTC).timestamp()
             return t - t % width
 
         def bucket_time(v: str | int | float):
@@ -175,9 +175,9 @@ class BucketTime(FieldRule, tag="bucket_time"):
                 if isinstance(v, str):
                     d = datetime.fromisoformat(v.strip())
                     if d.tzinfo is None:
-                        d = d.replace(tzinfo=timezone.utc)  # naive device time is taken as UTC
+                        d = d.replace(tzinfo=UTC)  # naive device time is taken as UTC
                     t = floor_ts(d.timestamp())
-                    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 if not math.isfinite(v):
                     raise ValueError
                 millis = abs(v) >= 100_000_000_000  # later than 5138 AD in seconds: milliseconds

@@ -7,9 +7,9 @@ the same on every machine and on every day.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import msgspec
 

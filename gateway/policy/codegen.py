@@ -15,13 +15,14 @@ The generated source is kept on each function (``__source__``) for debugging.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from gateway.ops.detect import ISO_SHAPES, ZERO_DIGITS, classify_number, find
 from gateway.ops.base import BoundedCache
+from gateway.ops.detect import ISO_SHAPES, ZERO_DIGITS, classify_number, find
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step
 
 NUMBER_LIMIT = 100_000_000_000  # integers below this cannot be a UTR, IMEI or card number
@@ -305,7 +306,7 @@ def _guard(
             f"        {hit(f'l{i}', 'h')}",
         ]
         other = [
-            "h = scan(v, e{i}, k{i}, depth)".format(i=i),
+            f"h = scan(v, e{i}, k{i}, depth)",
             "if h is not None:",
             f"    {hit(f'l{i}', 'h')}",
         ]
@@ -349,7 +350,7 @@ def _guard(
 def _define(lines: list[str], ns: dict[str, Any], name: str) -> Callable:
     source = "\n".join(lines) + "\n"
     local: dict[str, Any] = {}
-    exec(compile(source, f"<plan {name}>", "exec"), dict(ns), local)  # noqa: S102 - our own generated code
+    exec(compile(source, f"<plan {name}>", "exec"), dict(ns), local)
     fn = local[name]
     fn.__source__ = source
     return fn

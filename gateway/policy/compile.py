@@ -330,7 +330,7 @@ def _finish(node: Node, structs: bool, name: str) -> None:
     fields = []
     for i, step in enumerate(node.steps.values()):
         step.attr = f"f{i}"
-        plain_drop = isinstance(step.rule, Drop) or step.rule is None and step.child is None
+        plain_drop = isinstance(step.rule, Drop) or (step.rule is None and step.child is None)
         if plain_drop and not step.read and structs and not (step.rule is not None and step.rule.required):
             continue
         if plain_drop:

@@ -55,7 +55,7 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("aiomqtt")
-    except Exception:  # noqa: BLE001 - only used in an error message
+    except Exception:
         return "unknown"
 
 

@@ -168,7 +168,7 @@ class Client(aiomqtt.Client):
                 sent = 0
             del self._wbuf[:sent]
             self._set_writer(sock.fileno() if self._wbuf else None)
-        except Exception as exc:  # noqa: BLE001 - as aiomqtt: a broken socket means disconnected
+        except Exception as exc:
             self._set_writer(None)
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
@@ -196,7 +196,7 @@ class Client(aiomqtt.Client):
                     if pending is not None and pending() > 0:
                         continue
                     break
-            except Exception as exc:  # noqa: BLE001 - as aiomqtt: a broken socket means disconnected
+            except Exception as exc:
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
 

@@ -278,7 +278,7 @@ class Uplink:
                     await self._connect_once(backoff)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - any connection failure: log, back off, retry
+                except Exception as exc:
                     self._lost()
                     log.warning("cloud_connect_failed", error=describe(exc))
                 self.first_attempt.set()

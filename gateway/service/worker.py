@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from pathlib import Path
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -36,11 +36,11 @@ from gateway.policy.compile import Plan
 from gateway.policy.load import PolicyError, load
 from gateway.service.acks import acker, enable_manual_acks
 from gateway.service.client import Client
-from gateway.service.config import Config, ConfigError
+from gateway.service.config import Config
 from gateway.service.consent import Consents
 from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
 from gateway.spool import Spool
-from gateway.telemetry import Metrics, _package_version, configure_logging, get_logger, serve
+from gateway.telemetry import Metrics, _package_version, get_logger, serve
 
 __all__ = ["Worker", "build_engine"]
 
@@ -212,7 +212,7 @@ class Worker:
                         self.metrics.connected.labels("local").set(0)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any connection failure: log, back off, retry
+            except Exception as exc:
                 self.local = None
                 self.metrics.connected.labels("local").set(0)
                 log.warning("local_disconnected", error=describe(exc))
@@ -312,7 +312,7 @@ class Worker:
         consents = self.consents
         try:
             return self.engine.process(topic, payload, time.time(), consents.table if consents else {})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             # The exception's text could quote the payload: only its class is logged.
             log.error("engine_error", error=exc.__class__.__name__, action="message dropped and counted")
             return Reject("internal_error")
