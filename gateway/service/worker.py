@@ -191,12 +191,15 @@ class Worker:
         while True:
             try:
                 client = self._local_client()
+                # Before connecting: with a persistent session the broker sends the queued
+                # backlog straight after CONNACK, inside __aenter__, and each of those
+                # messages needs this connection's acker and generation.
+                self.gen += 1
+                assert self.uplink is not None
+                self.uplink.local_gen = self.gen
+                self._ack = acker(client)
                 async with client:
-                    self.gen += 1
-                    assert self.uplink is not None
-                    self.uplink.local_gen = self.gen
                     self.local = client
-                    self._ack = acker(client)
                     self.metrics.connected.labels("local").set(1)
                     if connected_once:
                         self.metrics.reconnects.labels("local").inc()
