@@ -222,6 +222,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     local: Endpoint
     cloud: Endpoint
     policies: list[str]
+    trusted_policy_keys: list[str] = []  # signers' Ed25519 public keys: when set, every pack needs a valid .sig
+    shadow_policies: list[str] = []  # candidate packs run beside the active ones; forward nothing, count differences
     keys_file: str = ""  # default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS
     group: str = ""  # shared-subscription group: "" = plain subscriptions (one gateway per site)
     dead_letter: str = ""  # local topic prefix for rejected raw messages ("" = off)
@@ -280,6 +282,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         for name in ("password_file", "ca_file", "cert_file", "key_file"):
             setattr(ep, name, _resolve(base, getattr(ep, name)))
     cfg.policies = [_resolve(base, p) for p in cfg.policies]
+    cfg.trusted_policy_keys = [_resolve(base, p) for p in cfg.trusted_policy_keys]
+    cfg.shadow_policies = [_resolve(base, p) for p in cfg.shadow_policies]
     cfg.keys_file = _resolve(base, cfg.keys_file)
     cfg.spool.path = _resolve(base, cfg.spool.path)
     cfg.ingest.gt06.allowed_imeis_file = _resolve(base, cfg.ingest.gt06.allowed_imeis_file)
