@@ -47,10 +47,15 @@ def _consents(pairs: list[str]) -> dict[str, frozenset[str]]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.policy import signing
+
     status = EXIT_OK
+    trusted = signing.trusted(args.trusted_key) if args.trusted_key else None
     for path in args.policy:
         try:
-            source = load(path)
+            source = load(path, trusted)
+            if trusted is not None:
+                print(f"signature ok {path}: signed by key {source.signer}")
             Engine([source], Keyring.test())  # compile: catches rule conflicts, not just schema
             ran, failures = run_tests(source)
         except PolicyError as exc:
@@ -110,6 +115,50 @@ def cmd_minimise(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Both policies over the same stream: what changes, per field path and rule (examples minimised, never raw)."""
+    import secrets
+
+    from gateway.policy.diff import Summary, compare
+
+    old, new = load(args.old), load(args.new)
+    # Without --keys: a key of this run only; both sides compare alike, and no example reverses with a known key.
+    keyring = _keyring(args) if args.keys or args.test_keys else Keyring("diff", {"diff": secrets.token_bytes(32)})
+    before, after = Engine([old], keyring), Engine([new], keyring)
+    consents, now = _consents(args.consent), time.time()
+    summary = Summary()
+    with open(args.input, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                wrapper = msgspec.json.decode(line)
+                topic, payload = wrapper["topic"], msgspec.json.encode(wrapper["payload"])
+                if not isinstance(topic, str):
+                    raise TypeError
+            except (msgspec.DecodeError, KeyError, TypeError, RecursionError):
+                summary.bad_lines += 1
+                continue
+            a = before.process(topic, payload, now=now, consents=consents)
+            b = after.process(topic, payload, now=now, consents=consents)
+            summary.add(compare(a, b), (getattr(a, "topic", None), getattr(b, "topic", None)), args.examples)
+    report = summary.to_json()
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        print(f"{report['messages']} messages, {report['changed_messages']} change"
+              + (f", {report['bad_lines']} lines not {{topic, payload}}" if report["bad_lines"] else ""))
+        for row in report["changes"]:
+            print(f"  {row['messages']:>7}  {row['kind']:<14} {row['path']}  [{row['rule']}]")
+            for ex in row["examples"]:
+                print(f"             old: {json.dumps(ex['old'], ensure_ascii=False)}"
+                      f"  new: {json.dumps(ex['new'], ensure_ascii=False)}")
+    if summary.bad_lines and not summary.messages:
+        return EXIT_INVALID
+    return EXIT_FAIL if summary.changed else EXIT_OK
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from gateway.explain import explain
 
@@ -147,9 +196,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.signing:
+        from gateway.policy.signing import keygen_signing
+
+        if args.path or args.rotate or args.id:
+            print("gateway keygen: --signing FILE takes no other argument", file=sys.stderr)
+            return EXIT_INVALID
+        kid = keygen_signing(args.signing)
+        print(f"wrote signing key {kid} to {args.signing} (mode 0600) and {args.signing}.pub (give that to sites)",
+              file=sys.stderr)
+        return EXIT_OK
+    if not args.path:
+        print("gateway keygen: give a key file path (or --signing FILE)", file=sys.stderr)
+        return EXIT_INVALID
     kid = keygen(args.path, args.id, args.rotate)
     print(f"{'added' if args.rotate else 'wrote'} key {kid!r} to {args.path} (mode 0600); it is now the active key",
           file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from gateway.policy import signing
+
+    key = signing.load_private(args.key)
+    for path in args.policy:
+        load(path)  # never sign a pack that does not even load
+        print(f"signed {path} -> {signing.sign(key, path)} (key {signing.key_id(key.public_key())})")
     return EXIT_OK
 
 
@@ -271,10 +343,13 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--consent", action="append", default=[], metavar="DEVICE:PURPOSE",
                         help="treat DEVICE as consenting to PURPOSE (repeatable)")
 
-    sp = add("check", "validate policies and run their inline tests", ["gateway check rules/*.toml"],
+    sp = add("check", "validate policies and run their inline tests",
+             ["gateway check rules/*.toml", "gateway check --trusted-key reviewer.pub rules/*.toml"],
              "exit codes: 0 all valid and all inline tests pass; 1 an inline test fails; 2 a policy is invalid "
-             "(file:line: path: problem)")
+             "(file:line: path: problem) or, with --trusted-key, not validly signed")
     sp.add_argument("policy", nargs="+", metavar="POLICY", help="policy TOML file(s)")
+    sp.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                    help="a signer's public key (repeatable): refuse packs without a valid signature from one")
     sp.set_defaults(func=cmd_check)
 
     sp = add("minimise", "minimise JSON lines from stdin",
@@ -286,6 +361,20 @@ def parser() -> argparse.ArgumentParser:
     consent_opt(sp)
     keys_opts(sp)
     sp.set_defaults(func=cmd_minimise)
+
+    sp = add("diff", "what a new policy would change, over sample messages",
+             ["gateway diff rules/jimi-tracksolid.toml candidate.toml --input tracksolid.jsonl",
+              "python -m devices.simulate --system smartjac --dump s.jsonl --count 2000 && "
+              "gateway diff rules/smartjac.toml new.toml --input s.jsonl --json"],
+             "exit codes: 0 nothing changes; 1 something changes; 2 a policy or the input is invalid")
+    sp.add_argument("old", metavar="OLD", help="the running policy file")
+    sp.add_argument("new", metavar="NEW", help="the candidate policy file")
+    sp.add_argument("--input", required=True, metavar="FILE", help='JSON lines {"topic": ..., "payload": {...}}')
+    sp.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    sp.add_argument("--examples", type=int, default=3, help="examples per change, minimised by each side (default 3)")
+    consent_opt(sp)
+    keys_opts(sp)
+    sp.set_defaults(func=cmd_diff)
 
     sp = add("explain", "show what the policy does to one message from stdin, and why",
              ["gateway explain --policy rules/jimi-tracksolid.toml --topic tracksolid/358756091234567/location "
@@ -310,13 +399,23 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--keys", metavar="FILE", help="key file (default: the public test key)")
     sp.set_defaults(func=cmd_bench)
 
-    sp = add("keygen", "write a new key file (0600)", ["gateway keygen /etc/gateway/keys.json",
-                                                      "gateway keygen --rotate /etc/gateway/keys.json"],
+    sp = add("keygen", "write a new key file (0600), or a policy-signing key pair",
+             ["gateway keygen /etc/gateway/keys.json", "gateway keygen --rotate /etc/gateway/keys.json",
+              "gateway keygen --signing /secure/reviewer.key"],
              "exit codes: 0 written; 2 the file exists (without --rotate) or cannot be read or written")
-    sp.add_argument("path", metavar="PATH", help="key file to write")
+    sp.add_argument("path", nargs="?", metavar="PATH", help="key file to write")
+    sp.add_argument("--signing", metavar="FILE",
+                    help="instead: write an Ed25519 policy-signing key pair FILE, FILE.pub")
     sp.add_argument("--id", help="key id ([a-z0-9]{1,16}); default k1, or k<N> with --rotate")
     sp.add_argument("--rotate", action="store_true", help="add a new active key to an existing file")
     sp.set_defaults(func=cmd_keygen)
+
+    sp = add("sign", "sign policy packs (writes POLICY.sig beside each)",
+             ["gateway sign --key /secure/reviewer.key rules/*.toml"],
+             "exit codes: 0 signed; 2 a pack is invalid or the key cannot be read")
+    sp.add_argument("policy", nargs="+", metavar="POLICY", help="policy TOML file(s)")
+    sp.add_argument("--key", required=True, metavar="FILE", help="Ed25519 private key from keygen --signing")
+    sp.set_defaults(func=cmd_sign)
 
     sp = add("reveal", "decrypt enc.<kid>.<data> values (key holders only)",
              ["gateway reveal --keys keys.json enc.k1.AbC...", "gateway reveal --keys keys.json < values.txt"],
