@@ -173,6 +173,27 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return decode_hex_command(args.hex, sys.stdout)
 
 
+def cmd_consent(args: argparse.Namespace) -> int:
+    """``gateway consent keygen|sign``: the issuer's side of signed consent records."""
+    from gateway.service import consent
+
+    try:
+        if args.action == "keygen":
+            print(consent.keygen(args.path))
+            print(f"wrote the consent issuer's private key to {args.path} (0600); the line above is its public key "
+                  "for [consent] public_keys", file=sys.stderr)
+            return EXIT_OK
+        key = consent.load_private_key(args.key)
+    except consent.ConsentKeyError as exc:
+        print(f"gateway consent: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    now = int(time.time()) if args.issued_at is None else args.issued_at
+    expires = None if args.expires_in is None else now + args.expires_in
+    record = consent.sign(key, args.device, args.purpose, args.action == "grant", now, expires)
+    sys.stdout.buffer.write(record + b"\n")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -259,6 +280,23 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("value", nargs="*", help="values (default: one per line on stdin)")
     sp.add_argument("--keys", metavar="FILE")
     sp.set_defaults(func=cmd_reveal)
+
+    sp = sub.add_parser("consent", help="the consent issuer's key and signed records (see docs/operations.md)")
+    csub = sp.add_subparsers(dest="action", required=True)
+    kp = csub.add_parser("keygen", help="write a new Ed25519 issuer key (0600); print its public key")
+    kp.add_argument("path")
+    kp.set_defaults(func=cmd_consent)
+    for action in ("grant", "revoke"):
+        gp = csub.add_parser(action, help=f"print a signed {action} record for consent/<device>/<purpose>")
+        gp.add_argument("--key", required=True, metavar="FILE", help="the issuer's private key (consent keygen)")
+        gp.add_argument("device")
+        gp.add_argument("purpose")
+        gp.add_argument("--issued-at", type=int, metavar="UNIX_S", help="default: now")
+        if action == "grant":
+            gp.add_argument("--expires-in", type=int, metavar="S", help="the grant lapses S seconds after issued-at")
+        else:
+            gp.set_defaults(expires_in=None)
+        gp.set_defaults(func=cmd_consent)
 
     sp = sub.add_parser("decode", help="decode device frames, e.g. gateway decode gt06 HEX")
     sp.add_argument("protocol", choices=("gt06",))

@@ -214,10 +214,12 @@ class Metrics:
             "gateway_dead_lettered_total", "Rejected messages republished raw to the local dead-letter topic", registry=r
         )
         self.consent_updates = PromCounter(
-            "gateway_consent_updates_total", "Consent records read (result: granted|revoked|invalid)", ["result"],
+            "gateway_consent_updates_total",
+            "Consent records read, by result (granted|revoked|expired|unauthenticated|stale|invalid|full)", ["result"],
             registry=r,
         )
-        for result in ("granted", "revoked", "invalid"):
+        self.consent_entries = Gauge("gateway_consent_entries", "Consent grants held (max_entries)", registry=r)
+        for result in ("granted", "revoked", "expired", "unauthenticated", "stale", "invalid", "full"):
             self.consent_updates.labels(result)
         for side in ("local", "cloud"):  # export 0 before the first connection attempt
             self.connected.labels(side).set(0)

@@ -78,7 +78,7 @@ class Worker:
         self.cloud_id = cfg.cloud.client_id + suffix
         self.metrics = Metrics()
         self.engine: Engine | None = None
-        self.consents = Consents(cfg.consent.topic) if cfg.consent.topic else None
+        self.consents = _consents(cfg)
         self.local: Client | None = None
         self.gen = 0
         self._ack: Any = None
@@ -87,6 +87,7 @@ class Worker:
         self._prov: dict[int, Provenance] = {}
         self._subscribed: set[str] = set()
         self._reject_logged: set[tuple[str, str]] = set()
+        self._consent_logged: set[str] = set()
         self.uplink: Uplink | None = None
         self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
 
@@ -281,7 +282,13 @@ class Worker:
         ack = partial(self._ack, message.mid) if qos else None
         consents = self.consents
         if consents is not None and consents.matches(topic):
-            self.metrics.consent_updates.labels(consents.update(topic, message.payload)).inc()
+            result = consents.update(topic, message.payload)
+            self.metrics.consent_updates.labels(result).inc()
+            self.metrics.consent_entries.set(len(consents))
+            if result in ("unauthenticated", "full") and result not in self._consent_logged:
+                self._consent_logged.add(result)  # once each: the counter has the rest
+                log.warning("consent_ignored", reason=result, entries=len(consents),
+                            note="further records ignored for this reason are only counted")
             if ack:
                 ack()
             return
@@ -313,8 +320,12 @@ class Worker:
         """The engine, fenced: a bug must cost one message (counted), not a reconnect loop
         in which the broker redelivers the same message for ever."""
         consents = self.consents
+        now = time.time()
+        if consents is not None and consents.next_expiry <= now:
+            self.metrics.consent_updates.labels("expired").inc(consents.expire(now))
+            self.metrics.consent_entries.set(len(consents))
         try:
-            return self.engine.process(topic, payload, time.time(), consents.table if consents else {})
+            return self.engine.process(topic, payload, now, consents.table if consents else {})
         except Exception as exc:
             # The exception's text could quote the payload: only its class is logged.
             log.error("engine_error", error=exc.__class__.__name__, action="message dropped and counted")
@@ -353,6 +364,16 @@ class Worker:
             await self._resubscribe()
         except aiomqtt.MqttError as exc:
             log.warning("resubscribe_failed", error=describe(exc), action="the next connection subscribes")
+
+
+def _consents(cfg: Config) -> Consents | None:
+    c = cfg.consent
+    if not c.topic:
+        return None
+    keys = c.verify_keys()
+    if not keys:
+        log.warning("consent_without_keys", action="every consent record is ignored until consent.public_keys is set")
+    return Consents(c.topic, keys, c.max_entries, c.max_clock_skew_s)
 
 
 def _provenance(plan: Plan) -> Provenance:
