@@ -267,6 +267,34 @@ def cmd_consent(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    """``gateway deadletter open``: sealed dead letters (one per line on stdin) as JSON lines, for key holders."""
+    import base64
+
+    from gateway.service.deadletter import open_letter
+
+    keyring = Keyring.from_env(args.keys)
+    status = EXIT_OK
+    for n, line in enumerate(sys.stdin.buffer, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            letter = open_letter(keyring, line)
+        except ValueError as exc:
+            print(f"gateway deadletter: line {n}: {exc}", file=sys.stderr)
+            status = EXIT_FAIL
+            continue
+        try:
+            payload: Any = letter.payload.decode()
+            encoding = "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(letter.payload).decode(), "base64"
+        print(json.dumps({"topic": letter.topic, "payload": payload, "encoding": encoding, "reason": letter.reason,
+                          "policy": letter.policy, "rule": letter.rule, "at": letter.at}, ensure_ascii=False))
+    return status
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -459,6 +487,16 @@ def parser() -> argparse.ArgumentParser:
         else:
             gp.set_defaults(expires_in=None)
         gp.set_defaults(func=cmd_consent)
+
+    sp = add("deadletter", "open sealed dead letters (key holders only; docs/operations.md, Dead letters)",
+             ["mosquitto_sub -u dead-letter-reader -P ... -t 'gateway/dead-letter/#' | gateway deadletter open "
+              "--keys keys.json"],
+             "exit codes: 0 all opened; 1 a line is not a dead letter or does not open with these keys; "
+             "2 the key file is invalid")
+    dsub = sp.add_subparsers(dest="action", required=True)
+    op = dsub.add_parser("open", help="read sealed dead letters, one per line on stdin; print each as a JSON line")
+    op.add_argument("--keys", metavar="FILE", help="key file (default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS)")
+    op.set_defaults(func=cmd_deadletter)
 
     sp = add("decode", "decode device frames, e.g. gateway decode gt06 HEX",
              ["gateway decode gt06 78780D01012345678901234500018CDD0D0A"],

@@ -211,7 +211,11 @@ class Metrics:
             registry=r,
         )
         self.dead_lettered = PromCounter(
-            "gateway_dead_lettered_total", "Rejected messages republished raw to the local dead-letter topic", registry=r
+            "gateway_dead_lettered_total", "Rejected messages sealed and published to the local dead-letter topic",
+            registry=r,
+        )
+        self.dead_letters_unsent = PromCounter(
+            "gateway_dead_letters_unsent_total", "Dead letters not published: the local broker was away", registry=r
         )
         self.consent_updates = PromCounter(
             "gateway_consent_updates_total",

@@ -133,23 +133,6 @@ def test_sighup_reload_adopts_a_good_policy_and_refuses_a_bad_one(site) -> None:
     assert 'version="2.2.0"' in gw.metrics()
 
 
-def test_rejected_messages_go_raw_to_the_local_dead_letter_topic_only(site) -> None:
-    local, cloud, gw, sink, pub, policy = site
-    dead = Sink(local.url, topic="gateway/dead-letter/#", client_id="dl-reader")
-    try:
-        gw.start()
-        raw = msgspec.json.encode({**MSG, "pin": "8642"})
-        pub.publish_all([("site/dev-1/telemetry", raw), ("site/dev-1/telemetry", msgspec.json.encode(MSG))])
-        letter = dead.wait_for(1, 20)[0]
-        assert letter.topic == "gateway/dead-letter/credential" and letter.payload == raw
-        assert dict(letter.properties.UserProperty)["reason"] == "credential"
-        sink.wait_for(1, 20)
-        assert all(b"8642" not in m.payload for m in sink.snapshot()) and sink.count() == 1
-        assert gw.metric("gateway_dead_lettered_total") == 1
-    finally:
-        dead.close()
-
-
 def test_the_sample_config_runs_against_one_local_mosquitto(tmp_path: Path, broker: Mosquitto) -> None:
     """config.toml as shipped (one broker as site and cloud), only its port and paths moved here."""
     text = (ROOT / "config.toml").read_text()

@@ -37,8 +37,9 @@ from gateway.policy.compile import Plan
 from gateway.policy.load import PolicyError, Source, load
 from gateway.service.acks import acker, enable_manual_acks
 from gateway.service.client import Client
-from gateway.service.config import Config
+from gateway.service.config import Config, ConfigError
 from gateway.service.consent import Consents
+from gateway.service.deadletter import Sealer, check_prefix
 from gateway.service.shadow import Shadow, ShadowMetrics
 from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
 from gateway.spool import Spool
@@ -103,6 +104,7 @@ class Worker:
         self._subscribed: set[str] = set()
         self._reject_logged: set[tuple[str, str]] = set()
         self._consent_logged: set[str] = set()
+        self._sealer: Sealer | None = None
         self.uplink: Uplink | None = None
         self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
 
@@ -111,6 +113,7 @@ class Worker:
     async def run(self) -> int:
         cfg = self.cfg
         self.engine, shadow = build_engines(cfg)
+        self._sealer = _dead_letters(cfg, self.engine, self.consents)
         self._set_shadow(shadow)
         self.metrics.register_engine(self.engine)
         spool_path = cfg.spool.path if self.index == 0 else _indexed(cfg.spool.path, self.index)
@@ -369,13 +372,17 @@ class Worker:
             self._reject_logged.add((name, result.reason))
             log.warning("message_rejected", policy=name, reason=result.reason, rule=result.rule,
                         note="further rejections of this kind are only counted")
-        dl = self.cfg.dead_letter
-        if dl and self.local is not None:
+        dl, sealer = self.cfg.dead_letter, self._sealer
+        if dl and sealer is not None:
+            client = self.local
             props = Properties(PacketTypes.PUBLISH)
-            props.UserProperty = [("reason", result.reason), ("policy", name), ("rule", result.rule), ("topic", topic)]
-            # Raw, but only back to the local broker, where it already was.
-            if self.local.publish_nowait(f"{dl}/{result.reason}", payload, 1, props) is not None:
+            props.UserProperty = [("reason", result.reason), ("policy", name), ("rule", result.rule)]
+            # Sealed for the key holder: the raw payload and topic are personal data.
+            letter = sealer.seal(topic, payload, result.reason, name, result.rule)
+            if client is not None and client.publish_nowait(f"{dl}/{result.reason}", letter, 1, props) is not None:
                 self.metrics.dead_lettered.inc()
+            else:
+                self.metrics.dead_letters_unsent.inc()  # the local broker is away; the rejection is counted
 
     # -- reload ----------------------------------------------------------------------------
 
@@ -397,6 +404,19 @@ class Worker:
             await self._resubscribe()
         except aiomqtt.MqttError as exc:
             log.warning("resubscribe_failed", error=describe(exc), action="the next connection subscribes")
+
+
+def _dead_letters(cfg: Config, engine: Engine, consents: Consents | None) -> Sealer | None:
+    """The sealer for dead letters, or None when off; a ConfigError if the gateway would read its own."""
+    if not cfg.dead_letter:
+        return None
+    filters = [(f"policy {plan.name!r}", f.subscription) for plan in engine.plans for f in plan.filters]
+    if consents is not None:
+        filters.append(("consent.topic", consents.subscription))
+    problem = check_prefix(cfg.dead_letter, filters)
+    if problem:
+        raise ConfigError(problem)
+    return Sealer(engine.keyring)
 
 
 def _consents(cfg: Config) -> Consents | None:
