@@ -345,7 +345,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("gateway: --workers > 1 needs a shared-subscription group: set group = \"...\" in the config",
                   file=sys.stderr)
             return EXIT_INVALID
-        return supervise(args.config, args.workers)
+        try:
+            return supervise(args.config, args.workers, metrics_listen=cfg.metrics.listen)
+        except OSError as exc:  # the metrics port is taken
+            print(f"gateway: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_INVALID
+    if args.metrics_listen is not None:  # a supervised worker: its page is merged by the supervisor
+        cfg.metrics.listen = args.metrics_listen
     try:
         return asyncio.run(Worker(cfg, args.worker or 0, args.workers).run())
     except (PolicySetError, ConfigError) as exc:
@@ -513,6 +519,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", required=True, metavar="FILE", help="config.toml (see docs/configuration.md)")
     sp.add_argument("--workers", type=int, default=1, help="worker processes on a shared subscription (default 1)")
     sp.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
+    sp.add_argument("--metrics-listen", default=None, help=argparse.SUPPRESS)  # set by the supervisor
     sp.set_defaults(func=cmd_run)
 
     sp = add("demo", "live demo: brokers, simulated devices, gateway, what the cloud receives",

@@ -125,12 +125,12 @@ class Spool(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class Metrics(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:9108"  # "" turns the HTTP endpoint off
 
-    def address(self, worker: int = 0) -> tuple[str, int] | None:
-        """Host and port for worker ``worker`` (each worker listens on port + index)."""
+    def address(self) -> tuple[str, int] | None:
+        """Host and port of /metrics (with --workers N, the supervisor's; it merges the workers' pages)."""
         if not self.listen:
             return None
         host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port) + worker if int(port) else 0
+        return host.strip("[]") or "127.0.0.1", int(port)
 
     def __post_init__(self) -> None:
         if self.listen:

@@ -120,8 +120,9 @@ class Worker:
         Path(spool_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         spool = Spool(spool_path, cfg.spool.max_bytes)
         self.uplink = Uplink(cfg.cloud, self.cloud_id, spool, self.metrics, cfg.reconnect)
+        self.metrics.watch(lambda: self.uplink.backlog if self.uplink else 0, partial(_oldest, spool))
         http = None
-        address = cfg.metrics.address(self.index)
+        address = cfg.metrics.address()
         if address is not None:
             http = serve(self.metrics, address[0], address[1], ready=self.ready)
         loop = asyncio.get_running_loop()
@@ -193,6 +194,7 @@ class Worker:
 
     async def _on_tracker_message(self, topic: str, payload: bytes) -> None:
         """A decoded GT06 frame: same engine and uplink as MQTT; the tracker's ACK waits until it is safe."""
+        received = time.monotonic()
         t0 = time.perf_counter()
         result = self._process(topic, payload)
         self.metrics.observe(result, time.perf_counter() - t0)
@@ -202,7 +204,7 @@ class Worker:
             self._rejected(result, topic, payload)
             return  # acknowledged to the tracker: resending would not change the verdict
         safe = asyncio.get_running_loop().create_future()
-        self._forward(result, partial(safe.set_result, None), 0)
+        self._forward(result, partial(safe.set_result, None), 0, received)
         await safe
 
     # -- local side ------------------------------------------------------------------------
@@ -319,25 +321,28 @@ class Worker:
         if not qos and uplink.backlog > self._qos0_limit:
             self.metrics.dropped.labels("none", "overload").inc()  # QoS 0: at most once, by the sender's choice
             return
+        received = time.monotonic()
         t0 = time.perf_counter()
         result = self._process(topic, message.payload)
         self.metrics.observe(result, time.perf_counter() - t0)
         if self.shadow is not None:
             self.shadow.observe(topic, message.payload, result, time.time(), self._consent_table())
         if result.__class__ is Forward:
-            self._forward(result, ack, self.gen)
+            self._forward(result, ack, self.gen, received)
             return
         self._rejected(result, topic, message.payload)
         if ack:
             ack()
 
-    def _forward(self, result: Forward, ack: Callable[[], None] | None, gen: int) -> None:
-        """Hand a minimised message to the uplink with its policy's provenance (built once per plan)."""
+    def _forward(self, result: Forward, ack: Callable[[], None] | None, gen: int, received: float) -> None:
+        """Hand a minimised message to the uplink with its policy's provenance (built once per plan);
+        its acknowledgement also times the delivery (``received``: ``time.monotonic()`` at receipt)."""
         plan = result.plan
         prov = self._prov.get(id(plan))
         if prov is None:
             prov = self._prov[id(plan)] = _provenance(plan)
-        self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, ack, gen))
+        safe = self.metrics.on_safe(plan.name, received, ack)
+        self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, safe, gen))
 
     def _consent_table(self) -> Mapping[str, frozenset[str]]:
         return self.consents.table if self.consents is not None else {}
@@ -440,6 +445,15 @@ def _provenance(plan: Plan) -> Provenance:
     if meta.retention:
         user.append(("retention", meta.retention))
     return provenance(user, plan.policy.route.expiry_s)
+
+
+def _oldest(spool: Spool) -> float | None:
+    """When the oldest spooled message was written, for the age gauge (None: empty or closed)."""
+    try:
+        entries = spool.peek(1)
+    except Exception:  # closed at shutdown while a scrape runs
+        return None
+    return entries[0].created if entries else None
 
 
 def _indexed(path: str, index: int) -> str:
