@@ -101,7 +101,12 @@ def cmd_minimise(args: argparse.Namespace) -> int:
                 print(json.dumps({"dropped": True, "line": n, "reason": "bad_wrapper",
                                   "detail": 'without --topic each line is {"topic": ..., "payload": {...}}'}), file=err)
                 continue
-        result = engine.process(topic, payload, now=time.time(), consents=consents)
+        try:
+            result = engine.process(topic, payload, now=time.time(), consents=consents)
+        except Exception as exc:  # one bad line costs that line, never the rest of the input
+            print(json.dumps({"dropped": True, "line": n, "reason": "internal_error",
+                              "detail": exc.__class__.__name__}), file=err)  # the type only: no payload text
+            continue
         if isinstance(result, Forward):
             if result.plan.policy.policy.output == "msgpack":
                 result = result._replace(payload=msgspec.json.encode(decode_output(result.payload, "msgpack")))
