@@ -7,7 +7,9 @@ upgrade that moves them fails here by name rather than somewhere in the service.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from importlib.metadata import version
+from typing import NamedTuple
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -28,9 +30,21 @@ def test_the_internals_it_relies_on_are_there() -> None:
         assert callable(getattr(paho.Client, name)), name
 
 
+class Msg(NamedTuple):
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    dup: bool
+
+
+def _collect(into: list) -> Callable[[str, bytes, int, int, bool], None]:
+    return lambda *args: into.append(Msg(*args))
+
+
 async def _pair(port: int, received: list, acks: list, **kw) -> tuple[Client, Client]:
     sub = Client("127.0.0.1", port, identifier="sub", protocol=aiomqtt.ProtocolVersion.V5,
-                 on_message=received.append, **kw)
+                 on_message=_collect(received), **kw)
     pub = Client("127.0.0.1", port, identifier="pub", protocol=aiomqtt.ProtocolVersion.V5,
                  on_puback=lambda mid, failed: acks.append((mid, failed)), max_inflight_messages=0)
     return sub, pub
@@ -44,7 +58,7 @@ async def _until(cond, timeout: float = 20) -> None:
 
 
 async def test_callbacks_deliver_every_message_in_order_and_report_every_puback(broker: Mosquitto) -> None:
-    received: list[paho.MQTTMessage] = []
+    received: list[Msg] = []
     acks: list[tuple[int, bool]] = []
     sub, pub = await _pair(broker.port, received, acks)
     async with sub, pub:
@@ -57,7 +71,7 @@ async def test_callbacks_deliver_every_message_in_order_and_report_every_puback(
 
 
 async def test_large_payloads_survive_partial_writes_and_reads(broker: Mosquitto) -> None:
-    received: list[paho.MQTTMessage] = []
+    received: list[Msg] = []
     acks: list[tuple[int, bool]] = []
     sub, pub = await _pair(broker.port, received, acks)
     big = bytes(range(256)) * (16 * 1024)  # 4 MiB: far beyond one socket buffer
@@ -79,7 +93,7 @@ async def test_manual_acks_hold_messages_until_acknowledged(broker: Mosquitto) -
         props.SessionExpiryInterval = 600
         got: list = []
         c = Client("127.0.0.1", broker.port, identifier="held", protocol=aiomqtt.ProtocolVersion.V5,
-                   clean_start=False, properties=props, on_message=got.append)
+                   clean_start=False, properties=props, on_message=_collect(got))
         enable_manual_acks(c)
         return c, got
 
