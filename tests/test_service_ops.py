@@ -43,7 +43,6 @@ def test_sample_config_loads_and_resolves_paths() -> None:
     assert all(Path(p).exists() for p in cfg.policies)
     assert cfg.spool.path == str(ROOT / ".gateway" / "spool.db")
     assert cfg.metrics.address() == ("127.0.0.1", 9108)
-    assert cfg.metrics.address(2) == ("127.0.0.1", 9110)
 
 
 @pytest.mark.parametrize(
