@@ -155,7 +155,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_reveal(args: argparse.Namespace) -> int:
     from gateway.ops.identity import reveal
 
-    keyring = Keyring.from_env(args.keys)
+    keyring = _keyring(args)
     values = args.value or [line.strip() for line in sys.stdin if line.strip()]
     status = EXIT_OK
     for value in values:
@@ -255,9 +255,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--rotate", action="store_true", help="add a new active key to an existing file")
     sp.set_defaults(func=cmd_keygen)
 
-    sp = sub.add_parser("reveal", help="decrypt enc.<kid>.<data> values (key holders only)")
+    sp = sub.add_parser("reveal", help="decrypt enc.<kid>.<scope>.<domain>.<data> values (key holders only)")
     sp.add_argument("value", nargs="*", help="values (default: one per line on stdin)")
-    sp.add_argument("--keys", metavar="FILE")
+    keys_opts(sp)
     sp.set_defaults(func=cmd_reveal)
 
     sp = sub.add_parser("decode", help="decode device frames, e.g. gateway decode gt06 HEX")
