@@ -14,7 +14,7 @@ What the service embeds::
     await stop(server)   # closes the listener and every tracker connection
 
 ``handler(topic, payload)`` gets ``tracksolid/<imei>/<kind>`` and the JSON of a
-``devices.jimi_tracksolid.messages`` Struct, the shape ``rules/jimi-tracksolid.toml`` expects.
+``gateway.ingest.tracksolid`` Struct, the shape ``rules/jimi-tracksolid.toml`` expects.
 Logs and counters name events only: never an IMEI, a peer address or a payload value.
 """
 
@@ -22,61 +22,31 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import resource
 import weakref
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from devices.gt06.codec import Frame, FrameError, Framer, ack_for, build_frame, decode_frame
-from devices.jimi_tracksolid import messages
-from devices.jimi_tracksolid.topics import topic as tracksolid_topic
+from gateway.ingest.gt06.codec import (
+    PROTO_TIME_REQUEST,
+    FrameError,
+    Framer,
+    UncheckedFrame,
+    ack_for,
+    decode_frame,
+    time_reply,
+)
+from gateway.ingest.gt06.limits import Limits
+from gateway.ingest.gt06.record import to_message
 from gateway.telemetry import get_logger
 
-__all__ = ["GAUGES", "Counters", "Handler", "Limits", "serve", "stop", "time_reply", "to_message"]
+__all__ = ["GAUGES", "Counters", "FileLimitError", "Handler", "Limits", "ensure_file_limit", "serve", "stop"]
 
 Handler = Callable[[str, bytes], Awaitable[None]]
 
 log = get_logger("gt06")
-
-
-class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-listener limits; the defaults suit a real fleet, so ``Limits()`` is safe to deploy.
-
-    - ``max_connections``: a tracker holds one connection all day, so this is the fleet size
-      one process serves; the process also needs as many open files.
-    - ``max_buffer``: bytes held per connection, and the largest frame accepted. Real frames
-      are under 300 bytes (login 18-22, position 36-40, Wi-Fi/LBS lists a few hundred).
-    - ``idle_timeout``: seconds without a byte after login. Trackers send a heartbeat every
-      3-5 minutes by default; 600 s drops a dead connection after about two missed ones.
-    - ``login_timeout``: seconds from connect to an accepted login. A tracker logs in as soon
-      as its TCP connection is up; this also ends connections that send nothing at all.
-    - ``max_frames_per_second`` / ``frame_burst``: a token bucket per connection. A tracker
-      sends at most about one fix a second, but uploads the fixes it stored while offline
-      in a burst after reconnecting, hence the burst. Over the rate the connection is not
-      closed: reading pauses, so TCP slows the tracker down and nothing is lost.
-    - ``max_bad_frames``: framing/CRC/content errors tolerated per connection before it is
-      closed (a line-noise bit flip is rare; a stream of them is not a tracker).
-    - ``allowed_imeis``: if set, logins from other IMEIs are refused without an ACK.
-    """
-
-    max_connections: int = 10_000
-    max_buffer: int = 4096
-    idle_timeout: float = 600.0
-    login_timeout: float = 30.0
-    max_frames_per_second: float = 20.0
-    frame_burst: int = 100
-    max_bad_frames: int = 32
-    allowed_imeis: frozenset[str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_connections < 1 or self.frame_burst < 1 or self.max_bad_frames < 0:
-            raise ValueError("max_connections and frame_burst must be >= 1, max_bad_frames >= 0")
-        if self.max_buffer < 64:  # room for any login or position frame
-            raise ValueError("max_buffer must be at least 64 bytes")
-        if min(self.idle_timeout, self.login_timeout, self.max_frames_per_second) <= 0:
-            raise ValueError("timeouts and max_frames_per_second must be positive")
 
 
 class Counters(msgspec.Struct, kw_only=True):
@@ -90,6 +60,7 @@ class Counters(msgspec.Struct, kw_only=True):
     connections: int = 0  # accepted
     open_connections: int = 0  # gauge: connections now open
     over_limit: int = 0  # refused: max_connections reached
+    peer_limited: int = 0  # refused: max_connections_per_peer reached for the peer's address
     logins: int = 0  # logins accepted and acknowledged
     rejected_imei: int = 0  # logins refused by the allow-list
     frames: int = 0  # frames that passed framing and CRC
@@ -102,10 +73,11 @@ class Counters(msgspec.Struct, kw_only=True):
     bad_length: int = 0
     bad_stop: int = 0
     bad_crc: int = 0
+    bad_crc_accepted: int = 0  # frames passed despite a wrong CRC (accept_bad_crc)
     bad_content: int = 0  # valid frame, impossible fields (BCD, date, coordinates)
     oversize: int = 0  # a frame announced larger than max_buffer
     login_timeout: int = 0  # closed: no login within login_timeout (includes silent ones)
-    idle_closed: int = 0  # closed: nothing received for idle_timeout
+    idle_closed: int = 0  # closed: no valid frame for idle_timeout after login
     rate_limited: int = 0  # times a connection was paused by the frame rate limit
     too_many_errors: int = 0  # closed: more than max_bad_frames errors
     handler_errors: int = 0  # handler raised; connection closed, frame not acknowledged
@@ -116,56 +88,8 @@ class Counters(msgspec.Struct, kw_only=True):
 
 
 GAUGES = frozenset({"open_connections"})
+_ITEMS_PER_TURN = 32  # frames or errors one connection handles before other tasks get a turn
 _ERROR_REASONS = frozenset({"garbage", "bad_length", "bad_stop", "bad_crc", "bad_content", "oversize"})
-
-PROTO_TIME_REQUEST = 0x8A
-
-# --- normalisation ---------------------------------------------------------------------------
-
-_MESSAGE_TYPES: dict[str, type[messages.Message]] = {
-    "location": messages.Location,
-    "heartbeat": messages.Heartbeat,
-    "alarm": messages.Alarm,
-    "login": messages.Login,
-}
-# Frame fields each message carries: everything the two share except the IMEI, which for all
-# but the login comes from the connection. Protocol, serial, type id and upload mode stay
-# behind: they describe the link, not the tracker's state, and the pack does not name them.
-_SHARED = {
-    kind: tuple(
-        name for name in cls.__struct_fields__ if name in Frame.__struct_fields__ and name != "imei"
-    )
-    for kind, cls in _MESSAGE_TYPES.items()
-}
-
-
-def to_message(frame: Frame, imei: str, login_ip: str | None = None) -> tuple[str, bytes] | None:
-    """``(topic, JSON payload)`` of the Tracksolid profile for a decoded frame; None if it has none.
-
-    ``login_ip`` (the peer address) goes into the login message only, where the Tracksolid
-    profile records it and the pack truncates it.
-    """
-    cls = _MESSAGE_TYPES.get(frame.type)
-    if cls is None:
-        return None
-    fields: dict[str, Any] = {}
-    for name in _SHARED[frame.type]:
-        value = getattr(frame, name)
-        if value is not None:
-            fields[name] = value
-    if cls is messages.Login and login_ip is not None:
-        fields["login_ip"] = login_ip
-    return tracksolid_topic(imei, frame.type), messages.encode(cls(imei=imei, **fields))
-
-
-def time_reply(serial: int, now: datetime | None = None) -> bytes:
-    """Answer to a 0x8A time request: YY MM DD hh mm ss in UTC, as Traccar sends it.
-
-    Trackers without a GPS fix ask for the time so their LBS reports carry a usable stamp.
-    """
-    t = (now or datetime.now(UTC)).astimezone(UTC)
-    stamp = bytes([t.year - 2000, t.month, t.day, t.hour, t.minute, t.second])
-    return build_frame(PROTO_TIME_REQUEST, stamp, serial)
 
 
 def _peer_ip(writer: asyncio.StreamWriter) -> str | None:
@@ -195,19 +119,26 @@ class _Connection:
     """One tracker: framing, login state, deadlines and rate budget."""
 
     def __init__(
-        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        listener: _Listener,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str | None,
     ) -> None:
         self.listener = listener
-        self.limits = listener.limits
+        self.limits = limits = listener.limits
         self.counters = listener.counters
         self.reader = reader
         self.writer = writer
-        self.framer = Framer(max_frame=self.limits.max_buffer, max_buffer=self.limits.max_buffer)
+        self.peer = peer
+        self.framer = Framer(
+            max_frame=limits.max_buffer, max_buffer=limits.max_buffer, strict_crc=not limits.accept_bad_crc
+        )
         self.imei: str | None = None
         self.errors = 0
         self.loop = asyncio.get_running_loop()
-        self.login_deadline = self.loop.time() + self.limits.login_timeout
-        self.tokens = float(self.limits.frame_burst)
+        self.deadline = self.loop.time() + limits.login_timeout  # login, then idle: see _alive
+        self.tokens = float(limits.frame_burst)
         self.refilled = self.loop.time()
 
     async def run(self) -> None:
@@ -215,20 +146,24 @@ class _Connection:
             data = await self._read()
             if not data:
                 return  # the tracker closed; frames before its EOF were all handled
-            for item in self.framer.feed(data):
+            for work, item in enumerate(self.framer.items(data), 1):  # stops where the bad-frame budget closes us
                 await self._throttle()
                 if isinstance(item, FrameError):
                     self._error(item)
                 else:
                     await self._frame(item)
+                if work % _ITEMS_PER_TURN == 0:
+                    await asyncio.sleep(0)  # let the other trackers and the MQTT side run
             async with asyncio.timeout(self.limits.idle_timeout):
                 await self.writer.drain()  # a tracker that never reads its ACKs is dropped
+            await asyncio.sleep(0)  # a read returns at once while bytes are queued: one read per turn
+
+    def _alive(self) -> None:
+        """A valid frame from a logged-in tracker: it may stay ``idle_timeout`` longer."""
+        self.deadline = self.loop.time() + self.limits.idle_timeout
 
     async def _read(self) -> bytes:
-        if self.imei is None:
-            deadline, reason = self.login_deadline, "login_timeout"
-        else:
-            deadline, reason = self.loop.time() + self.limits.idle_timeout, "idle_closed"
+        deadline, reason = self.deadline, "login_timeout" if self.imei is None else "idle_closed"
         try:
             async with asyncio.timeout_at(deadline):
                 return await self.reader.read(self.limits.max_buffer)
@@ -256,12 +191,16 @@ class _Connection:
 
     async def _frame(self, raw: bytes) -> None:
         try:
-            frame = decode_frame(raw)
+            frame = decode_frame(raw, strict_crc=not isinstance(raw, UncheckedFrame))
         except FrameError as exc:
             self._error(exc)
             return
         counters = self.counters
         counters.frames += 1
+        if isinstance(raw, UncheckedFrame):
+            counters.bad_crc_accepted += 1
+        if self.imei is not None:
+            self._alive()
         if frame.type == "unknown" and frame.protocol != PROTO_TIME_REQUEST:
             counters.unknown_protocol += 1
             return
@@ -280,7 +219,7 @@ class _Connection:
             return
         else:
             imei = self.imei
-        message = to_message(frame, imei, _peer_ip(self.writer) if frame.type == "login" else None)
+        message = to_message(frame, imei, self.peer if frame.type == "login" else None)
         if message is not None:
             try:
                 await self.listener.handler(*message)
@@ -291,6 +230,7 @@ class _Connection:
             counters.messages += 1
         if frame.type == "login":
             self.imei = imei
+            self._alive()
             counters.logins += 1
         ack = ack_for(frame)
         if ack is not None:
@@ -306,6 +246,7 @@ class _Listener:
         self.limits = limits
         self.counters = counters
         self.open: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        self.per_peer: dict[str | None, int] = {}  # open connections by peer address (never logged)
 
     async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         counters = self.counters
@@ -313,13 +254,20 @@ class _Listener:
             counters.over_limit += 1
             writer.transport.abort()
             return
+        peer = _peer_ip(writer)
+        from_peer = self.per_peer.get(peer, 0)
+        if from_peer >= self.limits.max_connections_per_peer:
+            counters.peer_limited += 1
+            writer.transport.abort()
+            return
+        self.per_peer[peer] = from_peer + 1
         counters.connections += 1
         counters.open_connections += 1
         task = asyncio.current_task()
         assert task is not None
         self.open[task] = writer
         try:
-            await _Connection(self, reader, writer).run()
+            await _Connection(self, reader, writer, peer).run()
         except _Closed as closed:
             if closed.reason:
                 setattr(counters, closed.reason, getattr(counters, closed.reason) + 1)
@@ -333,10 +281,40 @@ class _Listener:
         finally:
             counters.open_connections -= 1
             del self.open[task]
+            left = self.per_peer.pop(peer) - 1
+            if left:
+                self.per_peer[peer] = left
             if writer.transport.get_write_buffer_size():
                 writer.transport.abort()  # a peer that does not read must not hold the socket
             else:
                 writer.close()  # graceful: the ACKs already written still reach the tracker
+
+
+FILES_RESERVED = 256  # brokers, spool, metrics, logs, policy reloads: files the rest of the process needs
+
+
+class FileLimitError(OSError):
+    """``max_connections`` does not fit the process's open-file limit (RLIMIT_NOFILE)."""
+
+
+def ensure_file_limit(max_connections: int) -> int:
+    """Make room for ``max_connections`` sockets: raise the soft open-file limit up to the hard one.
+
+    Without this, connection number ~1000 fails in ``accept`` with EMFILE, which asyncio logs
+    and retries, while the broker and spool of the same process start failing too. Returns the
+    soft limit now in force; raises ``FileLimitError`` if even the hard limit is too low.
+    """
+    needed = max_connections + FILES_RESERVED
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard == resource.RLIM_INFINITY or hard >= needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+            return needed
+        raise FileLimitError(
+            f"gt06 max_connections {max_connections} needs {needed} open files but the process may open "
+            f"at most {hard}: raise the limit (ulimit -n, systemd LimitNOFILE=) or lower max_connections"
+        )
+    return soft
 
 
 _LISTENERS: weakref.WeakKeyDictionary[asyncio.Server, _Listener] = weakref.WeakKeyDictionary()
@@ -354,6 +332,7 @@ async def serve(
     ``counters`` is updated in place; pass the object the exporter reads. Stop with ``stop``.
     """
     limits = limits or Limits()
+    ensure_file_limit(limits.max_connections)
     listener = _Listener(handler, limits, counters if counters is not None else Counters())
     server = await asyncio.start_server(
         listener.accept,
@@ -367,11 +346,12 @@ async def serve(
     return server
 
 
-async def stop(server: asyncio.Server, timeout: float = 5.0) -> None:
+async def stop(server: asyncio.Server, grace: float = 5.0) -> None:
     """Stop accepting, then end every open tracker connection.
 
     ``Server.close`` alone leaves accepted connections running (and from Python 3.12
-    ``wait_closed`` waits for them, i.e. for trackers that never hang up).
+    ``wait_closed`` waits for them, i.e. for trackers that never hang up). A connection
+    still busy in the handler after ``grace`` seconds is cancelled.
     """
     server.close()
     listener = _LISTENERS.pop(server, None)
@@ -379,9 +359,9 @@ async def stop(server: asyncio.Server, timeout: float = 5.0) -> None:
         tasks = list(listener.open)
         for writer in listener.open.values():
             writer.transport.abort()  # a waiting read sees EOF and the connection ends
-        _, busy = await asyncio.wait(tasks, timeout=timeout)
+        _, busy = await asyncio.wait(tasks, timeout=grace)
         for task in busy:  # stuck in the handler
             task.cancel()
         if busy:
-            await asyncio.wait(busy, timeout=timeout)
+            await asyncio.wait(busy, timeout=grace)
     await server.wait_closed()
