@@ -158,7 +158,9 @@ def keygen(path: str | os.PathLike, key_id: str | None = None, rotate: bool = Fa
         fd = os.open(tmp, flags, 0o600)
     except FileExistsError:
         if rotate:
-            raise KeyFileError(f"{str(tmp)!r} exists (an interrupted rotation?); check and remove it, then retry") from None
+            raise KeyFileError(
+                f"{str(tmp)!r} exists (an interrupted rotation?); check and remove it, then retry"
+            ) from None
         raise KeyFileError(f"{str(path)!r} exists; use --rotate to add a key") from None
     except OSError as exc:
         raise KeyFileError(f"cannot write {str(tmp)!r}: {exc.strerror}") from None

@@ -259,7 +259,7 @@ reason = "flagged"
         # text compares folded: case, spaces, invisible characters and Unicode width do not matter
         ({"event": "Heartbeat"}, "heartbeat", "event"),
         ({"event": " HEART BEAT\t"}, "heartbeat", "event"),
-        ({"event": "ｈｅａｒｔｂｅａｔ"}, "heartbeat", "event"),
+        ({"event": "\uff48\uff45\uff41\uff52\uff54beat"}, "heartbeat", "event"),  # fullwidth
         ({"event": "heart\u200bbeat"}, "heartbeat", "event"),
         ({"event": "HEARTBEAT\u00a0"}, "heartbeat", "event"),
         ({"payment": {"status": "DECLINED"}}, "not_a_payment", "payment.status"),

@@ -101,7 +101,7 @@ class Pseudonymise(FieldRule, tag="pseudonymise"):
         if affix and not (self.shape or self.pattern):
             raise ValueError(
                 "keep_prefix and keep_after need shape or pattern: what a value must look like for part of it "
-                "to be kept in clear (e.g. shape = \"imei\" with keep_prefix = 8, shape = \"vpa\" with keep_after = \"@\")"
+                'to be kept in clear (e.g. shape = "imei" with keep_prefix = 8, shape = "vpa" with keep_after = "@")'
             )
         if not affix and (self.shape or self.pattern or self.handles or self.on_mismatch != "pseudonymise"):
             raise ValueError("shape, pattern, handles and on_mismatch go with keep_prefix or keep_after")
@@ -123,7 +123,8 @@ class Pseudonymise(FieldRule, tag="pseudonymise"):
                 raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
 
     def build(self, env: BuildEnv) -> Transform:
-        return pseudonymiser(env.keyring, env.epochs, self, env.cache_size, scope(env.pack, self.link_domain or env.link_domain))
+        key_scope = scope(env.pack, self.link_domain or env.link_domain)
+        return pseudonymiser(env.keyring, env.epochs, self, env.cache_size, key_scope)
 
 
 def affix_of(rule: Pseudonymise):
@@ -153,7 +154,9 @@ def affix_of(rule: Pseudonymise):
     return affix
 
 
-def pseudonymiser(keyring: Keyring, epochs: Epochs, rule: Pseudonymise, cache_size: int, key_scope: str = "pack:") -> Transform:
+def pseudonymiser(
+    keyring: Keyring, epochs: Epochs, rule: Pseudonymise, cache_size: int, key_scope: str = "pack:"
+) -> Transform:
     """Compiled ``pseudonymise``: key derived per epoch, recent results cached.
 
     A closure rather than a class: it is called once per field per message."""

@@ -183,7 +183,8 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
     def fail(message: str, where: str) -> PolicyError:
         return PolicyError(file, message, locate(text, where) if text else None, where)
 
-    env = BuildEnv(keyring, epochs, Counter(), cache_size, pack=policy.policy.name, link_domain=policy.policy.link_domain)
+    meta = policy.policy
+    env = BuildEnv(keyring, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain)
     root = Node()
     paths: set[str] = set()
 

@@ -83,7 +83,8 @@ class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 def fold(text: str) -> str:
     """Text as ``drop_when`` compares it: NFKC, case-folded, without white space or invisible
-    (control and format) characters, so ``"PIN"``, ``" pin "``, ``"Ｐｉｎ"`` and ``"p\u200bin"`` are one."""
+    (control and format) characters, so ``"PIN"``, ``" pin "``, fullwidth ``"\\uff30in"`` and
+    ``"p\\u200bin"`` are one."""
     text = unicodedata.normalize("NFKC", text).casefold()
     return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf"))
 
@@ -92,7 +93,7 @@ class Match(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A test on one field: present, equal to a value, or one of several.
 
     Text is compared normalised (Unicode NFKC, case-folded, without spaces or
-    invisible characters), so ``"QR"``, ``" qr "`` and ``"ｑｒ"`` all equal ``"qr"``."""
+    invisible characters), so ``"QR"``, ``" qr "`` and fullwidth ``"\\uff51\\uff52"`` all equal ``"qr"``."""
 
     path: str
     present: bool | None = None
