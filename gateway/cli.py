@@ -233,7 +233,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def cmd_reveal(args: argparse.Namespace) -> int:
     from gateway.ops.identity import reveal
 
-    keyring = Keyring.from_env(args.keys)
+    keyring = _keyring(args)
     values = args.value or [line.strip() for line in sys.stdin if line.strip()]
     status = EXIT_OK
     for value in values:
@@ -471,11 +471,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", required=True, metavar="FILE", help="Ed25519 private key from keygen --signing")
     sp.set_defaults(func=cmd_sign)
 
-    sp = add("reveal", "decrypt enc.<kid>.<data> values (key holders only)",
+    sp = add("reveal", "decrypt enc.<kid>.<scope>.<domain>.<data> values (key holders only)",
              ["gateway reveal --keys keys.json enc.k1.AbC...", "gateway reveal --keys keys.json < values.txt"],
              "exit codes: 0 all revealed; 1 a value cannot be revealed; 2 the key file is invalid")
     sp.add_argument("value", nargs="*", metavar="VALUE", help="values (default: one per line on stdin)")
-    sp.add_argument("--keys", metavar="FILE", help="key file (default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS)")
+    keys_opts(sp)
     sp.set_defaults(func=cmd_reveal)
 
     sp = add("consent", "the consent issuer's key and signed records (docs/operations.md, Consent)",

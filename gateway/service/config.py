@@ -48,15 +48,24 @@ class Endpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_inflight: int = 1000  # unacknowledged QoS 1 messages in flight on this connection
 
     def __post_init__(self) -> None:
+        # No message here quotes the url: a url that breaks a rule may hold a secret.
         parts = urlsplit(self.url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError("url must start with mqtt:// or mqtts://")
-        if parts.username is not None or parts.password is not None:
+        if "@" in self.url or parts.username is not None or parts.password is not None:
             raise ValueError("url must not carry credentials: use username/password_env/password_file")
+        if "?" in self.url or "#" in self.url or parts.query or parts.fragment:
+            raise ValueError(
+                "url must not have a query or fragment (credentials go in username/password_env/password_file)"
+            )
         if not parts.hostname:
             raise ValueError("url has no host")
         if parts.path not in ("", "/"):
             raise ValueError("url must not have a path")
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+        except ValueError:
+            raise ValueError("url has an invalid port") from None
         if self.password_env and self.password_file:
             raise ValueError("set password_env or password_file, not both")
         if bool(self.cert_file) != bool(self.key_file):
@@ -300,10 +309,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for side, ep in (("local", cfg.local), ("cloud", cfg.cloud)):
-        if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure and side == "cloud":
+        if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure:
             raise ConfigError(
-                f"{path}: [cloud] url is plaintext mqtt:// to a non-loopback host; "
-                "use mqtts:// or set allow_insecure = true"
+                f"{path}: [{side}] url is plaintext mqtt:// to a non-loopback host; "
+                f"use mqtts:// or set allow_insecure = true in [{side}]"
             )
     base = path.resolve().parent
     for ep in (cfg.local, cfg.cloud):
