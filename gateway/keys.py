@@ -14,6 +14,7 @@ import base64
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 
 import msgspec
@@ -32,6 +33,15 @@ _TEST_SECRET = b"gateway-inline-test-key-public!!"
 
 class KeyFileError(Exception):
     """A key file or key source is missing or malformed (message has no secrets)."""
+
+
+def _weakness(secret: bytes) -> str | None:
+    """Why ``secret`` must not protect real data: the public test key, or no entropy to speak of."""
+    if secret == _TEST_SECRET:
+        return "is the public test key"
+    if len(set(secret)) < 16:  # all zeros, one repeated byte, a short pattern; 32 random bytes have ~30 distinct
+        return "is not random (all zero or fewer than 16 distinct byte values)"
+    return None
 
 
 class _KeyFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,21 +85,41 @@ class Keyring:
         return cls(TEST_KEY_ID, {TEST_KEY_ID: _TEST_SECRET})
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> Keyring:
+    def from_json(cls, data: bytes | str, source: str = "the key file") -> Keyring:
+        """Keys for real use: the public test key and non-random secrets are refused
+        (``Keyring.test()`` is the one way to the test key, behind ``--test-keys``)."""
         try:
             parsed = msgspec.json.decode(data, type=_KeyFile)
             decoded = {k: base64.b64decode(v, validate=True) for k, v in parsed.keys.items()}
         except (msgspec.DecodeError, ValueError) as exc:
             # msgspec errors name paths, not values; base64 errors name nothing.
             raise KeyFileError(f"malformed key file: {type(exc).__name__}") from None
+        for kid, secret in sorted(decoded.items()):
+            weak = _weakness(secret)
+            if weak:
+                raise KeyFileError(f"key {kid!r} in {source} {weak}; create real keys with `gateway keygen`")
         return cls(parsed.active, decoded)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Keyring:
+        """Read a key file that only its owner can access (no group or other permission bits)."""
+        name = str(path)
         try:
-            return cls.from_json(Path(path).read_bytes())
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))  # the mode is checked on what was opened
         except OSError as exc:
-            raise KeyFileError(f"cannot read key file {str(path)!r}: {exc.strerror}") from None
+            raise KeyFileError(f"cannot read key file {name!r}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            if mode & 0o077:
+                raise KeyFileError(
+                    f"key file {name!r} has mode {mode:04o}: group or others can access it; "
+                    f"a key file must be private to its owner (chmod 600 {name})"
+                )
+            try:
+                data = f.read()
+            except OSError as exc:
+                raise KeyFileError(f"cannot read key file {name!r}: {exc.strerror}") from None
+        return cls.from_json(data, f"key file {name!r}")
 
     @classmethod
     def from_env(cls, path: str | None = None) -> Keyring:
@@ -98,7 +128,7 @@ class Keyring:
         if path:
             return cls.from_file(path)
         if os.environ.get(ENV_JSON):
-            return cls.from_json(os.environ[ENV_JSON])
+            return cls.from_json(os.environ[ENV_JSON], f"${ENV_JSON}")
         raise KeyFileError(f"no keys: pass --keys FILE or set ${ENV_FILE} or ${ENV_JSON}")
 
     def to_json(self) -> bytes:
@@ -120,17 +150,30 @@ def keygen(path: str | os.PathLike, key_id: str | None = None, rotate: bool = Fa
         ring = Keyring(kid, {kid: secrets.token_bytes(32)})
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # e.g. .gateway/ of the sample config
     data = ring.to_json()
-    tmp = path.with_name(path.name + ".tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    if not rotate:
-        flags |= os.O_EXCL  # never overwrite an existing key file by accident
-        tmp = path
+    # O_EXCL: never overwrite an existing key file, nor write through a file or link someone
+    # planted at the temporary name; O_NOFOLLOW: never follow a symbolic link there either.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    tmp = path.with_name(path.name + ".tmp") if rotate else path
     try:
         fd = os.open(tmp, flags, 0o600)
     except FileExistsError:
+        if rotate:
+            raise KeyFileError(
+                f"{str(tmp)!r} exists (an interrupted rotation?); check and remove it, then retry"
+            ) from None
         raise KeyFileError(f"{str(path)!r} exists; use --rotate to add a key") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    if rotate:
-        os.replace(tmp, path)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {str(tmp)!r}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # whatever the umask
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if rotate:
+            os.replace(tmp, path)
+    except BaseException:
+        if rotate:
+            tmp.unlink(missing_ok=True)
+        raise
     return kid

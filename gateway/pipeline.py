@@ -20,6 +20,7 @@ from msgspec import UNSET
 from gateway.keys import Keyring
 from gateway.ops.base import BoundedCache, Epochs
 from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, find, precise_pair
+from gateway.ops.identity import AffixRefused
 from gateway.policy import codegen
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step, compile_policy
 from gateway.policy.load import Source
@@ -102,7 +103,10 @@ class Engine:
         values = {}
         for name, fn in plan.captures.items():
             if name in captures:
-                level = safe_level(fn(captures[name]))
+                try:
+                    level = safe_level(fn(captures[name]))
+                except AffixRefused:
+                    return plan, _refused(plan, f"route.capture.{name}"), device
                 if level is None:
                     return plan, None, device
                 values[name] = level
@@ -197,7 +201,7 @@ def _run_dict(plan: Plan, payload: bytes, upstream: str, device: str | None, con
     except RecursionError:
         return Reject("too_deep", plan)
     for cond in plan.conditions:
-        if _condition(cond.rule, _read(obj, cond.steps, False)):
+        if _holds(cond, obj, False):
             plan.stats[(cond.rule.path, cond.rule.reason)] += 1
             return Reject(cond.rule.reason, plan, cond.rule.path)
     granted = _granted(plan, obj, device, consents)
@@ -206,11 +210,18 @@ def _run_dict(plan: Plan, payload: bytes, upstream: str, device: str | None, con
         hit = _guard_dict(plan, plan.root, obj, plan.max_depth - 1, plan.leak_guard)
     except _TooDeep:
         return Reject("too_deep", plan)
+    except AffixRefused as exc:
+        return _refused(plan, exc.args[0])
     if hit is not None:
         label, kind = hit
         plan.stats[(label, "leak")] += 1
         return Reject("leak", plan, label, kind)
     return _tuple_new(Forward, (upstream, plan.encode(obj), plan, 0))
+
+
+def _refused(plan: Plan, label: str) -> Reject:
+    plan.stats[(label, "bad_shape")] += 1
+    return Reject("bad_shape", plan, label)
 
 
 def _invalid(plan: Plan, message: str) -> Reject:
@@ -233,16 +244,11 @@ def _read(obj: Any, steps: list[Step], structs: bool) -> Any:
     return obj
 
 
-def _condition(rule, value: Any) -> bool:
-    if value is UNSET:
-        return rule.present is False
-    if value.__class__ is msgspec.Raw:
-        value = msgspec.json.decode(value)
-    if rule.present is not None:
-        return (value is not None) == rule.present
-    if rule.equals is not None:
-        return value == rule.equals and type(value) is type(rule.equals)
-    return any(value == v and type(value) is type(v) for v in rule.one_of)
+def _holds(cond, obj: Any, structs: bool) -> bool:
+    """A ``drop_when`` condition holds: its test passes and its ``unless`` test (if any) does not."""
+    if not cond.test(_read(obj, cond.steps, structs)):
+        return False
+    return cond.unless_test is None or not cond.unless_test(_read(obj, cond.unless_steps, structs))
 
 
 # -- shared by the generated Struct code (gateway.policy.codegen) and the dict executor ----
@@ -401,7 +407,7 @@ def _guard_dict(plan: Plan, node: Node, d: dict, depth: int, guard: bool) -> tup
 
 _HELPERS = {
     "Forward": Forward, "Reject": Reject, "TooDeep": _TooDeep, "invalid": _invalid,
-    "sample_unknown": _sample_unknown, "granted_of": _granted, "condition": _condition, "read": _read,
-    "NO_CONSENT": NO_CONSENT, "EMPTY": _EMPTY,
+    "sample_unknown": _sample_unknown, "granted_of": _granted, "holds": _holds, "read": _read, "refused": _refused,
+    "NO_CONSENT": NO_CONSENT, "EMPTY": _EMPTY, "AffixRefused": AffixRefused,
     "ValidationError": msgspec.ValidationError, "DecodeError": msgspec.DecodeError,
 }  # fmt: skip

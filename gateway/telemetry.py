@@ -253,13 +253,19 @@ class Metrics:
             registry=r,
         )
         self.dead_lettered = PromCounter(
-            "gateway_dead_lettered_total", "Rejected messages republished raw to the local dead-letter topic", registry=r
-        )
-        self.consent_updates = PromCounter(
-            "gateway_consent_updates_total", "Consent records read (result: granted|revoked|invalid)", ["result"],
+            "gateway_dead_lettered_total", "Rejected messages sealed and published to the local dead-letter topic",
             registry=r,
         )
-        for result in ("granted", "revoked", "invalid"):
+        self.dead_letters_unsent = PromCounter(
+            "gateway_dead_letters_unsent_total", "Dead letters not published: the local broker was away", registry=r
+        )
+        self.consent_updates = PromCounter(
+            "gateway_consent_updates_total",
+            "Consent records read, by result (granted|revoked|expired|unauthenticated|stale|invalid|full)", ["result"],
+            registry=r,
+        )
+        self.consent_entries = Gauge("gateway_consent_entries", "Consent grants held (max_entries)", registry=r)
+        for result in ("granted", "revoked", "expired", "unauthenticated", "stale", "invalid", "full"):
             self.consent_updates.labels(result)
         for side in ("local", "cloud"):  # export 0 before the first connection attempt
             self.connected.labels(side).set(0)

@@ -18,8 +18,10 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.ingest.gt06.limits import Limits
+from gateway.service.consent import ConsentKeyError, public_key
 
 __all__ = ["Config", "ConfigError", "Endpoint", "load_config"]
 
@@ -46,15 +48,24 @@ class Endpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_inflight: int = 1000  # unacknowledged QoS 1 messages in flight on this connection
 
     def __post_init__(self) -> None:
+        # No message here quotes the url: a url that breaks a rule may hold a secret.
         parts = urlsplit(self.url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError("url must start with mqtt:// or mqtts://")
-        if parts.username is not None or parts.password is not None:
+        if "@" in self.url or parts.username is not None or parts.password is not None:
             raise ValueError("url must not carry credentials: use username/password_env/password_file")
+        if "?" in self.url or "#" in self.url or parts.query or parts.fragment:
+            raise ValueError(
+                "url must not have a query or fragment (credentials go in username/password_env/password_file)"
+            )
         if not parts.hostname:
             raise ValueError("url has no host")
         if parts.path not in ("", "/"):
             raise ValueError("url must not have a path")
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+        except ValueError:
+            raise ValueError("url has an invalid port") from None
         if self.password_env and self.password_file:
             raise ValueError("set password_env or password_file, not both")
         if bool(self.cert_file) != bool(self.key_file):
@@ -143,12 +154,38 @@ class Log(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Consent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    # Retained messages on the local broker; payload "1"/"true"/"granted" grants, "0"/"false"/"" revokes.
-    topic: str = "consent/{device}/{purpose}"  # "" turns consent tracking off
+    """Signed consent records on the local broker (see gateway/service/consent.py)."""
+
+    topic: str = "consent/{device}/{purpose}"  # retained records; "" turns consent tracking off
+    public_keys: list[str] = msgspec.field(default_factory=list)  # base64 Ed25519 keys of the consent issuer(s)
+    public_keys_file: str = ""  # or a file of them, one per line
+    max_entries: int = 100_000  # grants held at once; more are refused (counted "full"), revocations always apply
+    max_clock_skew_s: int = 300  # a record issued further in the future than this is refused
 
     def __post_init__(self) -> None:
         if self.topic and ("{device}" not in self.topic or "{purpose}" not in self.topic):
             raise ValueError("topic must contain {device} and {purpose} levels")
+        if not 1 <= self.max_entries <= 10_000_000:
+            raise ValueError("max_entries must be between 1 and 10000000")
+        if not 0 <= self.max_clock_skew_s <= 86400:
+            raise ValueError("max_clock_skew_s must be between 0 and 86400")
+
+    def verify_keys(self) -> list[Ed25519PublicKey]:
+        """The issuers' public keys; a ConfigError names the key that is wrong."""
+        texts = [("consent.public_keys", t) for t in self.public_keys]
+        if self.public_keys_file:
+            try:
+                lines = Path(self.public_keys_file).read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"consent.public_keys_file {self.public_keys_file}: {exc.strerror}") from None
+            texts += [("consent.public_keys_file", x) for x in lines if x.strip() and not x.startswith("#")]
+        keys = []
+        for n, (where, text) in enumerate(texts):
+            try:
+                keys.append(public_key(text))
+            except ConsentKeyError as exc:
+                raise ConfigError(f"{where}: entry {n + 1}: {exc}") from None
+        return keys
 
 
 class Reconnect(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -272,10 +309,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for side, ep in (("local", cfg.local), ("cloud", cfg.cloud)):
-        if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure and side == "cloud":
+        if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure:
             raise ConfigError(
-                f"{path}: [cloud] url is plaintext mqtt:// to a non-loopback host; "
-                "use mqtts:// or set allow_insecure = true"
+                f"{path}: [{side}] url is plaintext mqtt:// to a non-loopback host; "
+                f"use mqtts:// or set allow_insecure = true in [{side}]"
             )
     base = path.resolve().parent
     for ep in (cfg.local, cfg.cloud):
@@ -287,5 +324,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     cfg.keys_file = _resolve(base, cfg.keys_file)
     cfg.spool.path = _resolve(base, cfg.spool.path)
     cfg.ingest.gt06.allowed_imeis_file = _resolve(base, cfg.ingest.gt06.allowed_imeis_file)
+    cfg.consent.public_keys_file = _resolve(base, cfg.consent.public_keys_file)
+    cfg.consent.verify_keys()
     cfg.path = str(path.resolve())
     return cfg
