@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -297,15 +296,13 @@ class Worker:
 
     # -- the per-message path --------------------------------------------------------------
 
-    def _on_message(self, message: paho.MQTTMessage) -> None:
+    def _on_message(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool) -> None:
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
-        topic = message.topic
-        qos = message.qos
-        ack = partial(self._ack, message.mid) if qos else None
+        ack = partial(self._ack, mid) if qos else None
         consents = self.consents
         if consents is not None and consents.matches(topic):
-            result = consents.update(topic, message.payload)
+            result = consents.update(topic, payload)
             self.metrics.consent_updates.labels(result).inc()
             self.metrics.consent_entries.set(len(consents))
             if result in ("unauthenticated", "full") and result not in self._consent_logged:
@@ -315,7 +312,7 @@ class Worker:
             if ack:
                 ack()
             return
-        if message.dup:
+        if dup:
             self.metrics.redelivered.inc()
         uplink = self.uplink
         if not qos and uplink.backlog > self._qos0_limit:
@@ -323,14 +320,14 @@ class Worker:
             return
         received = time.monotonic()
         t0 = time.perf_counter()
-        result = self._process(topic, message.payload)
+        result = self._process(topic, payload)
         self.metrics.observe(result, time.perf_counter() - t0)
         if self.shadow is not None:
-            self.shadow.observe(topic, message.payload, result, time.time(), self._consent_table())
+            self.shadow.observe(topic, payload, result, time.time(), self._consent_table())
         if result.__class__ is Forward:
             self._forward(result, ack, self.gen, received)
             return
-        self._rejected(result, topic, message.payload)
+        self._rejected(result, topic, payload)
         if ack:
             ack()
 
