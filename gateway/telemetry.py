@@ -222,6 +222,12 @@ class Metrics:
         self.spool_bytes = Gauge("gateway_spool_bytes", "Bytes waiting in the spool", registry=r)
         self.connected = Gauge("gateway_connected", "1 while connected to the broker", ["side"], registry=r)
         self.reconnects = PromCounter("gateway_reconnects_total", "Broker reconnections", ["side"], registry=r)
+        self.config_reload_success = Gauge(
+            "gateway_config_last_reload_success", "1 if the last config load (start or SIGHUP) was applied", registry=r
+        )
+        self.config_reload_time = Gauge(
+            "gateway_config_last_reload_timestamp_seconds", "When the config in force was loaded (Unix time)", registry=r
+        )
         self.policy_reloads = PromCounter(
             "gateway_policy_reloads_total", "Policy reloads by result (ok|refused)", ["result"], registry=r
         )

@@ -273,7 +273,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shadow_policies: list[str] = []  # candidate packs run beside the active ones; forward nothing, count differences
     keys_file: str = ""  # default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS
     group: str = ""  # shared-subscription group: "" = plain subscriptions (one gateway per site)
-    dead_letter: str = ""  # local topic prefix for rejected raw messages ("" = off)
+    dead_letter: str = ""  # local topic prefix for sealed dead letters ("" = off)
     shutdown_timeout_s: float = 10.0  # SIGTERM: wait this long for cloud acks, then spool
     spool: Spool = msgspec.field(default_factory=Spool)
     metrics: Metrics = msgspec.field(default_factory=Metrics)
@@ -339,3 +339,29 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     cfg.consent.verify_keys()
     cfg.path = str(path.resolve())
     return cfg
+
+
+# What SIGHUP may change in a running gateway (a key, or a table whose every key may change).
+# Everything else (broker URLs and credentials, client ids, group, spool, metrics, listeners)
+# is bound to connections, files or sockets opened at start: changing it needs a restart.
+LIVE_KEYS = frozenset({
+    "policies", "shadow_policies", "trusted_policy_keys", "keys_file", "dead_letter", "shutdown_timeout_s",
+    "consent", "log", "reconnect", "keys", "ingest.gt06.allowed_imeis", "ingest.gt06.allowed_imeis_file",
+})
+
+
+def restart_keys(running: Config, new: Config) -> list[str]:
+    """The dotted keys whose change ``new`` asks for but only a restart can apply."""
+    changed: list[str] = []
+
+    def walk(a: object, b: object, prefix: str) -> None:
+        if prefix in LIVE_KEYS or prefix == "path":
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        elif a != b:
+            changed.append(prefix)
+
+    walk(msgspec.to_builtins(running), msgspec.to_builtins(new), "")
+    return changed

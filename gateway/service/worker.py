@@ -38,13 +38,13 @@ from gateway.policy.compile import Plan
 from gateway.policy.load import PolicyError, Source, load
 from gateway.service.acks import acker, enable_manual_acks
 from gateway.service.client import Client
-from gateway.service.config import Config, ConfigError
+from gateway.service.config import Config, ConfigError, load_config, restart_keys
 from gateway.service.consent import Consents
 from gateway.service.deadletter import Sealer, check_prefix
 from gateway.service.shadow import Shadow, ShadowMetrics
 from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
 from gateway.spool import Spool
-from gateway.telemetry import Metrics, _package_version, get_logger, serve
+from gateway.telemetry import Metrics, _package_version, configure_logging, get_logger, serve
 
 __all__ = ["Worker", "build_engine"]
 
@@ -108,6 +108,7 @@ class Worker:
         self._reject_logged: set[tuple[str, str]] = set()
         self._consent_logged: set[str] = set()
         self._sealer: Sealer | None = None
+        self._trackers: Any = None  # the GT06 listener (worker 0, when configured)
         self.uplink: Uplink | None = None
         self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
 
@@ -123,6 +124,8 @@ class Worker:
         Path(spool_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         spool = Spool(spool_path, cfg.spool.max_bytes)
         self.uplink = Uplink(cfg.cloud, self.cloud_id, spool, self.metrics, cfg.reconnect)
+        self.metrics.config_reload_success.set(1)
+        self.metrics.config_reload_time.set(time.time())
         self.metrics.watch(lambda: self.uplink.backlog if self.uplink else 0, partial(_oldest, spool))
         http = None
         address = cfg.metrics.address()
@@ -142,10 +145,10 @@ class Worker:
         # instead of through the spool. Not forever: an absent cloud is what the spool is for.
         await wait_first(self.uplink.first_attempt.wait(), self._stop.wait(), timeout=15)
         down = asyncio.create_task(self._local_loop(), name="local")
-        trackers = None
+        trackers = self._trackers = None
         try:
             if cfg.ingest.gt06.listen and self.index == 0:
-                trackers = await self._start_gt06()
+                trackers = self._trackers = await self._start_gt06()
             await self._stop.wait()
         finally:
             if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
@@ -286,12 +289,16 @@ class Worker:
         await client.subscribe([(s, SubscribeOptions(qos=1)) for s in sorted(wanted)])
         self._subscribed = wanted
 
-    async def _resubscribe(self) -> None:
+    async def _resubscribe(self, consent_again: bool = False) -> None:
+        """Subscribe to what the reloaded config names, drop the rest. ``consent_again``:
+        the consent table was rebuilt, so subscribe to its topic again for the retained records."""
         client = self.local
         if client is None:
             return  # the next connection subscribes to the new set
         wanted = self._filters()
         gone, new = self._subscribed - wanted, wanted - self._subscribed
+        if consent_again and self.consents is not None:
+            new.add(self.consents.subscription)
         if new:
             await client.subscribe([(s, SubscribeOptions(qos=1)) for s in sorted(new)])
         if gone:
@@ -412,23 +419,49 @@ class Worker:
     # -- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> None:
-        """SIGHUP: adopt new policies and keys only if they pass ``gateway check``."""
+        """SIGHUP: re-read config.toml, then the policies and keys it names; apply all of it or nothing.
+
+        What is bound to a connection, file or socket opened at start (see LIVE_KEYS in
+        config.py) is refused, naming the key, and the running config stays in force.
+        """
+        blocked: list[str] = []
         try:
-            engine, shadow = build_engines(self.cfg)
-        except (PolicyError, KeyFileError, PolicySetError, OSError) as exc:
+            new = load_config(self.cfg.path) if self.cfg.path else self.cfg
+            blocked = restart_keys(self.cfg, new)
+            if blocked:
+                raise ConfigError(f"{', '.join(blocked)}: cannot change while running; restart to apply")
+            engine, shadow = build_engines(new)
+            consents = self.consents if new.consent == self.cfg.consent else _consents(new)
+            sealer = _dead_letters(new, engine, consents)
+            limits = new.ingest.gt06.limits() if self._trackers is not None else None
+        except (ConfigError, PolicyError, KeyFileError, PolicySetError, OSError, ValueError) as exc:
             self.metrics.policy_reloads.labels("refused").inc()
-            log.error("policy_reload_refused", error=str(exc), action="keeping the running policies")
+            self.metrics.config_reload_success.set(0)
+            event = "config_reload_refused" if blocked or isinstance(exc, ConfigError) else "policy_reload_refused"
+            log.error(event, error=str(exc), keys=blocked, action="keeping the running config")
             return
+        old, self.cfg = self.cfg, new
         self.engine = engine
+        self._sealer = sealer
         self._set_shadow(shadow)
         self._prov.clear()
         self._set_transition(engine)
         self.metrics.register_engine(engine)
+        consents_changed = consents is not self.consents
+        self.consents = consents
+        if self.uplink is not None:
+            self.uplink.reconnect = new.reconnect
+        if limits is not None:
+            gt06_listener.update_limits(self._trackers, limits)
+        if new.log != old.log:
+            configure_logging(json={"auto": None, "json": True, "console": False}[new.log.format], level=new.log.level)
         self.metrics.policy_reloads.labels("ok").inc()
+        self.metrics.config_reload_success.set(1)
+        self.metrics.config_reload_time.set(time.time())
         log.info("policy_reloaded", policies=[f"{p.name}@{p.policy.policy.version}" for p in engine.plans],
                  key_id=engine.keyring.active)
         try:
-            await self._resubscribe()
+            await self._resubscribe(consents_changed)
         except aiomqtt.MqttError as exc:
             log.warning("resubscribe_failed", error=describe(exc), action="the next connection subscribes")
 
