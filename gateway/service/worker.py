@@ -126,7 +126,9 @@ class Worker:
         self.uplink = Uplink(cfg.cloud, self.cloud_id, spool, self.metrics, cfg.reconnect)
         self.metrics.config_reload_success.set(1)
         self.metrics.config_reload_time.set(time.time())
-        self.metrics.watch(lambda: self.uplink.backlog if self.uplink else 0, partial(_oldest, spool))
+        self.metrics.watch(
+            lambda: self.uplink.backlog if self.uplink else 0, partial(_oldest, spool), cfg.spool.max_bytes
+        )
         http = None
         address = cfg.metrics.address()
         if address is not None:
