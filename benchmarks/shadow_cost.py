@@ -67,7 +67,8 @@ def main() -> None:
     sources = [load(path) for path in PACKS]
     with tempfile.TemporaryDirectory() as tmp:
         changed = Path(tmp) / "jimi-tracksolid.toml"
-        changed.write_text((ROOT / "rules" / "jimi-tracksolid.toml").read_text().replace("grid_m = 1000", "grid_m = 500"))
+        text = (ROOT / "rules" / "jimi-tracksolid.toml").read_text()
+        changed.write_text(text.replace("grid_m = 1000", "grid_m = 500"))
         changed_sources = [load(changed) if s.file.endswith("jimi-tracksolid.toml") else s for s in sources]
         metrics = ShadowMetrics(CollectorRegistry())
         cases = {
