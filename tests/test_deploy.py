@@ -71,7 +71,7 @@ def test_systemd_unit_is_hardened() -> None:
     d = unit_directives()
     for key, value in {
         "DynamicUser": "yes", "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-        "PrivateTmp": "yes", "StateDirectory": "telemetry-gateway", "RestartPreventExitStatus": "2",
+        "PrivateTmp": "yes", "StateDirectory": "telemetry-gateway", "RestartPreventExitStatus": "2 78",
         "ExecReload": "/bin/kill -HUP $MAINPID", "KillSignal": "SIGTERM", "CapabilityBoundingSet": "",
     }.items():
         assert d.get(key) == [value], key
