@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.keys import KeyFileError, Keyring, keygen
+from gateway.keys import KeyFileError, Keyring, keygen, retire
 from gateway.pipeline import Engine, Forward
 from gateway.policy.check import decode_output, run_tests
 from gateway.policy.load import PolicyError, load
@@ -214,6 +214,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if not args.path:
         print("gateway keygen: give a key file path (or --signing FILE)", file=sys.stderr)
         return EXIT_INVALID
+    if args.retire:
+        if args.rotate or args.id:
+            print("gateway keygen: --retire ID takes only the key file", file=sys.stderr)
+            return EXIT_INVALID
+        retire(args.path, args.retire)
+        print(f"retired key {args.retire!r} from {args.path}: values it made can no longer be revealed",
+              file=sys.stderr)
+        return EXIT_OK
     kid = keygen(args.path, args.id, args.rotate)
     print(f"{'added' if args.rotate else 'wrote'} key {kid!r} to {args.path} (mode 0600); it is now the active key",
           file=sys.stderr)
@@ -455,13 +463,14 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add("keygen", "write a new key file (0600), or a policy-signing key pair",
              ["gateway keygen /etc/gateway/keys.json", "gateway keygen --rotate /etc/gateway/keys.json",
-              "gateway keygen --signing /secure/reviewer.key"],
+              "gateway keygen --retire k1 /etc/gateway/keys.json", "gateway keygen --signing /secure/reviewer.key"],
              "exit codes: 0 written; 2 the file exists (without --rotate) or cannot be read or written")
     sp.add_argument("path", nargs="?", metavar="PATH", help="key file to write")
     sp.add_argument("--signing", metavar="FILE",
                     help="instead: write an Ed25519 policy-signing key pair FILE, FILE.pub")
     sp.add_argument("--id", help="key id ([a-z0-9]{1,16}); default k1, or k<N> with --rotate")
     sp.add_argument("--rotate", action="store_true", help="add a new active key to an existing file")
+    sp.add_argument("--retire", metavar="ID", help="remove key ID from the file (refused while it is active)")
     sp.set_defaults(func=cmd_keygen)
 
     sp = add("sign", "sign policy packs (writes POLICY.sig beside each)",
@@ -483,15 +492,15 @@ def parser() -> argparse.ArgumentParser:
               "gateway consent grant --key /secure/consent-issuer.key 358756091234567 precise_location --expires-in 31536000",
               "gateway consent revoke --key /secure/consent-issuer.key 358756091234567 precise_location"],
              "exit codes: 0 done; 2 the key cannot be read or written")
-    csub = sp.add_subparsers(dest="action", required=True)
+    csub = sp.add_subparsers(dest="action", required=True, metavar="ACTION", help="keygen, grant or revoke")
     kp = csub.add_parser("keygen", help="write a new Ed25519 issuer key (0600); print its public key")
-    kp.add_argument("path")
+    kp.add_argument("path", metavar="PATH", help="private key file to write")
     kp.set_defaults(func=cmd_consent)
     for action in ("grant", "revoke"):
         gp = csub.add_parser(action, help=f"print a signed {action} record for consent/<device>/<purpose>")
         gp.add_argument("--key", required=True, metavar="FILE", help="the issuer's private key (consent keygen)")
-        gp.add_argument("device")
-        gp.add_argument("purpose")
+        gp.add_argument("device", metavar="DEVICE", help="device id, as in the device's topics")
+        gp.add_argument("purpose", metavar="PURPOSE", help="purpose the policy asks consent for")
         gp.add_argument("--issued-at", type=int, metavar="UNIX_S", help="default: now")
         if action == "grant":
             gp.add_argument("--expires-in", type=int, metavar="S", help="the grant lapses S seconds after issued-at")
@@ -504,7 +513,7 @@ def parser() -> argparse.ArgumentParser:
               "--keys keys.json"],
              "exit codes: 0 all opened; 1 a line is not a dead letter or does not open with these keys; "
              "2 the key file is invalid")
-    dsub = sp.add_subparsers(dest="action", required=True)
+    dsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION", help="open")
     op = dsub.add_parser("open", help="read sealed dead letters, one per line on stdin; print each as a JSON line")
     op.add_argument("--keys", metavar="FILE", help="key file (default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS)")
     op.set_defaults(func=cmd_deadletter)
