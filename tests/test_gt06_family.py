@@ -405,3 +405,17 @@ async def test_address_and_time_requests_are_answered_and_not_forwarded(start: S
     assert reply[:5] == h("7979001597") and b"NA&&NA&&0##" in reply  # LEN 0x15: 1 + 16 + 2 + 2
     await asyncio.sleep(0)
     assert listener.counters.address_requests == 1 and listener.counters.messages == 1  # the login only
+
+
+def test_the_configuration_example_for_bad_crc_models_loads() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from gateway.service.config import Gt06
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", doc, re.S) if "accept_bad_crc = true" in b]
+    assert len(blocks) == 1
+    cfg = msgspec.convert(tomllib.loads(blocks[0])["ingest"]["gt06"], Gt06)
+    assert cfg.accept_bad_crc and cfg.max_connections_per_peer == 10_000
+    assert Gt06().accept_bad_crc is False  # strict by default
