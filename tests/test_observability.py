@@ -171,8 +171,13 @@ def test_prometheus_scrapes_the_gateway_and_fires_cloud_disconnected(observed) -
     up = prom.api("query", query='up{job="gateway"}')["data"]["result"]
     assert up and up[0]["value"][1] == "1"
 
-    # Every metric the dashboard and the alerts read exists on the live page...
-    live = exported_names(gw.metrics())
+    # The live page passes Prometheus's own lint (names, suffixes, units, help texts)...
+    page = gw.metrics()
+    lint = subprocess.run([tool("promtool"), "check", "metrics"], input=page, capture_output=True, text=True,
+                          timeout=60)
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
+    # ... every metric the dashboard and the alerts read exists on it...
+    live = exported_names(page)
     for expr in dashboard_exprs():
         for name in METRIC.findall(expr):
             assert name in live, f"dashboard: {name} is not on /metrics"
