@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from devices.gt06.server import Limits
+from gateway.ingest.gt06.limits import Limits
 
 __all__ = ["Config", "ConfigError", "Endpoint", "load_config"]
 
@@ -164,7 +164,7 @@ _LIMITS = Limits()  # the listener's own defaults, documented (and reasoned) the
 
 
 class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Native TCP ingress for Jimi/Concox GT06 trackers (see devices/gt06/server.py)."""
+    """Native TCP ingress for Jimi/Concox GT06 trackers (see gateway/ingest/gt06/listener.py)."""
 
     listen: str = ""  # e.g. "0.0.0.0:5023"; "" = off
     max_connections: int = _LIMITS.max_connections

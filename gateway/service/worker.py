@@ -28,7 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from devices.gt06 import server as gt06_server
+from gateway.ingest.gt06 import listener as gt06_listener
 from gateway.keys import KeyFileError, Keyring
 from gateway.pipeline import Engine, Forward, Reject
 from gateway.policy.check import run_tests
@@ -125,7 +125,7 @@ class Worker:
             await self._stop.wait()
         finally:
             if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
-                await gt06_server.stop(trackers)
+                await gt06_listener.stop(trackers)
             await self._shutdown(down, up)
             spool.close()
             if http is not None:
@@ -164,10 +164,10 @@ class Worker:
     async def _start_gt06(self) -> Any:
         g = self.cfg.ingest.gt06
         limits = g.limits()
-        counters = gt06_server.Counters()
+        counters = gt06_listener.Counters()
         self.metrics.register_gt06(counters)
         host, port = g.address()
-        server = await gt06_server.serve(host, port, self._on_tracker_message, limits, counters)
+        server = await gt06_listener.serve(host, port, self._on_tracker_message, limits, counters)
         self.gt06_port = server.sockets[0].getsockname()[1]
         return server
 
