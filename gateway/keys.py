@@ -76,12 +76,21 @@ class Keyring:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Keyring:
+        """Parse a key file; a KeyFileError says what is wrong and where (a path, a key id), never a secret."""
         try:
             parsed = msgspec.json.decode(data, type=_KeyFile)
-            decoded = {k: base64.b64decode(v, validate=True) for k, v in parsed.keys.items()}
-        except (msgspec.DecodeError, ValueError) as exc:
-            # msgspec errors name paths, not values; base64 errors name nothing.
-            raise KeyFileError(f"malformed key file: {type(exc).__name__}") from None
+        except msgspec.ValidationError as exc:  # names the path ("at `$.keys`"), not the value
+            raise KeyFileError(f"malformed key file: {exc}") from None
+        except msgspec.DecodeError:
+            raise KeyFileError(
+                'malformed key file: not JSON (expected {"active": "<id>", "keys": {"<id>": "<base64>"}})'
+            ) from None
+        decoded = {}
+        for kid, text in parsed.keys.items():
+            try:
+                decoded[kid] = base64.b64decode(text, validate=True)
+            except ValueError:
+                raise KeyFileError(f"malformed key file: key {kid!r} is not valid base64") from None
         return cls(parsed.active, decoded)
 
     @classmethod
@@ -90,6 +99,8 @@ class Keyring:
             return cls.from_json(Path(path).read_bytes())
         except OSError as exc:
             raise KeyFileError(f"cannot read key file {str(path)!r}: {exc.strerror}") from None
+        except KeyFileError as exc:
+            raise KeyFileError(f"key file {str(path)!r}: {exc}") from None
 
     @classmethod
     def from_env(cls, path: str | None = None) -> Keyring:

@@ -460,6 +460,9 @@ class Metrics:
         )
         for reason in ("limit", "timeout"):
             self.http_refused.labels(reason)
+        self.worker_restarts = PromCounter(
+            "gateway_worker_restarts", "Times the supervisor restarted this worker (--workers N)", registry=r
+        )
         self._engine = _EngineCollector()
         r.register(self._engine)
         self._per_policy: dict[str, tuple[Any, Any]] = {}

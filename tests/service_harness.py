@@ -9,6 +9,7 @@ clients on their own threads; every wait has a deadline.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +32,20 @@ GATEWAY = str(Path(sys.executable).with_name("gateway"))
 POLICY = ROOT / "tests" / "policies" / "service.toml"
 
 
+
+
+def assert_json_lines(text: str, what: str = "log") -> list[dict]:
+    """Every line is one JSON object carrying ``worker`` and ``pid`` (docs/operations.md, Logs); returns them."""
+    events = []
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"{what} line {n} is not JSON: {line[:300]!r}") from None
+        assert isinstance(event, dict), f"{what} line {n} is not a JSON object: {line[:300]!r}"
+        assert "worker" in event and isinstance(event.get("pid"), int), f"{what} line {n} lacks worker/pid: {line[:300]}"
+        events.append(event)
+    return events
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
@@ -147,12 +162,18 @@ class Gateway:
         self.proc.kill()
         self.proc.wait(timeout=10)
 
-    def close(self) -> None:
+    def events(self) -> list[dict]:
+        """The log as JSON events, asserting that every line is one (with ``worker`` and ``pid``)."""
+        return assert_json_lines(self.log_text(), str(self.log_path))
+
+    def close(self, check_log: bool = True) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.stop(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+        if check_log:
+            self.events()
 
 
 def _children(pid: int) -> list[int]:
