@@ -113,10 +113,13 @@ def _add_logger_name(logger: Any, _method: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # gateway/ lives here
+
+
 def _short_path(filename: str) -> str:
     """``/srv/venv/lib/.../gateway/service/uplink.py`` -> ``gateway/service/uplink.py`` (no host paths)."""
     best = ""
-    for entry in sys.path:
+    for entry in (*sys.path, _PACKAGE_PARENT):
         if entry and filename.startswith(entry.rstrip(os.sep) + os.sep) and len(entry) > len(best):
             best = entry.rstrip(os.sep) + os.sep
     return filename[len(best):] if best else os.path.basename(filename)
@@ -543,10 +546,12 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 64  # a burst waits in the kernel's queue, not in threads
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], metrics: Metrics,
                  max_connections: int, deadline_s: float) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._max_connections = max_connections
         self._open: dict[Any, float] = {}
         self._open_lock = threading.Lock()
         self._metrics = metrics
@@ -558,7 +563,7 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self._metrics.http_refused.labels("limit").inc()
-            self._note("http_connection_limit", limit=HTTP_MAX_CONNECTIONS)
+            self._note("http_connection_limit", limit=self._max_connections)
             self.shutdown_request(request)
             return
         with self._open_lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -133,7 +134,8 @@ def _no_passphrase() -> str:
 def _why(exc: BaseException) -> str:
     """What went wrong with a file, without its contents: the OS error or OpenSSL's reason."""
     if isinstance(exc, ssl.SSLError):
-        return f"cannot load ({exc.reason or exc.__class__.__name__})"
+        text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc.args[1]) if len(exc.args) > 1 else str(exc))
+        return f"cannot load: {'not valid PEM' if 'PEM lib' in text else 'OpenSSL says'} ({text})"
     if isinstance(exc, OSError):
         return exc.strerror or exc.__class__.__name__
     if isinstance(exc, UnicodeDecodeError):

@@ -19,6 +19,7 @@ write (see telemetry.py), so lines never interleave.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -40,10 +41,8 @@ RESTARTS_ENV = "GATEWAY_WORKER_RESTARTS"
 
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the supervisor dies, so no orphan keeps a session or port."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):
-        pass
 
 
 def _code(rc: int) -> int:
@@ -59,7 +58,7 @@ def supervise(cfg: Config, config: str, workers: int) -> int:
                "--workers", str(workers)]
         env = {**os.environ, RESTARTS_ENV: str(restarts[i])}
         started[i] = time.monotonic()
-        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads here
+        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # the supervisor has no threads
 
     restarts = dict.fromkeys(range(workers), 0)
     failures = dict.fromkeys(range(workers), 0)  # quick failures in a row: the backoff exponent
