@@ -200,6 +200,7 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     listen: str = ""  # e.g. "0.0.0.0:5023"; "" = off
     max_connections: int = _LIMITS.max_connections
+    max_connections_per_peer: int = _LIMITS.max_connections_per_peer
     max_buffer: int = _LIMITS.max_buffer
     idle_timeout_s: float = _LIMITS.idle_timeout
     login_timeout_s: float = _LIMITS.login_timeout
@@ -208,6 +209,7 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_bad_frames: int = _LIMITS.max_bad_frames
     allowed_imeis: list[str] | None = None  # None: any device that logs in
     allowed_imeis_file: str = ""  # or one IMEI per line
+    accept_bad_crc: bool = _LIMITS.accept_bad_crc  # for tracker models that miscompute the CRC
 
     def __post_init__(self) -> None:
         if self.listen:
@@ -216,16 +218,21 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError('listen must be "host:port"')
         if self.allowed_imeis is not None and self.allowed_imeis_file:
             raise ValueError("set allowed_imeis or allowed_imeis_file, not both")
+        self._limits(None)  # out-of-range limits are a config error, not a failure at start
 
     def address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
 
     def limits(self) -> Limits:
+        return self._limits(self.allow_list())
+
+    def _limits(self, allowed: frozenset[str] | None) -> Limits:
         return Limits(
-            max_connections=self.max_connections, max_buffer=self.max_buffer, idle_timeout=self.idle_timeout_s,
-            login_timeout=self.login_timeout_s, max_frames_per_second=self.max_frames_per_second,
-            frame_burst=self.frame_burst, max_bad_frames=self.max_bad_frames, allowed_imeis=self.allow_list(),
+            max_connections=self.max_connections, max_connections_per_peer=self.max_connections_per_peer,
+            max_buffer=self.max_buffer, idle_timeout=self.idle_timeout_s, login_timeout=self.login_timeout_s,
+            max_frames_per_second=self.max_frames_per_second, frame_burst=self.frame_burst,
+            max_bad_frames=self.max_bad_frames, allowed_imeis=allowed, accept_bad_crc=self.accept_bad_crc,
         )
 
     def allow_list(self) -> frozenset[str] | None:
@@ -261,6 +268,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     local: Endpoint
     cloud: Endpoint
     policies: list[str]
+    trusted_policy_keys: list[str] = []  # signers' Ed25519 public keys: when set, every pack needs a valid .sig
+    shadow_policies: list[str] = []  # candidate packs run beside the active ones; forward nothing, count differences
     keys_file: str = ""  # default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS
     group: str = ""  # shared-subscription group: "" = plain subscriptions (one gateway per site)
     dead_letter: str = ""  # local topic prefix for rejected raw messages ("" = off)
@@ -320,6 +329,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         for name in ("password_file", "ca_file", "cert_file", "key_file"):
             setattr(ep, name, _resolve(base, getattr(ep, name)))
     cfg.policies = [_resolve(base, p) for p in cfg.policies]
+    cfg.trusted_policy_keys = [_resolve(base, p) for p in cfg.trusted_policy_keys]
+    cfg.shadow_policies = [_resolve(base, p) for p in cfg.shadow_policies]
     cfg.keys_file = _resolve(base, cfg.keys_file)
     cfg.spool.path = _resolve(base, cfg.spool.path)
     cfg.ingest.gt06.allowed_imeis_file = _resolve(base, cfg.ingest.gt06.allowed_imeis_file)
