@@ -116,7 +116,12 @@ def cmd_minimise(args: argparse.Namespace) -> int:
                 print(json.dumps({"dropped": True, "line": n, "reason": "bad_wrapper",
                                   "detail": 'without --topic each line is {"topic": ..., "payload": {...}}'}), file=err)
                 continue
-        result = engine.process(topic, payload, now=time.time(), consents=consents)
+        try:
+            result = engine.process(topic, payload, now=time.time(), consents=consents)
+        except Exception as exc:  # one bad line costs that line, never the rest of the input
+            print(json.dumps({"dropped": True, "line": n, "reason": "internal_error",
+                              "detail": exc.__class__.__name__}), file=err)  # the type only: no payload text
+            continue
         if isinstance(result, Forward):
             if result.plan.policy.policy.output == "msgpack":
                 result = result._replace(payload=msgspec.json.encode(decode_output(result.payload, "msgpack")))
@@ -261,6 +266,55 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return decode_hex_command(args.hex, sys.stdout)
 
 
+def cmd_consent(args: argparse.Namespace) -> int:
+    """``gateway consent keygen|sign``: the issuer's side of signed consent records."""
+    from gateway.service import consent
+
+    try:
+        if args.action == "keygen":
+            print(consent.keygen(args.path))
+            print(f"wrote the consent issuer's private key to {args.path} (0600); the line above is its public key "
+                  "for [consent] public_keys", file=sys.stderr)
+            return EXIT_OK
+        key = consent.load_private_key(args.key)
+    except consent.ConsentKeyError as exc:
+        print(f"gateway consent: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    now = int(time.time()) if args.issued_at is None else args.issued_at
+    expires = None if args.expires_in is None else now + args.expires_in
+    record = consent.sign(key, args.device, args.purpose, args.action == "grant", now, expires)
+    sys.stdout.buffer.write(record + b"\n")
+    return EXIT_OK
+
+
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    """``gateway deadletter open``: sealed dead letters (one per line on stdin) as JSON lines, for key holders."""
+    import base64
+
+    from gateway.service.deadletter import open_letter
+
+    keyring = Keyring.from_env(args.keys)
+    status = EXIT_OK
+    for n, line in enumerate(sys.stdin.buffer, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            letter = open_letter(keyring, line)
+        except ValueError as exc:
+            print(f"gateway deadletter: line {n}: {exc}", file=sys.stderr)
+            status = EXIT_FAIL
+            continue
+        try:
+            payload: Any = letter.payload.decode()
+            encoding = "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(letter.payload).decode(), "base64"
+        print(json.dumps({"topic": letter.topic, "payload": payload, "encoding": encoding, "reason": letter.reason,
+                          "policy": letter.policy, "rule": letter.rule, "at": letter.at}, ensure_ascii=False))
+    return status
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -336,7 +390,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.worker is None:
         from gateway.service.supervisor import supervise
 
-        return supervise(cfg, args.config, args.workers)
+        try:
+            return supervise(cfg, args.config, args.workers)
+        except ListenError as exc:  # the one scrape target's port
+            code = pf.EX_UNAVAILABLE if exc.errno == errno.EADDRINUSE else pf.EX_CONFIG
+            log.error("startup_failed", key="[metrics] listen", error=f"[metrics] listen {exc.strerror}", code=code)
+            return code
+    if args.worker is not None:  # a supervised worker
+        import os
+
+        from gateway.service.supervisor import PARENT_ENV, die_with_parent
+
+        if os.environ.get(PARENT_ENV, "").isdigit():
+            die_with_parent(int(os.environ[PARENT_ENV]))
+    if args.metrics_listen is not None:  # a supervised worker: its page is merged by the supervisor
+        cfg.metrics.listen = args.metrics_listen
     index = args.worker or 0
     try:
         return asyncio.run(_serve(cfg, index, args.workers))
@@ -538,6 +606,37 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--keys", metavar="FILE", help="key file (default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS)")
     sp.set_defaults(func=cmd_reveal)
 
+    sp = add("consent", "the consent issuer's key and signed records (docs/operations.md, Consent)",
+             ["gateway consent keygen /secure/consent-issuer.key",
+              "gateway consent grant --key /secure/consent-issuer.key 358756091234567 precise_location --expires-in 31536000",
+              "gateway consent revoke --key /secure/consent-issuer.key 358756091234567 precise_location"],
+             "exit codes: 0 done; 2 the key cannot be read or written")
+    csub = sp.add_subparsers(dest="action", required=True)
+    kp = csub.add_parser("keygen", help="write a new Ed25519 issuer key (0600); print its public key")
+    kp.add_argument("path")
+    kp.set_defaults(func=cmd_consent)
+    for action in ("grant", "revoke"):
+        gp = csub.add_parser(action, help=f"print a signed {action} record for consent/<device>/<purpose>")
+        gp.add_argument("--key", required=True, metavar="FILE", help="the issuer's private key (consent keygen)")
+        gp.add_argument("device")
+        gp.add_argument("purpose")
+        gp.add_argument("--issued-at", type=int, metavar="UNIX_S", help="default: now")
+        if action == "grant":
+            gp.add_argument("--expires-in", type=int, metavar="S", help="the grant lapses S seconds after issued-at")
+        else:
+            gp.set_defaults(expires_in=None)
+        gp.set_defaults(func=cmd_consent)
+
+    sp = add("deadletter", "open sealed dead letters (key holders only; docs/operations.md, Dead letters)",
+             ["mosquitto_sub -u dead-letter-reader -P ... -t 'gateway/dead-letter/#' | gateway deadletter open "
+              "--keys keys.json"],
+             "exit codes: 0 all opened; 1 a line is not a dead letter or does not open with these keys; "
+             "2 the key file is invalid")
+    dsub = sp.add_subparsers(dest="action", required=True)
+    op = dsub.add_parser("open", help="read sealed dead letters, one per line on stdin; print each as a JSON line")
+    op.add_argument("--keys", metavar="FILE", help="key file (default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS)")
+    op.set_defaults(func=cmd_deadletter)
+
     sp = add("decode", "decode device frames, e.g. gateway decode gt06 HEX",
              ["gateway decode gt06 78780D01012345678901234500018CDD0D0A"],
              "exit codes: 0 every frame decoded; 1 a frame is invalid")
@@ -552,6 +651,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", required=True, metavar="FILE", help="config.toml (see docs/configuration.md)")
     sp.add_argument("--workers", type=int, default=1, help="worker processes on a shared subscription (default 1)")
     sp.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
+    sp.add_argument("--metrics-listen", default=None, help=argparse.SUPPRESS)  # set by the supervisor
     sp.set_defaults(func=cmd_run)
 
     sp = add("validate", "run the start-up checks of `gateway run` without serving",

@@ -19,7 +19,7 @@ from msgspec import UNSET
 
 from gateway.keys import Keyring
 from gateway.ops.base import BoundedCache, Epochs
-from gateway.ops.detect import ALL, classify_number, find
+from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, find, precise_pair
 from gateway.policy import codegen
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step, compile_policy
 from gateway.policy.load import Source
@@ -265,7 +265,9 @@ def _coarsen(loc, lat: Any, lon: Any, granted: frozenset[str]) -> Any:
 
 
 def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, depth: int) -> str | None:
-    """The detector an identifier in ``v`` trips, or None. Raises _TooDeep past ``depth``."""
+    """The detector an identifier in ``v`` trips, or None. Raises _TooDeep past ``depth``.
+
+    ``coordinate_decimals`` NO_COORDINATES: the guard is off, only the depth is checked."""
     cls = v.__class__
     if cls is str:
         if enabled and v and not v.isalpha():
@@ -276,23 +278,44 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
             kind = classify_number(v)
             return kind if kind in enabled else None
     elif cls is float:
+        if enabled and not -NUMBER_LIMIT < v < NUMBER_LIMIT:  # an identifier written as a float
+            kind = classify_number(v)
+            if kind in enabled:
+                return kind
         if COORDINATE_KEYS.fullmatch(key) and _decimals(v) > coordinate_decimals:
             return "coordinate"
     elif cls is dict:
         if depth <= 0:
             raise _TooDeep
         for k, x in v.items():
-            hit = _scan(k, enabled, coordinate_decimals, "", depth) or _scan(x, enabled, coordinate_decimals, k, depth - 1)
+            hit = _scan(k, enabled, coordinate_decimals, "", depth)
+            hit = hit or _scan(x, enabled, coordinate_decimals, k, depth - 1)
             if hit:
                 return hit
     elif cls is list:
         if depth <= 0:
             raise _TooDeep
+        if 2 <= len(v) <= 3 and coordinate_decimals < NO_COORDINATES and _position(v):
+            return "coordinate"
         for x in v:
             hit = _scan(x, enabled, coordinate_decimals, key, depth - 1)
             if hit:
                 return hit
     return None
+
+
+NO_COORDINATES = 99
+
+
+def _position(v: list) -> bool:
+    """``[lat, lon]``, ``[lon, lat]`` or ``[lon, lat, alt]`` with a precise coordinate."""
+    a, b = v[0], v[1]
+    return (
+        (a.__class__ is float or b.__class__ is float)
+        and a.__class__ in (int, float)
+        and b.__class__ in (int, float)
+        and precise_pair(a, b)
+    )
 
 
 def _decimals(x: float) -> int:
@@ -361,7 +384,7 @@ def _guard_dict(plan: Plan, node: Node, d: dict, depth: int, guard: bool) -> tup
         step = node.steps.get(key)
         if step is None or (step.rule is not None and step.rule.op_name() == "keep"):
             enabled = (step.enabled if step else ALL) if guard else _EMPTY
-            decimals = plan.coordinate_decimals if guard else 99  # 99: no coordinate check
+            decimals = plan.coordinate_decimals if guard else NO_COORDINATES
             kind = (_scan(key, enabled, 0, "", depth) if step is None else None) or _scan(
                 v, enabled, decimals, key, depth
             )

@@ -22,10 +22,9 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from gateway.ops.base import BoundedCache
-from gateway.ops.detect import ISO_SHAPES, ZERO_DIGITS, classify_number, find
+from gateway.ops.detect import ISO_SHAPES, NUMBER_LIMIT, ZERO_DIGITS, classify_number, find
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step
 
-NUMBER_LIMIT = 100_000_000_000  # integers below this cannot be a UTR, IMEI or card number
 VERDICT_CACHE = 1024  # per kept string field: recent values the guard found clean
 VERDICT_MAX_LEN = 64  # only short values are remembered
 
@@ -317,10 +316,10 @@ def _guard(
             lines += string  # a str, None or UNSET (both false)
         elif kind == "integer":
             lines += ["if v.__class__ is int:", *_indent(integer, 1)]
-        elif kind == "number":
+        elif kind == "number":  # a float is checked like an int (4111111111111111.0 is a card)
             lines += ["if v.__class__ is int:", *_indent(integer, 1)]
-            if COORDINATE_KEYS.fullmatch(step.key):  # a float elsewhere cannot trip a detector
-                lines += ["elif v.__class__ is float:", *_indent(other, 1)]
+            as_float = other if COORDINATE_KEYS.fullmatch(step.key) else integer
+            lines += ["elif v.__class__ is float:", *_indent(as_float, 1)]
         else:
             lines += [
                 "c = v.__class__",

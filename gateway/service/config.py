@@ -19,8 +19,10 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.ingest.gt06.limits import Limits
+from gateway.service.consent import ConsentKeyError, public_key
 
 __all__ = ["Config", "ConfigError", "Endpoint", "load_config"]
 
@@ -155,12 +157,12 @@ class Spool(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class Metrics(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:9108"  # "" turns the HTTP endpoint off
 
-    def address(self, worker: int = 0) -> tuple[str, int] | None:
-        """Host and port for worker ``worker`` (each worker listens on port + index)."""
+    def address(self) -> tuple[str, int] | None:
+        """Host and port of /metrics (with --workers N, the supervisor's; it merges the workers' pages)."""
         if not self.listen:
             return None
         host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port) + worker if int(port) else 0
+        return host.strip("[]") or "127.0.0.1", int(port)
 
     def __post_init__(self) -> None:
         if self.listen:
@@ -175,12 +177,38 @@ class Log(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Consent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    # Retained messages on the local broker; payload "1"/"true"/"granted" grants, "0"/"false"/"" revokes.
-    topic: str = "consent/{device}/{purpose}"  # "" turns consent tracking off
+    """Signed consent records on the local broker (see gateway/service/consent.py)."""
+
+    topic: str = "consent/{device}/{purpose}"  # retained records; "" turns consent tracking off
+    public_keys: list[str] = msgspec.field(default_factory=list)  # base64 Ed25519 keys of the consent issuer(s)
+    public_keys_file: str = ""  # or a file of them, one per line
+    max_entries: int = 100_000  # grants held at once; more are refused (counted "full"), revocations always apply
+    max_clock_skew_s: int = 300  # a record issued further in the future than this is refused
 
     def __post_init__(self) -> None:
         if self.topic and ("{device}" not in self.topic or "{purpose}" not in self.topic):
             raise ValueError("topic must contain {device} and {purpose} levels")
+        if not 1 <= self.max_entries <= 10_000_000:
+            raise ValueError("max_entries must be between 1 and 10000000")
+        if not 0 <= self.max_clock_skew_s <= 86400:
+            raise ValueError("max_clock_skew_s must be between 0 and 86400")
+
+    def verify_keys(self) -> list[Ed25519PublicKey]:
+        """The issuers' public keys; a ConfigError names the key that is wrong."""
+        texts = [("consent.public_keys", t) for t in self.public_keys]
+        if self.public_keys_file:
+            try:
+                lines = Path(self.public_keys_file).read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"consent.public_keys_file {self.public_keys_file}: {exc.strerror}") from None
+            texts += [("consent.public_keys_file", x) for x in lines if x.strip() and not x.startswith("#")]
+        keys = []
+        for n, (where, text) in enumerate(texts):
+            try:
+                keys.append(public_key(text))
+            except ConsentKeyError as exc:
+                raise ConfigError(f"{where}: entry {n + 1}: {exc}") from None
+        return keys
 
 
 class Reconnect(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -334,5 +362,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     cfg.keys_file = _resolve(base, cfg.keys_file)
     cfg.spool.path = _resolve(base, cfg.spool.path)
     cfg.ingest.gt06.allowed_imeis_file = _resolve(base, cfg.ingest.gt06.allowed_imeis_file)
+    cfg.consent.public_keys_file = _resolve(base, cfg.consent.public_keys_file)
+    cfg.consent.verify_keys()
     cfg.path = str(path.resolve())
     return cfg

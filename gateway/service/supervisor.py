@@ -4,7 +4,14 @@ One process per core: the engine and paho are pure Python, so threads would
 share one interpreter lock. The workers share nothing but the broker's shared
 subscription (``$share/<group>/...``): pseudonyms are identical in every worker
 because they depend only on the key. Each worker has its own client ids
-(``<client_id>-<i>``), spool (``spool-<i>.db``) and metrics port (port + i).
+(``<client_id>-<i>``) and spool (``spool-<i>.db``).
+
+One scrape target: the supervisor serves ``metrics.listen`` itself. Each worker
+serves its page on a free loopback port the supervisor picked, and the
+supervisor's /metrics fetches and merges them at scrape time, adding a
+``worker`` label (see ``telemetry.merge_pages``); its /readyz is ready when every
+worker is. No shared files, no multiprocess mode: a worker's page is exactly
+what it would serve alone.
 
 The supervisor forwards SIGTERM/SIGINT/SIGHUP to the workers and restarts a
 worker that dies, after ``[supervisor] restart_min_s`` doubling to
@@ -26,23 +33,39 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Gauge
+
+from gateway.mosquitto import free_port
 from gateway.service.config import Config
 from gateway.service.preflight import EX_CONFIG
-from gateway.telemetry import get_logger
+from gateway.telemetry import get_logger, merge_pages, serve
 
-__all__ = ["RESTARTS_ENV", "supervise"]
+__all__ = ["PARENT_ENV", "RESTARTS_ENV", "die_with_parent", "supervise"]
 
 log = get_logger("gateway.supervisor")
 POLL_S = 0.2
 RESTARTS_ENV = "GATEWAY_WORKER_RESTARTS"
+PARENT_ENV = "GATEWAY_SUPERVISOR_PID"
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the supervisor dies, so no orphan keeps a session or port."""
+SCRAPE_TIMEOUT_S = 3.0
+
+
+def die_with_parent(parent: int) -> None:
+    """In a supervised worker: SIGTERM when the supervisor dies, so no orphan keeps a session or port.
+
+    Set in the worker itself (not in a ``preexec_fn``: the supervisor has threads), then
+    checked once, in case the supervisor died before the worker got this far.
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _code(rc: int) -> int:
@@ -50,19 +73,65 @@ def _code(rc: int) -> int:
     return 128 - rc if rc < 0 else rc
 
 
+class WorkerPages:
+    """The supervisor's /metrics: the workers' pages, fetched in parallel and merged at scrape time."""
+
+    def __init__(self, ports: dict[int, int]) -> None:
+        self.ports = ports
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(ports)), thread_name_prefix="scrape")
+        self.registry = CollectorRegistry(auto_describe=True)  # the supervisor's own metrics
+        self.up = Gauge("gateway_worker_up", "1 if the worker answered the supervisor's last scrape", ["worker"],
+                        registry=self.registry)
+
+    def _get(self, port: int, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=SCRAPE_TIMEOUT_S) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except OSError:
+            return 0, ""  # restarting, or not listening yet
+
+    def render(self) -> bytes:
+        results = self._pool.map(lambda i: (i, self._get(self.ports[i], "/metrics")), list(self.ports))
+        pages = {str(i): text for i, (status, text) in results if status == 200}
+        for i in self.ports:
+            self.up.labels(str(i)).set(str(i) in pages)
+        return merge_pages(pages, self.registry)
+
+    def ready(self) -> bool:
+        results = self._pool.map(lambda p: self._get(p, "/readyz")[0], list(self.ports.values()))
+        return all(status == 200 for status in results)
+
+
 def supervise(cfg: Config, config: str, workers: int) -> int:
+    """Run and watch ``workers`` worker processes; the exit code is theirs (0, or 78 on a config exit).
+
+    Raises ``telemetry.ListenError`` when ``[metrics] listen`` cannot be bound.
+    """
     policy = cfg.supervisor
+    metrics_listen = cfg.metrics.listen
+    host, _, port = metrics_listen.rpartition(":")
+    ports = {i: free_port() for i in range(workers)} if metrics_listen else {}
 
     def spawn(i: int) -> subprocess.Popen[bytes]:
         cmd = [sys.executable, "-m", "gateway.cli", "run", "--config", config, "--worker", str(i),
                "--workers", str(workers)]
-        env = {**os.environ, RESTARTS_ENV: str(restarts[i])}
+        if ports:
+            if i in started:  # a restart: a fresh port, in case an outgoing connection took the old one
+                ports[i] = free_port()
+            cmd += ["--metrics-listen", f"127.0.0.1:{ports[i]}"]
+        env = {**os.environ, RESTARTS_ENV: str(restarts[i]), PARENT_ENV: str(os.getpid())}
         started[i] = time.monotonic()
-        return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # the supervisor has no threads
+        return subprocess.Popen(cmd, env=env)
 
     restarts = dict.fromkeys(range(workers), 0)
     failures = dict.fromkeys(range(workers), 0)  # quick failures in a row: the backoff exponent
     started: dict[int, float] = {}
+    http = None
+    if ports:
+        pages = WorkerPages(ports)
+        http = serve(pages, host.strip("[]") or "127.0.0.1", int(port), ready=pages.ready)  # type: ignore[arg-type]
     procs = {i: spawn(i) for i in range(workers)}
     due: dict[int, float] = {}
     stopping = False
@@ -121,6 +190,8 @@ def supervise(cfg: Config, config: str, workers: int) -> int:
             log.error("worker_exited", worker=i, code=_code(rc), ran_s=round(ran, 1), restart_in_s=round(delay, 2),
                       failures_in_a_row=failures[i])
         if stopping and alive == 0:
+            if http is not None:
+                http.shutdown()
             log.info("supervisor_stopped", status=status)
             return status
         time.sleep(POLL_S)

@@ -37,8 +37,9 @@ from gateway.policy.compile import Plan
 from gateway.policy.load import PolicyError, Source, load
 from gateway.service.acks import acker, enable_manual_acks
 from gateway.service.client import Client
-from gateway.service.config import Config
+from gateway.service.config import Config, ConfigError
 from gateway.service.consent import Consents
+from gateway.service.deadletter import Sealer, check_prefix
 from gateway.service.shadow import Shadow, ShadowMetrics
 from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
 from gateway.spool import Spool
@@ -93,7 +94,7 @@ class Worker:
         self.engine: Engine | None = None
         self.shadow: Shadow | None = None
         self._shadow_metrics: ShadowMetrics | None = None
-        self.consents = Consents(cfg.consent.topic) if cfg.consent.topic else None
+        self.consents = _consents(cfg)
         self.local: Client | None = None
         self.gen = 0
         self._ack: Any = None
@@ -102,6 +103,8 @@ class Worker:
         self._prov: dict[int, Provenance] = {}
         self._subscribed: set[str] = set()
         self._reject_logged: set[tuple[str, str]] = set()
+        self._consent_logged: set[str] = set()
+        self._sealer: Sealer | None = None
         self.uplink: Uplink | None = None
         self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
 
@@ -110,14 +113,16 @@ class Worker:
     async def run(self) -> int:
         cfg = self.cfg
         self.engine, shadow = build_engines(cfg)
+        self._sealer = _dead_letters(cfg, self.engine, self.consents)
         self._set_shadow(shadow)
         self.metrics.register_engine(self.engine)
         spool_path = cfg.spool.path if self.index == 0 else _indexed(cfg.spool.path, self.index)
         Path(spool_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         spool = Spool(spool_path, cfg.spool.max_bytes)
         self.uplink = Uplink(cfg.cloud, self.cloud_id, spool, self.metrics, cfg.reconnect)
+        self.metrics.watch(lambda: self.uplink.backlog if self.uplink else 0, partial(_oldest, spool))
         http = None
-        address = cfg.metrics.address(self.index)
+        address = cfg.metrics.address()
         if address is not None:
             http = serve(self.metrics, address[0], address[1], ready=self.ready)
         loop = asyncio.get_running_loop()
@@ -189,6 +194,7 @@ class Worker:
 
     async def _on_tracker_message(self, topic: str, payload: bytes) -> None:
         """A decoded GT06 frame: same engine and uplink as MQTT; the tracker's ACK waits until it is safe."""
+        received = time.monotonic()
         t0 = time.perf_counter()
         result = self._process(topic, payload)
         self.metrics.observe(result, time.perf_counter() - t0)
@@ -198,7 +204,7 @@ class Worker:
             self._rejected(result, topic, payload)
             return  # acknowledged to the tracker: resending would not change the verdict
         safe = asyncio.get_running_loop().create_future()
-        self._forward(result, partial(safe.set_result, None), 0)
+        self._forward(result, partial(safe.set_result, None), 0, received)
         await safe
 
     # -- local side ------------------------------------------------------------------------
@@ -299,7 +305,13 @@ class Worker:
         ack = partial(self._ack, message.mid) if qos else None
         consents = self.consents
         if consents is not None and consents.matches(topic):
-            self.metrics.consent_updates.labels(consents.update(topic, message.payload)).inc()
+            result = consents.update(topic, message.payload)
+            self.metrics.consent_updates.labels(result).inc()
+            self.metrics.consent_entries.set(len(consents))
+            if result in ("unauthenticated", "full") and result not in self._consent_logged:
+                self._consent_logged.add(result)  # once each: the counter has the rest
+                log.warning("consent_ignored", reason=result, entries=len(consents),
+                            note="further records ignored for this reason are only counted")
             if ack:
                 ack()
             return
@@ -309,25 +321,28 @@ class Worker:
         if not qos and uplink.backlog > self._qos0_limit:
             self.metrics.dropped.labels("none", "overload").inc()  # QoS 0: at most once, by the sender's choice
             return
+        received = time.monotonic()
         t0 = time.perf_counter()
         result = self._process(topic, message.payload)
         self.metrics.observe(result, time.perf_counter() - t0)
         if self.shadow is not None:
             self.shadow.observe(topic, message.payload, result, time.time(), self._consent_table())
         if result.__class__ is Forward:
-            self._forward(result, ack, self.gen)
+            self._forward(result, ack, self.gen, received)
             return
         self._rejected(result, topic, message.payload)
         if ack:
             ack()
 
-    def _forward(self, result: Forward, ack: Callable[[], None] | None, gen: int) -> None:
-        """Hand a minimised message to the uplink with its policy's provenance (built once per plan)."""
+    def _forward(self, result: Forward, ack: Callable[[], None] | None, gen: int, received: float) -> None:
+        """Hand a minimised message to the uplink with its policy's provenance (built once per plan);
+        its acknowledgement also times the delivery (``received``: ``time.monotonic()`` at receipt)."""
         plan = result.plan
         prov = self._prov.get(id(plan))
         if prov is None:
             prov = self._prov[id(plan)] = _provenance(plan)
-        self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, ack, gen))
+        safe = self.metrics.on_safe(plan.name, received, ack)
+        self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, safe, gen))
 
     def _consent_table(self) -> Mapping[str, frozenset[str]]:
         return self.consents.table if self.consents is not None else {}
@@ -345,8 +360,12 @@ class Worker:
         """The engine, fenced: a bug must cost one message (counted), not a reconnect loop
         in which the broker redelivers the same message for ever."""
         consents = self.consents
+        now = time.time()
+        if consents is not None and consents.next_expiry <= now:
+            self.metrics.consent_updates.labels("expired").inc(consents.expire(now))
+            self.metrics.consent_entries.set(len(consents))
         try:
-            return self.engine.process(topic, payload, time.time(), consents.table if consents else {})
+            return self.engine.process(topic, payload, now, consents.table if consents else {})
         except Exception as exc:
             # The exception's text could quote the payload: only its class is logged.
             log.error("engine_error", error=exc.__class__.__name__, action="message dropped and counted")
@@ -358,13 +377,17 @@ class Worker:
             self._reject_logged.add((name, result.reason))
             log.warning("message_rejected", policy=name, reason=result.reason, rule=result.rule,
                         note="further rejections of this kind are only counted")
-        dl = self.cfg.dead_letter
-        if dl and self.local is not None:
+        dl, sealer = self.cfg.dead_letter, self._sealer
+        if dl and sealer is not None:
+            client = self.local
             props = Properties(PacketTypes.PUBLISH)
-            props.UserProperty = [("reason", result.reason), ("policy", name), ("rule", result.rule), ("topic", topic)]
-            # Raw, but only back to the local broker, where it already was.
-            if self.local.publish_nowait(f"{dl}/{result.reason}", payload, 1, props) is not None:
+            props.UserProperty = [("reason", result.reason), ("policy", name), ("rule", result.rule)]
+            # Sealed for the key holder: the raw payload and topic are personal data.
+            letter = sealer.seal(topic, payload, result.reason, name, result.rule)
+            if client is not None and client.publish_nowait(f"{dl}/{result.reason}", letter, 1, props) is not None:
                 self.metrics.dead_lettered.inc()
+            else:
+                self.metrics.dead_letters_unsent.inc()  # the local broker is away; the rejection is counted
 
     # -- reload ----------------------------------------------------------------------------
 
@@ -388,6 +411,29 @@ class Worker:
             log.warning("resubscribe_failed", error=describe(exc), action="the next connection subscribes")
 
 
+def _dead_letters(cfg: Config, engine: Engine, consents: Consents | None) -> Sealer | None:
+    """The sealer for dead letters, or None when off; a ConfigError if the gateway would read its own."""
+    if not cfg.dead_letter:
+        return None
+    filters = [(f"policy {plan.name!r}", f.subscription) for plan in engine.plans for f in plan.filters]
+    if consents is not None:
+        filters.append(("consent.topic", consents.subscription))
+    problem = check_prefix(cfg.dead_letter, filters)
+    if problem:
+        raise ConfigError(problem)
+    return Sealer(engine.keyring)
+
+
+def _consents(cfg: Config) -> Consents | None:
+    c = cfg.consent
+    if not c.topic:
+        return None
+    keys = c.verify_keys()
+    if not keys:
+        log.warning("consent_without_keys", action="every consent record is ignored until consent.public_keys is set")
+    return Consents(c.topic, keys, c.max_entries, c.max_clock_skew_s)
+
+
 def _provenance(plan: Plan) -> Provenance:
     meta = plan.policy.policy
     user = [
@@ -399,6 +445,15 @@ def _provenance(plan: Plan) -> Provenance:
     if meta.retention:
         user.append(("retention", meta.retention))
     return provenance(user, plan.policy.route.expiry_s)
+
+
+def _oldest(spool: Spool) -> float | None:
+    """When the oldest spooled message was written, for the age gauge (None: empty or closed)."""
+    try:
+        entries = spool.peek(1)
+    except Exception:  # closed at shutdown while a scrape runs
+        return None
+    return entries[0].created if entries else None
 
 
 def _indexed(path: str, index: int) -> str:
