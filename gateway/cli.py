@@ -418,8 +418,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:  # e.g. the GT06 port is taken, the spool cannot be created
         code = pf.EX_UNAVAILABLE if exc.errno == errno.EADDRINUSE else pf.EX_CONFIG
         where = f"{exc.filename}: " if exc.filename else ""
-        log.error("startup_failed", key="", error=f"{where}{exc.strerror or exc.__class__.__name__}", code=code,
-                  exc_info=exc)
+        log.error("startup_failed", key="", error=f"{where}{exc.strerror or str(exc) or exc.__class__.__name__}",
+                  code=code, exc_info=exc)
         return code
     except Exception as exc:
         log.critical("gateway_crashed", exc_info=exc, code=pf.EX_SOFTWARE)

@@ -96,12 +96,12 @@ def test_restarts_back_off_start_over_after_a_healthy_run_and_are_counted(
         assert (first["restart_in_s"], first["failures_in_a_row"]) == (0.2, 1)
         assert (second["restart_in_s"], second["failures_in_a_row"]) == (0.4, 2)
         assert second["ran_s"] < healthy and first["code"] == second["code"] == 128 + signal.SIGKILL
-        wait_until(lambda: gw.ready(1), 30, "worker 1 ready again")
+        wait_until(lambda: gw.ready(), 30, "worker 1 ready again")
         restarted_at = time.monotonic()
         time.sleep(max(0.0, healthy + 0.5 - (time.monotonic() - restarted_at)))
         third = kill_worker_1_and_wait_restart(3)
         assert third["ran_s"] >= healthy and (third["restart_in_s"], third["failures_in_a_row"]) == (0.2, 1)
-        wait_until(lambda: gw.ready(1), 30, "worker 1 ready after the third restart")
+        wait_until(lambda: gw.ready(), 30, "worker 1 ready after the third restart")
         assert gw.metric("gateway_worker_restarts_total", worker=1) == 3
         assert gw.metric("gateway_worker_restarts_total", worker=0) == 0
         assert [e["restarts"] for e in _events(gw, "worker_restarted")] == [1, 2, 3]
