@@ -87,7 +87,7 @@ def test_run_refuses_bad_config_and_failing_policy(tmp_path: Path) -> None:
     r = subprocess.run([GATEWAY, "run", "--config", str(bad)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 78 and "allow_insecure" in r.stderr
     failing = tmp_path / "p.toml"
-    failing.write_text(POLICY.read_text().replace("gyr4ruawg4lahari", "wrongwrongwrong1"))
+    failing.write_text(POLICY.read_text().replace("ot4y376hjtyp4gtk", "wrongwrongwrong1"))
     subprocess.run([GATEWAY, "keygen", str(tmp_path / "k.json")], check=True, capture_output=True)
     cfg = _config(tmp_path, f'keys_file = "k.json"\n{LOCAL}[cloud]\nurl = "mqtt://127.0.0.1"\n[metrics]\nlisten = ""\n')
     r = subprocess.run([GATEWAY, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
@@ -122,7 +122,7 @@ def test_sighup_reload_adopts_a_good_policy_and_refuses_a_bad_one(site) -> None:
     second = sink.wait_for(2, 20)[1]
     assert dict(second.properties.UserProperty)["policy_version"] == "2.2.0"
 
-    policy.write_text(policy.read_text().replace("gyr4ruawg4lahari", "wrongwrongwrong1").replace("2.2.0", "9.9.9"))
+    policy.write_text(policy.read_text().replace("ot4y376hjtyp4gtk", "wrongwrongwrong1").replace("2.2.0", "9.9.9"))
     gw.signal(signal.SIGHUP)
     wait_until(lambda: gw.metric("gateway_policy_reloads_total", result="refused") == 1, 20, "reload refused")
     pub.publish_all([("site/dev-1/telemetry", msgspec.json.encode(MSG))])
@@ -177,7 +177,7 @@ def test_configuration_doc_example_loads_and_documents_every_key(tmp_path: Path)
     cfg = load_config(tmp_path / "c.toml")
     assert cfg.cloud.tls and cfg.cloud.cert_file and cfg.ingest.gt06.listen == "0.0.0.0:5023"
     structs = [Config, Endpoint, type(cfg.spool), type(cfg.metrics), type(cfg.log), type(cfg.consent),
-               type(cfg.reconnect), type(cfg.ingest.gt06)]
+               type(cfg.reconnect), type(cfg.ingest.gt06), type(cfg.keys)]
     for struct in structs:
         for name in struct.__struct_fields__:
             if name != "path" or struct is not Config:

@@ -50,7 +50,7 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
     """``run(payload, upstream, device, consents) -> Forward | Reject`` for a fail-closed plan.
 
     ``helpers`` come from gateway.pipeline: Forward, Reject, TooDeep, invalid,
-    sample_unknown, granted_of, condition, read, NO_CONSENT, EMPTY. Sets
+    sample_unknown, granted_of, holds, read, refused, AffixRefused, NO_CONSENT, EMPTY. Sets
     ``plan.tallies`` (the counts the generated code keeps in local cells).
 
     With the leak guard on, kept root ``integer`` fields are decoded by a second
@@ -90,7 +90,7 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
         if plan.conditions:
             lines += [
                 "for cond in conditions:",
-                "    if condition(cond.rule, read(obj, cond.steps, True)):",
+                "    if holds(cond, obj, True):",
                 "        stats[(cond.rule.path, cond.rule.reason)] += 1",
                 "        return Reject(cond.rule.reason, plan, cond.rule.path)",
             ]
@@ -108,6 +108,8 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
             *_indent(guard, 1),
             "except TooDeep:",
             "    return Reject('too_deep', plan)",
+            "except AffixRefused as exc:",
+            "    return refused(plan, exc.args[0])",
             "return tuple_new(Forward, (upstream, encode(obj), plan, unknown))",  # C-level NamedTuple build
         ]
 

@@ -49,15 +49,24 @@ class Endpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_inflight: int = 1000  # unacknowledged QoS 1 messages in flight on this connection
 
     def __post_init__(self) -> None:
+        # No message here quotes the url: a url that breaks a rule may hold a secret.
         parts = urlsplit(self.url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError("url must start with mqtt:// or mqtts://")
-        if parts.username is not None or parts.password is not None:
+        if "@" in self.url or parts.username is not None or parts.password is not None:
             raise ValueError("url must not carry credentials: use username/password_env/password_file")
+        if "?" in self.url or "#" in self.url or parts.query or parts.fragment:
+            raise ValueError(
+                "url must not have a query or fragment (credentials go in username/password_env/password_file)"
+            )
         if not parts.hostname:
             raise ValueError("url has no host")
         if parts.path not in ("", "/"):
             raise ValueError("url must not have a path")
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+        except ValueError:
+            raise ValueError("url has an invalid port") from None
         if self.password_env and self.password_file:
             raise ValueError("set password_env or password_file, not both")
         if bool(self.cert_file) != bool(self.key_file):
@@ -292,6 +301,16 @@ class Ingest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gt06: Gt06 = msgspec.field(default_factory=Gt06)
 
 
+class Keys(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Key rotation without a flag day."""
+
+    transition_s: float = 0.0  # after `keygen --rotate`: also send each device's previous-key pseudonym this long
+
+    def __post_init__(self) -> None:
+        if self.transition_s < 0:
+            raise ValueError("keys.transition_s must be >= 0")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     local: Endpoint
     cloud: Endpoint
@@ -300,7 +319,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shadow_policies: list[str] = []  # candidate packs run beside the active ones; forward nothing, count differences
     keys_file: str = ""  # default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS
     group: str = ""  # shared-subscription group: "" = plain subscriptions (one gateway per site)
-    dead_letter: str = ""  # local topic prefix for rejected raw messages ("" = off)
+    dead_letter: str = ""  # local topic prefix for sealed dead letters ("" = off)
     shutdown_timeout_s: float = 10.0  # SIGTERM: wait this long for cloud acks, then spool
     spool: Spool = msgspec.field(default_factory=Spool)
     metrics: Metrics = msgspec.field(default_factory=Metrics)
@@ -309,6 +328,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reconnect: Reconnect = msgspec.field(default_factory=Reconnect)
     supervisor: Supervisor = msgspec.field(default_factory=Supervisor)
     ingest: Ingest = msgspec.field(default_factory=Ingest)
+    keys: Keys = msgspec.field(default_factory=Keys)
     path: str = ""  # set by load_config: the file it came from
 
     def __post_init__(self) -> None:
@@ -347,10 +367,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     for side, ep in (("local", cfg.local), ("cloud", cfg.cloud)):
-        if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure and side == "cloud":
+        if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure:
             raise ConfigError(
-                f"{path}: [cloud] url is plaintext mqtt:// to a non-loopback host; "
-                "use mqtts:// or set allow_insecure = true"
+                f"{path}: [{side}] url is plaintext mqtt:// to a non-loopback host; "
+                f"use mqtts:// or set allow_insecure = true in [{side}]"
             )
     base = path.resolve().parent
     for ep in (cfg.local, cfg.cloud):
@@ -366,3 +386,29 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     cfg.consent.verify_keys()
     cfg.path = str(path.resolve())
     return cfg
+
+
+# What SIGHUP may change in a running gateway (a key, or a table whose every key may change).
+# Everything else (broker URLs and credentials, client ids, group, spool, metrics, listeners)
+# is bound to connections, files or sockets opened at start: changing it needs a restart.
+LIVE_KEYS = frozenset({
+    "policies", "shadow_policies", "trusted_policy_keys", "keys_file", "dead_letter", "shutdown_timeout_s",
+    "consent", "log", "reconnect", "keys", "ingest.gt06.allowed_imeis", "ingest.gt06.allowed_imeis_file",
+})
+
+
+def restart_keys(running: Config, new: Config) -> list[str]:
+    """The dotted keys whose change ``new`` asks for but only a restart can apply."""
+    changed: list[str] = []
+
+    def walk(a: object, b: object, prefix: str) -> None:
+        if prefix in LIVE_KEYS or prefix == "path":
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        elif a != b:
+            changed.append(prefix)
+
+    walk(msgspec.to_builtins(running), msgspec.to_builtins(new), "")
+    return changed

@@ -346,6 +346,13 @@ async def serve(
     return server
 
 
+def update_limits(server: asyncio.Server, limits: Limits) -> None:
+    """A reload (e.g. a new IMEI allow-list): connections accepted from now on use ``limits``."""
+    listener = _LISTENERS.get(server)
+    if listener is not None:
+        listener.limits = limits
+
+
 async def stop(server: asyncio.Server, grace: float = 5.0) -> None:
     """Stop accepting, then end every open tracker connection.
 
