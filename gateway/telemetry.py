@@ -224,22 +224,26 @@ def _add_process(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
 
 
 def configure_logging(
-    json: bool | None = None, level: str = "info", file: TextIO | None = None, worker: int | str = 0
+    json: bool | None = None, level: str = "info", file: TextIO | None = None, worker: int | str | None = None
 ) -> None:
     """Configure structlog, and route the stdlib ``logging`` tree through it, in one place.
 
     ``json=None`` picks: a readable console renderer when stderr is a TTY (a
     person is watching), JSON lines otherwise (a collector is parsing).
     ``file`` defaults to stderr, so stdout stays free for command output. Every
-    event carries ``worker`` (the worker index, or ``"supervisor"``) and ``pid``.
+    event carries ``worker`` (the worker index, or ``"supervisor"``; ``None`` keeps
+    the one set before, so a reload need not know it) and ``pid``.
     """
     out = file if file is not None else sys.stderr
+    if isinstance(out, _StrayOutput):  # reconfigured after route_process_output(): the real stderr
+        out = sys.__stderr__ or out
     if json is None:
         json = not out.isatty()
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
-    _context["worker"] = worker
+    if worker is not None:
+        _context["worker"] = worker
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -281,14 +285,20 @@ class _StrayOutput(io.TextIOBase):
     def __init__(self) -> None:
         self._log = get_logger("gateway.stderr")
         self._pending = 0
+        self._busy = False
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
         self._pending += len(text)
-        if "\n" in text:
-            self._log.warning("stray_output", chars=self._pending, note="text written to stderr outside the logger")
+        if "\n" in text and not self._busy:
+            self._busy = True  # the logger itself must never land here again
+            try:
+                self._log.warning("stray_output", chars=self._pending,
+                                  note="text written to stderr outside the logger")
+            finally:
+                self._busy = False
             self._pending = 0
         return len(text)
 

@@ -57,6 +57,8 @@ SCRIPT = textwrap.dedent(f"""
     except ValueError:
         log.error("handled", exc_info=True)
     log.info("long", note="{CANARY[:4]}" * 5000, items=list(range(3000)))
+    configure_logging(json=True, level="info")  # as a SIGHUP reload does: still stderr, still worker 3
+    log.info("reconfigured")
     bad_callback("{CANARY}")
 """)
 
@@ -81,6 +83,7 @@ def test_every_error_path_of_a_process_is_one_json_event_without_its_text() -> N
     assert by["stray_output"]["chars"] == len(f"stray {CANARY}\n")
     assert by["handled"]["error"] == "ValueError" and "location" in by["handled"]
     assert by["long"]["truncated"] is True
+    assert by["reconfigured"]["worker"] == 3
     last = events[-1]
     assert (last["event"], last["error"], last["thread"]) == ("uncaught_exception", "ValueError", "main")
     assert all(len(line.encode()) < MAX_LINE for line in r.stderr.splitlines())

@@ -84,10 +84,12 @@ def _broken(tmp: Path, case: str) -> tuple[Path, list[str]]:
         return write_config(tmp, body, cloud_url="mqtts://127.0.0.1:9"), ["cert_file", "client.pem", "client.key"]
     if case == "key file not base64":
         (tmp / "bad-keys.json").write_text('{"active": "k1", "keys": {"k1": "%%%not-base64%%%"}}')
+        (tmp / "bad-keys.json").chmod(0o600)
         return write_config(tmp, keys_file="bad-keys.json"), ["keys_file", "bad-keys.json", "'k1'",
                                                                       "not valid base64"]
     if case == "key file not json":
         (tmp / "bad-keys.json").write_text("active=k1\n")
+        (tmp / "bad-keys.json").chmod(0o600)
         return write_config(tmp, keys_file="bad-keys.json"), ["keys_file", "bad-keys.json", "not JSON"]
     if case == "key file missing":
         return write_config(tmp, keys_file="nowhere.json"), ["keys_file", "nowhere.json"]

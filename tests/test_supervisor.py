@@ -30,7 +30,11 @@ def _worker_pid(gw: Gateway, i: int) -> int:
 
 
 def _broken_policy(path: Path) -> None:
-    path.write_text(POLICY.read_text().replace("gyr4ruawg4lahari", "wrongwrongwrong1"))  # an inline test fails
+    """The policy with one expected value of an inline test changed: it fails ``gateway check``."""
+    text = POLICY.read_text()
+    broken = text.replace('expect_topic = "', 'expect_topic = "wrong-', 1)
+    assert broken != text
+    path.write_text(broken)
 
 
 def test_a_broken_policy_stops_the_supervisor_with_78(tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]) -> None:
