@@ -24,20 +24,19 @@ from gateway.policy.load import PolicyError, load
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
 
-RUN_EXIT_CODES = """exit codes (see docs/operations.md):
-  0   stopped by SIGTERM/SIGINT after draining
-  2   usage error (command line)
-  69  a port to listen on is taken ([metrics] listen, [ingest.gt06] listen); a later start may succeed
-  70  internal error (logged as gateway_crashed with the exception type and location)
-  78  configuration: the config, a policy, the keys, a secret (password_env/password_file) or a TLS
-      file cannot be used; the message names the key and the file or variable. Checked before
-      connecting; with --workers N a worker exiting 78 stops the supervisor with 78."""
+RUN_EXIT_CODES = (
+    "exit codes: 0 stopped by SIGTERM/SIGINT after draining; 2 usage error (command line); "
+    "69 a port to listen on is taken ([metrics] listen, [ingest.gt06] listen): a later start may succeed; "
+    "70 internal error (logged as gateway_crashed with the exception type and location); "
+    "78 configuration: the config, a policy, the keys, a secret (password_env/password_file) or a TLS file "
+    "cannot be used, checked before connecting, the message naming the key and the file or variable; "
+    "with --workers N a worker exiting 78 stops the supervisor with 78 (docs/operations.md, Exit codes)"
+)
 
-VALIDATE_EXIT_CODES = """exit codes:
-  0   every check passed
-  1   --connect: a broker could not be reached or refused the connection
-  2   usage error
-  78  configuration: the config, a policy, the keys, a secret or a TLS file cannot be used"""
+VALIDATE_EXIT_CODES = (
+    "exit codes: 0 every check passed; 1 --connect: a broker could not be reached or refused the connection; "
+    "2 usage error; 78 configuration: the config, a policy, the keys, a secret or a TLS file cannot be used"
+)
 
 
 def _keyring(args: argparse.Namespace) -> Keyring:

@@ -5,6 +5,7 @@ naming the config key and the file or variable, never a secret. ``gateway valida
 from __future__ import annotations
 
 import datetime
+import re
 import socket
 import subprocess
 import time
@@ -141,8 +142,7 @@ def test_an_unloadable_config_is_one_json_event_and_78(tmp_path: Path) -> None:
 
 def test_run_help_lists_the_exit_codes() -> None:
     out = subprocess.run([GATEWAY, "run", "--help"], capture_output=True, text=True, check=True).stdout
-    for code in ("0 ", "2 ", "69", "70", "78"):
-        assert f"\n  {code}" in out, code
+    assert {int(c) for c in re.findall(r"(?:exit codes: |; )(\d+) ", out)} == {0, 2, 69, 70, 78}
     assert subprocess.run([GATEWAY, "run", "--config"], capture_output=True).returncode == 2
 
 
@@ -177,8 +177,6 @@ def test_validate_connect_reports_a_refused_login(tmp_path: Path) -> None:
 
 
 def test_operations_doc_exit_codes_and_log_examples_match() -> None:
-    import re
-
     from service_harness import ROOT
 
     from gateway.service import preflight
@@ -188,6 +186,6 @@ def test_operations_doc_exit_codes_and_log_examples_match() -> None:
     table = {int(c) for c in re.findall(r"^\| (\d+) \|", section, re.M)}
     assert table == {v for k, v in vars(preflight).items() if k.startswith("EX_")}
     help_text = subprocess.run([GATEWAY, "run", "--help"], capture_output=True, text=True, check=True).stdout
-    assert {int(c) for c in re.findall(r"^  (\d+) ", help_text, re.M)} == table - {1}  # run never exits 1
+    assert {int(c) for c in re.findall(r"(?:exit codes: |; )(\d+) ", help_text)} == table - {1}  # run never exits 1
     for block in re.findall(r"```json\n(.*?)```", doc, re.S):
         assert_json_lines(block, "docs/operations.md example")
