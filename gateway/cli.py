@@ -492,15 +492,15 @@ def parser() -> argparse.ArgumentParser:
               "gateway consent grant --key /secure/consent-issuer.key 358756091234567 precise_location --expires-in 31536000",
               "gateway consent revoke --key /secure/consent-issuer.key 358756091234567 precise_location"],
              "exit codes: 0 done; 2 the key cannot be read or written")
-    csub = sp.add_subparsers(dest="action", required=True)
+    csub = sp.add_subparsers(dest="action", required=True, metavar="ACTION", help="keygen, grant or revoke")
     kp = csub.add_parser("keygen", help="write a new Ed25519 issuer key (0600); print its public key")
-    kp.add_argument("path")
+    kp.add_argument("path", metavar="PATH", help="private key file to write")
     kp.set_defaults(func=cmd_consent)
     for action in ("grant", "revoke"):
         gp = csub.add_parser(action, help=f"print a signed {action} record for consent/<device>/<purpose>")
         gp.add_argument("--key", required=True, metavar="FILE", help="the issuer's private key (consent keygen)")
-        gp.add_argument("device")
-        gp.add_argument("purpose")
+        gp.add_argument("device", metavar="DEVICE", help="device id, as in the device's topics")
+        gp.add_argument("purpose", metavar="PURPOSE", help="purpose the policy asks consent for")
         gp.add_argument("--issued-at", type=int, metavar="UNIX_S", help="default: now")
         if action == "grant":
             gp.add_argument("--expires-in", type=int, metavar="S", help="the grant lapses S seconds after issued-at")
@@ -513,7 +513,7 @@ def parser() -> argparse.ArgumentParser:
               "--keys keys.json"],
              "exit codes: 0 all opened; 1 a line is not a dead letter or does not open with these keys; "
              "2 the key file is invalid")
-    dsub = sp.add_subparsers(dest="action", required=True)
+    dsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION", help="open")
     op = dsub.add_parser("open", help="read sealed dead letters, one per line on stdin; print each as a JSON line")
     op.add_argument("--keys", metavar="FILE", help="key file (default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS)")
     op.set_defaults(func=cmd_deadletter)

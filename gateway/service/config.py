@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -306,23 +307,56 @@ def _resolve(base: Path, value: str) -> str:
     return str((base / value).resolve()) if value and not os.path.isabs(value) else value
 
 
+def locate_key(text: str, dotted: str, exact: bool = False) -> int | None:
+    """Line of ``dotted`` (``cloud.url``, ``ingest.gt06.listen``) in config TOML, else of its
+    nearest enclosing table or key that is set (``[cloud]``), for errors a person can act on."""
+    best, best_len = None, -1
+    table = ""
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith(("'", '"')) else raw.strip()
+        if m := re.fullmatch(r"\[\[?\s*([^\]]+?)\s*\]\]?", line):
+            table, full = m.group(1).replace(" ", ""), m.group(1).replace(" ", "")
+        elif m := re.match(r"([A-Za-z0-9_.\- \"']+?)\s*=", line):
+            full = ".".join(filter(None, (table, m.group(1).replace(" ", "").replace('"', "").replace("'", ""))))
+        else:
+            continue
+        if full == dotted:
+            return n
+        if dotted.startswith(full + ".") and len(full) > best_len:
+            best, best_len = n, len(full)
+    return None if exact else best
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate ``path``; relative file names are relative to its folder."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError(f"{path}:{m.group(1)}: TOML syntax: {exc}" if m else f"{path}: TOML syntax: {exc}") from None
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        message, _, at = str(exc).partition(" - at `")
+        key = re.sub(r"\[\d+\]", "", at.rstrip("`").removeprefix("$").removeprefix("."))
+        unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+        target = ".".join(filter(None, (key, unknown.group(1) if unknown else "")))
+        named = re.match(r"([a-z_]+) ", message)  # a check in __post_init__ names its key first
+        candidate = ".".join(filter(None, (target, named.group(1) if named else "")))
+        if named and locate_key(text, candidate, exact=True):
+            target = candidate
+        line = locate_key(text, target)
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: {target + ': ' if target else ''}{message}") from None
     for side, ep in (("local", cfg.local), ("cloud", cfg.cloud)):
         if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure:
             raise ConfigError(
-                f"{path}: [{side}] url is plaintext mqtt:// to a non-loopback host; "
+                f"{path}:{locate_key(text, f'{side}.url')}: [{side}] url is plaintext mqtt:// to a non-loopback host; "
                 f"use mqtts:// or set allow_insecure = true in [{side}]"
             )
     base = path.resolve().parent
