@@ -254,6 +254,9 @@ def cmd_reveal(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    if args.protocol == "jt808":
+        from gateway.ingest.jt808.describe import decode_hex_command as jt808
+        return jt808(args.hex, sys.stdout)
     from gateway.ingest.gt06.describe import decode_hex_command
 
     return decode_hex_command(args.hex, sys.stdout)
@@ -519,9 +522,10 @@ def parser() -> argparse.ArgumentParser:
     op.set_defaults(func=cmd_deadletter)
 
     sp = add("decode", "decode device frames, e.g. gateway decode gt06 HEX",
-             ["gateway decode gt06 78780D01012345678901234500018CDD0D0A"],
+             ["gateway decode gt06 78780D01012345678901234500018CDD0D0A",
+              "gateway decode jt808 7e0002000004304832546500b7ca7e"],
              "exit codes: 0 every frame decoded; 1 a frame is invalid")
-    sp.add_argument("protocol", choices=("gt06",), help="frame protocol")
+    sp.add_argument("protocol", choices=("gt06", "jt808"), help="frame protocol")
     sp.add_argument("hex", nargs="+", metavar="HEX", help="frames as hex")
     sp.set_defaults(func=cmd_decode)
 
