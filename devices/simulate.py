@@ -177,7 +177,8 @@ async def _jt808(args: argparse.Namespace) -> int:
         bounds["duration"] = args.seconds
     stats = await simulator.run(host.strip("[]") or "127.0.0.1", int(port), devices=args.devices, rate=args.rate,
                                 seed=args.seed, **bounds)
-    print(Summary(sum(stats.sent.values()), stats.seconds).line(JT808) + ("" if stats.ok else f", errors {stats.errors}"))
+    errors = "" if stats.ok else f", errors {stats.errors}"
+    print(Summary(sum(stats.sent.values()), stats.seconds).line(JT808) + errors)
     return 0 if stats.ok else 1
 
 

@@ -182,6 +182,7 @@ class Framer:
     def __init__(self, max_frame: int = 4096) -> None:
         self.max_frame = max_frame
         self.buffer = bytearray()
+        self.skipping = False  # inside a run of garbage (which may span reads): counted once
 
     def feed(self, data: bytes) -> Iterator[bytes | FrameError]:
         buf = self.buffer
@@ -190,8 +191,11 @@ class Framer:
             if buf[0] != FLAG:
                 start = buf.find(FLAG)
                 del buf[: start if start >= 0 else len(buf)]
-                yield FrameError("garbage")
+                if not self.skipping:
+                    self.skipping = True
+                    yield FrameError("garbage")
                 continue
+            self.skipping = False
             end = buf.find(FLAG, 1)
             if end < 0:
                 if len(buf) > self.max_frame:
