@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterable
 from types import ModuleType
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -121,7 +122,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=10, help="simulated devices (default 10)")
     p.add_argument("--seed", type=int, default=1, help="random seed: the same seed sends the same bytes (default 1)")
     p.add_argument("--qos", type=int, choices=(0, 1), default=0)
+    p.add_argument("--dump", metavar="FILE", help='write the stream as JSON lines {"topic", "payload"} '
+                   "(for gateway diff) instead of publishing; - is stdout; --count defaults to 1000")
     args = p.parse_args(argv)
+    if args.dump:
+        if args.system == GT06:
+            p.error("--dump writes MQTT systems' messages; GT06 frames have no topic")
+        return args
     if args.system == GT06 and not args.gt06:
         p.error("--system jimi-gt06 needs --gt06 host:port")
     if args.system != GT06 and not args.url:
@@ -145,8 +152,27 @@ async def _gt06(args: argparse.Namespace) -> int:
     return 0 if stats.ok else 1
 
 
+def dump(samples: Iterable[Sample], count: int, out: BinaryIO) -> int:
+    """Write ``count`` samples as ``{"topic": ..., "payload": ...}`` lines (the payload's own bytes)."""
+    n = 0
+    for sample in itertools.islice(samples, count):
+        out.write(b'{"topic":' + msgspec.json.encode(sample.topic) + b',"payload":' + sample.payload + b"}\n")
+        n += 1
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.dump:
+        samples = SYSTEMS[args.system].messages(devices=args.devices, seed=args.seed)
+        if args.dump == "-":
+            dump(samples, args.count or 1000, sys.stdout.buffer)
+            sys.stdout.flush()
+        else:
+            with open(args.dump, "wb") as f:
+                n = dump(samples, args.count or 1000, f)
+            print(f"{args.system}: wrote {n} messages to {args.dump}", file=sys.stderr)
+        return 0
     try:
         if args.system == GT06:
             return asyncio.run(_gt06(args))

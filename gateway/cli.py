@@ -47,10 +47,15 @@ def _consents(pairs: list[str]) -> dict[str, frozenset[str]]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.policy import signing
+
     status = EXIT_OK
+    trusted = signing.trusted(args.trusted_key) if args.trusted_key else None
     for path in args.policy:
         try:
-            source = load(path)
+            source = load(path, trusted)
+            if trusted is not None:
+                print(f"signature ok {path}: signed by key {source.signer}")
             Engine([source], Keyring.test())  # compile: catches rule conflicts, not just schema
             ran, failures = run_tests(source)
         except PolicyError as exc:
@@ -110,6 +115,50 @@ def cmd_minimise(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Both policies over the same stream: what changes, per field path and rule (examples minimised, never raw)."""
+    import secrets
+
+    from gateway.policy.diff import Summary, compare
+
+    old, new = load(args.old), load(args.new)
+    # Without --keys: a key of this run only; both sides compare alike, and no example reverses with a known key.
+    keyring = _keyring(args) if args.keys or args.test_keys else Keyring("diff", {"diff": secrets.token_bytes(32)})
+    before, after = Engine([old], keyring), Engine([new], keyring)
+    consents, now = _consents(args.consent), time.time()
+    summary = Summary()
+    with open(args.input, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                wrapper = msgspec.json.decode(line)
+                topic, payload = wrapper["topic"], msgspec.json.encode(wrapper["payload"])
+                if not isinstance(topic, str):
+                    raise TypeError
+            except (msgspec.DecodeError, KeyError, TypeError, RecursionError):
+                summary.bad_lines += 1
+                continue
+            a = before.process(topic, payload, now=now, consents=consents)
+            b = after.process(topic, payload, now=now, consents=consents)
+            summary.add(compare(a, b), (getattr(a, "topic", None), getattr(b, "topic", None)), args.examples)
+    report = summary.to_json()
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        print(f"{report['messages']} messages, {report['changed_messages']} change"
+              + (f", {report['bad_lines']} lines not {{topic, payload}}" if report["bad_lines"] else ""))
+        for row in report["changes"]:
+            print(f"  {row['messages']:>7}  {row['kind']:<14} {row['path']}  [{row['rule']}]")
+            for ex in row["examples"]:
+                print(f"             old: {json.dumps(ex['old'], ensure_ascii=False)}"
+                      f"  new: {json.dumps(ex['new'], ensure_ascii=False)}")
+    if summary.bad_lines and not summary.messages:
+        return EXIT_INVALID
+    return EXIT_FAIL if summary.changed else EXIT_OK
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from gateway.explain import explain
 
@@ -121,7 +170,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"policy: {report['policy'] or '(none matches this topic)'}")
     print(f"input:  {json.dumps(report['input'], ensure_ascii=False)}")
     if report["dropped"]:
-        rule = f" (rule {report['rule']}" + (f", {report['detail']})" if report.get("detail") else ")") if report.get("rule") else ""
+        detail = f", {report['detail']})" if report.get("detail") else ")"
+        rule = f" (rule {report['rule']}{detail}" if report.get("rule") else ""
         print(f"output: DROPPED: {report['reason']}{rule}: {report['reason_text']}")
     else:
         print(f"topic:  {report['topic']}")
@@ -146,9 +196,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.signing:
+        from gateway.policy.signing import keygen_signing
+
+        if args.path or args.rotate or args.id:
+            print("gateway keygen: --signing FILE takes no other argument", file=sys.stderr)
+            return EXIT_INVALID
+        kid = keygen_signing(args.signing)
+        print(f"wrote signing key {kid} to {args.signing} (mode 0600) and {args.signing}.pub (give that to sites)",
+              file=sys.stderr)
+        return EXIT_OK
+    if not args.path:
+        print("gateway keygen: give a key file path (or --signing FILE)", file=sys.stderr)
+        return EXIT_INVALID
     kid = keygen(args.path, args.id, args.rotate)
     print(f"{'added' if args.rotate else 'wrote'} key {kid!r} to {args.path} (mode 0600); it is now the active key",
           file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from gateway.policy import signing
+
+    key = signing.load_private(args.key)
+    for path in args.policy:
+        load(path)  # never sign a pack that does not even load
+        print(f"signed {path} -> {signing.sign(key, path)} (key {signing.key_id(key.public_key())})")
     return EXIT_OK
 
 
@@ -168,7 +241,7 @@ def cmd_reveal(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from devices.gt06.codec import decode_hex_command
+    from gateway.ingest.gt06.describe import decode_hex_command
 
     return decode_hex_command(args.hex, sys.stdout)
 
@@ -177,6 +250,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     return run_demo(args)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from gateway.bundle import InitError, init_site
+
+    try:
+        written = init_site(args.folder)
+    except InitError as exc:
+        print(f"gateway init: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    for path in written:
+        print(path)
+    folder = Path(args.folder)
+    print(f"next: gateway check {folder / 'rules'}/*.toml && gateway run --config {folder / 'config.toml'}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def _version() -> str:
+    from gateway.telemetry import _package_version
+
+    return _package_version()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -212,69 +307,146 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
 
 
+EXITS_OFFLINE = "exit codes: 0 ok; 2 invalid policy, key file or arguments"
+
+
+def _epilog(examples: list[str], exits: str) -> str:
+    return "examples:\n" + "".join(f"  {e}\n" for e in examples) + "\n" + exits
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gateway", description="Telemetry data-minimisation gateway.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(
+        prog="gateway", description="Telemetry data-minimisation gateway.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(["gateway init site", "gateway check site/rules/*.toml",
+                        "gateway run --config site/config.toml"],
+                       "`gateway COMMAND --help` shows each command's arguments, examples and exit codes."),
+    )
+    p.add_argument("--version", action="version", version=f"gateway {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, examples: list[str], exits: str = EXITS_OFFLINE) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog(examples, exits))
 
     def keys_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--keys", metavar="FILE", help="key file (default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS)")
         sp.add_argument("--test-keys", action="store_true", help="use the public test key (as inline tests do)")
 
-    sp = sub.add_parser("check", help="validate policies and run their inline tests")
-    sp.add_argument("policy", nargs="+")
+    def consent_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--consent", action="append", default=[], metavar="DEVICE:PURPOSE",
+                        help="treat DEVICE as consenting to PURPOSE (repeatable)")
+
+    sp = add("check", "validate policies and run their inline tests",
+             ["gateway check rules/*.toml", "gateway check --trusted-key reviewer.pub rules/*.toml"],
+             "exit codes: 0 all valid and all inline tests pass; 1 an inline test fails; 2 a policy is invalid "
+             "(file:line: path: problem) or, with --trusted-key, not validly signed")
+    sp.add_argument("policy", nargs="+", metavar="POLICY", help="policy TOML file(s)")
+    sp.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
+                    help="a signer's public key (repeatable): refuse packs without a valid signature from one")
     sp.set_defaults(func=cmd_check)
 
-    sp = sub.add_parser("minimise", help="minimise JSON lines from stdin")
-    sp.add_argument("--policy", action="append", required=True, help="policy file (repeat for several)")
+    sp = add("minimise", "minimise JSON lines from stdin",
+             ["gateway minimise --policy rules/jimi-tracksolid.toml --topic tracksolid/358756091234567/location "
+              "--keys keys.json < in.jsonl",
+              'echo \'{"topic": "t/1", "payload": {...}}\' | gateway minimise --policy p.toml --test-keys'])
+    sp.add_argument("--policy", action="append", required=True, metavar="FILE", help="policy file (repeat for several)")
     sp.add_argument("--topic", help="topic of every line (else lines are {\"topic\", \"payload\"})")
-    sp.add_argument("--consent", action="append", default=[], metavar="DEVICE:PURPOSE")
+    consent_opt(sp)
     keys_opts(sp)
     sp.set_defaults(func=cmd_minimise)
 
-    sp = sub.add_parser("explain", help="show what the policy does to one message from stdin, and why")
-    sp.add_argument("--policy", action="append", required=True)
-    sp.add_argument("--topic", required=True)
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("--consent", action="append", default=[], metavar="DEVICE:PURPOSE")
+    sp = add("diff", "what a new policy would change, over sample messages",
+             ["gateway diff rules/jimi-tracksolid.toml candidate.toml --input tracksolid.jsonl",
+              "python -m devices.simulate --system smartjac --dump s.jsonl --count 2000 && "
+              "gateway diff rules/smartjac.toml new.toml --input s.jsonl --json"],
+             "exit codes: 0 nothing changes; 1 something changes; 2 a policy or the input is invalid")
+    sp.add_argument("old", metavar="OLD", help="the running policy file")
+    sp.add_argument("new", metavar="NEW", help="the candidate policy file")
+    sp.add_argument("--input", required=True, metavar="FILE", help='JSON lines {"topic": ..., "payload": {...}}')
+    sp.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    sp.add_argument("--examples", type=int, default=3, help="examples per change, minimised by each side (default 3)")
+    consent_opt(sp)
+    keys_opts(sp)
+    sp.set_defaults(func=cmd_diff)
+
+    sp = add("explain", "show what the policy does to one message from stdin, and why",
+             ["gateway explain --policy rules/jimi-tracksolid.toml --topic tracksolid/358756091234567/location "
+              "--test-keys < message.json"])
+    sp.add_argument("--policy", action="append", required=True, metavar="FILE", help="policy file (repeat for several)")
+    sp.add_argument("--topic", required=True, help="the message's topic (selects the policy)")
+    sp.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    consent_opt(sp)
     keys_opts(sp)
     sp.set_defaults(func=cmd_explain)
 
-    sp = sub.add_parser("bench", help="measure the hot path in-process")
-    sp.add_argument("--policy", required=True)
-    sp.add_argument("--topic", required=True)
-    sp.add_argument("--input", required=True, help="JSON lines, one message payload per line")
-    sp.add_argument("--seconds", type=float, default=3.0)
-    sp.add_argument("--leak-guard", choices=("policy", "on", "off"), default="policy")
-    sp.add_argument("--json", action="store_true")
+    sp = add("bench", "measure the hot path in-process",
+             ["gateway bench --policy rules/jimi-tracksolid.toml --topic tracksolid/358756091234567/location "
+              "--input messages.jsonl --seconds 3"])
+    sp.add_argument("--policy", required=True, metavar="FILE", help="policy file")
+    sp.add_argument("--topic", required=True, help="topic of every message")
+    sp.add_argument("--input", required=True, metavar="FILE", help="JSON lines, one message payload per line")
+    sp.add_argument("--seconds", type=float, default=3.0, help="how long to run (default 3)")
+    sp.add_argument("--leak-guard", choices=("policy", "on", "off"), default="policy",
+                    help="override the policy's leak guard (default: as the policy says)")
+    sp.add_argument("--json", action="store_true", help="one JSON object instead of a sentence")
     sp.add_argument("--keys", metavar="FILE", help="key file (default: the public test key)")
     sp.set_defaults(func=cmd_bench)
 
-    sp = sub.add_parser("keygen", help="write a new key file (0600)")
-    sp.add_argument("path")
+    sp = add("keygen", "write a new key file (0600), or a policy-signing key pair",
+             ["gateway keygen /etc/gateway/keys.json", "gateway keygen --rotate /etc/gateway/keys.json",
+              "gateway keygen --signing /secure/reviewer.key"],
+             "exit codes: 0 written; 2 the file exists (without --rotate) or cannot be read or written")
+    sp.add_argument("path", nargs="?", metavar="PATH", help="key file to write")
+    sp.add_argument("--signing", metavar="FILE",
+                    help="instead: write an Ed25519 policy-signing key pair FILE, FILE.pub")
     sp.add_argument("--id", help="key id ([a-z0-9]{1,16}); default k1, or k<N> with --rotate")
     sp.add_argument("--rotate", action="store_true", help="add a new active key to an existing file")
     sp.set_defaults(func=cmd_keygen)
 
-    sp = sub.add_parser("reveal", help="decrypt enc.<kid>.<data> values (key holders only)")
-    sp.add_argument("value", nargs="*", help="values (default: one per line on stdin)")
-    sp.add_argument("--keys", metavar="FILE")
+    sp = add("sign", "sign policy packs (writes POLICY.sig beside each)",
+             ["gateway sign --key /secure/reviewer.key rules/*.toml"],
+             "exit codes: 0 signed; 2 a pack is invalid or the key cannot be read")
+    sp.add_argument("policy", nargs="+", metavar="POLICY", help="policy TOML file(s)")
+    sp.add_argument("--key", required=True, metavar="FILE", help="Ed25519 private key from keygen --signing")
+    sp.set_defaults(func=cmd_sign)
+
+    sp = add("reveal", "decrypt enc.<kid>.<data> values (key holders only)",
+             ["gateway reveal --keys keys.json enc.k1.AbC...", "gateway reveal --keys keys.json < values.txt"],
+             "exit codes: 0 all revealed; 1 a value cannot be revealed; 2 the key file is invalid")
+    sp.add_argument("value", nargs="*", metavar="VALUE", help="values (default: one per line on stdin)")
+    sp.add_argument("--keys", metavar="FILE", help="key file (default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS)")
     sp.set_defaults(func=cmd_reveal)
 
-    sp = sub.add_parser("decode", help="decode device frames, e.g. gateway decode gt06 HEX")
-    sp.add_argument("protocol", choices=("gt06",))
-    sp.add_argument("hex", nargs="+")
+    sp = add("decode", "decode device frames, e.g. gateway decode gt06 HEX",
+             ["gateway decode gt06 78780D01012345678901234500018CDD0D0A"],
+             "exit codes: 0 every frame decoded; 1 a frame is invalid")
+    sp.add_argument("protocol", choices=("gt06",), help="frame protocol")
+    sp.add_argument("hex", nargs="+", metavar="HEX", help="frames as hex")
     sp.set_defaults(func=cmd_decode)
 
-    sp = sub.add_parser("run", help="run the gateway service (local broker -> minimise -> cloud)")
-    sp.add_argument("--config", required=True, help="config.toml (see docs/configuration.md)")
-    sp.add_argument("--workers", type=int, default=1, help="worker processes on a shared subscription")
+    sp = add("run", "run the gateway service (local broker -> minimise -> cloud)",
+             ["gateway run --config /etc/gateway/config.toml", "gateway run --config config.toml --workers 2"],
+             "exit codes: 0 stopped by SIGTERM/SIGINT; 2 invalid config, policies or keys, or a port or path "
+             "that cannot be used (a restart will not help)\nsignals: SIGTERM/SIGINT stop cleanly; SIGHUP reloads "
+             "policies and keys (refused, and counted, if they fail `gateway check`)")
+    sp.add_argument("--config", required=True, metavar="FILE", help="config.toml (see docs/configuration.md)")
+    sp.add_argument("--workers", type=int, default=1, help="worker processes on a shared subscription (default 1)")
     sp.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("demo", help="live demo: brokers, simulated devices, gateway, what the cloud receives")
-    sp.add_argument("--count", type=int, default=500, help="messages per system in the load run")
+    sp = add("demo", "live demo: brokers, simulated devices, gateway, what the cloud receives",
+             ["gateway demo", "gateway demo --offline"],
+             "exit codes: 0 done; 1 the live demo could not start (Mosquitto missing or a port taken)")
+    sp.add_argument("--count", type=int, default=500, help="messages per system in the load run (default 500)")
     sp.add_argument("--offline", action="store_true", help="no brokers: the policies' samples through the engine")
     sp.set_defaults(func=cmd_demo)
+
+    sp = add("init", "write a working site folder: config.toml, rules/ (the bundled packs), keys.json (0600)",
+             ["gateway init /etc/gateway && gateway check /etc/gateway/rules/*.toml"],
+             "exit codes: 0 written; 1 the folder already has a config, key file or pack (nothing is overwritten)")
+    sp.add_argument("folder", metavar="DIR", help="site folder (created if missing)")
+    sp.set_defaults(func=cmd_init)
     return p
 
 

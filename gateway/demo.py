@@ -32,13 +32,12 @@ from pathlib import Path
 import aiomqtt
 import msgspec
 
+from gateway.bundle import packs
 from gateway.keys import Keyring
 from gateway.pipeline import Engine, Forward
 from gateway.policy.check import AnyDevice, decode_output
 from gateway.policy.load import load
 
-ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "rules"
 SHOW = 4  # messages per system in the before/after view
 WAIT = 5.0  # seconds for one message to come out the other side
 
@@ -119,7 +118,7 @@ async def _live(count: int, tty: bool) -> int:
         keys = work / "keys.json"
         subprocess.run([sys.executable, "-m", "gateway.cli", "keygen", str(keys)], check=True, capture_output=True)
         metrics_port, gt06_port = free_port(), free_port()
-        policies = ", ".join(f'"{p}"' for p in sorted(RULES.glob("*.toml")))
+        policies = ", ".join(f'"{p}"' for p in packs())
         config = work / "config.toml"
         config.write_text(
             f'policies = [{policies}]\nkeys_file = "{keys}"\ndead_letter = "gateway/dead-letter"\n'
@@ -325,7 +324,7 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30) -> bool:
 
 def _offline() -> int:
     tty = sys.stdout.isatty()
-    for path in sorted(RULES.glob("*.toml")):
+    for path in packs():
         source = load(path)
         engine = Engine([source], Keyring.test())
         meta = source.policy.policy

@@ -229,19 +229,20 @@ class Metrics:
         self._per_policy: dict[str, tuple[Any, Any]] = {}
 
     def register_gt06(self, counters: Any) -> None:
-        """Export a GT06 listener's counters (a Struct of plain ints), read at scrape time."""
+        """Export a GT06 listener's counters, read through their ``snapshot()`` at scrape time."""
         r = self.registry
 
         class _Gt06(Collector):
             def collect(self) -> Iterator[Metric]:
+                values = counters.snapshot()
+                open_now = values.pop("open_connections")
                 events = CounterMetricFamily(
                     "gateway_gt06_events", "GT06 listener events (connections, frames, bad input)", labels=["event"]
                 )
-                for name in counters.__struct_fields__:
-                    if name != "open_connections":
-                        events.add_metric([name], getattr(counters, name))
+                for name, value in values.items():
+                    events.add_metric([name], value)
                 yield events
-                yield GaugeMetricFamily("gateway_gt06_connections", "Open tracker connections", counters.open_connections)
+                yield GaugeMetricFamily("gateway_gt06_connections", "Open tracker connections", open_now)
 
         r.register(_Gt06())
 

@@ -17,21 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.gt06 import (
-    Frame,
-    FrameError,
-    Framer,
-    ack_for,
-    build_alarm,
-    build_frame,
-    build_heartbeat,
-    build_location,
-    build_login,
-    crc_itu,
-    decode_frame,
-    decode_hex_command,
-    frame_to_json,
-)
+from devices.gt06.frames import build_alarm, build_heartbeat, build_location, build_login
+from gateway.ingest.gt06.codec import Frame, FrameError, Framer, ack_for, build_frame, crc_itu, decode_frame
+from gateway.ingest.gt06.describe import decode_hex_command, frame_to_json
 
 
 def ref_crc(data: bytes) -> int:

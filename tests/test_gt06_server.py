@@ -1,6 +1,6 @@
 """GT06 listener and simulator over real TCP on 127.0.0.1.
 
-Every test talks to a live ``devices.gt06.server`` listener through sockets; expected ACKs come
+Every test talks to a live ``gateway.ingest.gt06.listener`` through sockets; expected ACKs come
 from the Concox document's published replies or from the frame layout. Waits are bounded
 conditions (an ACK, an EOF, a counter reaching a value), never fixed sleeps.
 """
@@ -21,15 +21,9 @@ import pytest
 import structlog
 
 from devices.gt06 import simulator
-from devices.gt06.codec import (
-    build_alarm,
-    build_frame,
-    build_heartbeat,
-    build_location,
-    build_login,
-    crc_itu,
-)
-from devices.gt06.server import Counters, Limits, serve, stop
+from devices.gt06.frames import build_alarm, build_frame, build_heartbeat, build_location, build_login
+from gateway.ingest.gt06.codec import crc_itu
+from gateway.ingest.gt06.listener import Counters, Limits, serve, stop
 from gateway.keys import Keyring
 from gateway.pipeline import Engine, Forward
 from gateway.policy.load import load

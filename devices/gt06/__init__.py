@@ -1,33 +1,8 @@
-"""GT06 (Concox / Jimi IoT) GPS tracker support."""
+"""Simulated GT06 (Concox / Jimi IoT) trackers: frame builders and a TCP simulator.
 
-from devices.gt06.codec import (
-    Frame,
-    FrameError,
-    Framer,
-    ack_for,
-    build_alarm,
-    build_frame,
-    build_heartbeat,
-    build_location,
-    build_login,
-    crc_itu,
-    decode_frame,
-    decode_hex_command,
-    frame_to_json,
-)
+The protocol itself (framing, CRC, decoding, replies) is the gateway's: ``gateway.ingest.gt06``.
+"""
 
-__all__ = [
-    "Frame",
-    "FrameError",
-    "Framer",
-    "ack_for",
-    "build_alarm",
-    "build_frame",
-    "build_heartbeat",
-    "build_location",
-    "build_login",
-    "crc_itu",
-    "decode_frame",
-    "decode_hex_command",
-    "frame_to_json",
-]
+from devices.gt06.frames import build_alarm, build_frame, build_heartbeat, build_location, build_login
+
+__all__ = ["build_alarm", "build_frame", "build_heartbeat", "build_location", "build_login"]

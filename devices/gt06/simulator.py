@@ -23,18 +23,8 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from devices.gt06.codec import (
-    PROTO_ALARM_UTC,
-    PROTO_HEARTBEAT,
-    PROTO_LOGIN,
-    SHORT_START,
-    FrameError,
-    Framer,
-    build_alarm,
-    build_heartbeat,
-    build_location,
-    build_login,
-)
+from devices.gt06.frames import build_alarm, build_heartbeat, build_location, build_login
+from gateway.ingest.gt06.codec import PROTO_ALARM_UTC, PROTO_HEARTBEAT, PROTO_LOGIN, SHORT_START, FrameError, Framer
 
 __all__ = ["Stats", "Step", "imei_for", "main", "run", "script"]
 

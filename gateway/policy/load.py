@@ -11,11 +11,16 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from gateway.policy.model import Policy
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 class PolicyError(Exception):
@@ -34,15 +39,25 @@ class Source(msgspec.Struct, frozen=True):
     file: str
     sha256: str  # of the file's bytes: which exact rules minimised a message
     text: str = ""  # the TOML, so later errors can name a line
+    signer: str = ""  # key id of the trusted key whose signature was verified ("" = not checked)
 
 
-def load(path: str | Path) -> Source:
+def load(path: str | Path, trusted: Mapping[str, Ed25519PublicKey] | None = None) -> Source:
+    """Read and validate a pack; with ``trusted`` signers' keys, refuse it unless ``PATH.sig`` verifies.
+
+    The signature is checked over the very bytes that are then parsed (read once).
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise PolicyError(str(path), f"cannot read: {exc.strerror}") from None
-    return loads(data, str(path))
+    if trusted is None:
+        return loads(data, str(path))
+    from gateway.policy.signing import verify
+
+    signer = verify(path, data, trusted)
+    return msgspec.structs.replace(loads(data, str(path)), signer=signer)
 
 
 def loads(data: bytes, file: str = "<policy>") -> Source:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from devices.gt06.server import Limits
+from gateway.ingest.gt06.limits import Limits
 
 __all__ = ["Config", "ConfigError", "Endpoint", "load_config"]
 
@@ -164,7 +164,7 @@ _LIMITS = Limits()  # the listener's own defaults, documented (and reasoned) the
 
 
 class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Native TCP ingress for Jimi/Concox GT06 trackers (see devices/gt06/server.py)."""
+    """Native TCP ingress for Jimi/Concox GT06 trackers (see gateway/ingest/gt06/listener.py)."""
 
     listen: str = ""  # e.g. "0.0.0.0:5023"; "" = off
     max_connections: int = _LIMITS.max_connections
@@ -215,6 +215,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     local: Endpoint
     cloud: Endpoint
     policies: list[str]
+    trusted_policy_keys: list[str] = []  # signers' Ed25519 public keys: when set, every pack needs a valid .sig
+    shadow_policies: list[str] = []  # candidate packs run beside the active ones; forward nothing, count differences
     keys_file: str = ""  # default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS
     group: str = ""  # shared-subscription group: "" = plain subscriptions (one gateway per site)
     dead_letter: str = ""  # local topic prefix for rejected raw messages ("" = off)
@@ -273,6 +275,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         for name in ("password_file", "ca_file", "cert_file", "key_file"):
             setattr(ep, name, _resolve(base, getattr(ep, name)))
     cfg.policies = [_resolve(base, p) for p in cfg.policies]
+    cfg.trusted_policy_keys = [_resolve(base, p) for p in cfg.trusted_policy_keys]
+    cfg.shadow_policies = [_resolve(base, p) for p in cfg.shadow_policies]
     cfg.keys_file = _resolve(base, cfg.keys_file)
     cfg.spool.path = _resolve(base, cfg.spool.path)
     cfg.ingest.gt06.allowed_imeis_file = _resolve(base, cfg.ingest.gt06.allowed_imeis_file)

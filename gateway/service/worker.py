@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,16 +28,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from devices.gt06 import server as gt06_server
+from gateway.ingest.gt06 import listener as gt06_listener
 from gateway.keys import KeyFileError, Keyring
 from gateway.pipeline import Engine, Forward, Reject
+from gateway.policy import signing
 from gateway.policy.check import run_tests
 from gateway.policy.compile import Plan
-from gateway.policy.load import PolicyError, load
+from gateway.policy.load import PolicyError, Source, load
 from gateway.service.acks import acker, enable_manual_acks
 from gateway.service.client import Client
 from gateway.service.config import Config
 from gateway.service.consent import Consents
+from gateway.service.shadow import Shadow, ShadowMetrics
 from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
 from gateway.spool import Spool
 from gateway.telemetry import Metrics, _package_version, get_logger, serve
@@ -52,21 +54,32 @@ class PolicySetError(Exception):
     """A policy set that must not be used: invalid, or failing its inline tests."""
 
 
-def build_engine(cfg: Config) -> Engine:
-    """Load keys and policies, run every policy's inline tests, compile the engine.
+def build_engines(cfg: Config) -> tuple[Engine, Engine | None]:
+    """Load keys and policies, run every policy's inline tests, compile the engine (and the shadow packs').
 
     Exactly what ``gateway check`` does, so a policy that fails the check never
-    goes live, neither at start nor on a reload.
+    goes live, neither at start nor on a reload; shadow packs are held to the same.
     """
     keyring = Keyring.from_file(cfg.keys_file) if cfg.keys_file else Keyring.from_env()
-    sources = [load(p) for p in cfg.policies]
+    trusted = signing.trusted(cfg.trusted_policy_keys) if cfg.trusted_policy_keys else None
+    active = Engine(_checked(cfg.policies, trusted), keyring)
+    shadow = Engine(_checked(cfg.shadow_policies, trusted), keyring) if cfg.shadow_policies else None
+    return active, shadow
+
+
+def build_engine(cfg: Config) -> Engine:
+    return build_engines(cfg)[0]
+
+
+def _checked(paths: list[str], trusted: dict[str, Any] | None) -> list[Source]:
+    sources = [load(p, trusted) for p in paths]
     failed = []
     for source in sources:
         _, failures = run_tests(source)
         failed += [f"{source.file}: {f}" for f in failures]
     if failed:
         raise PolicySetError(f"{len(failed)} inline test(s) fail: " + "; ".join(failed[:3]))
-    return Engine(sources, keyring)
+    return sources
 
 
 class Worker:
@@ -78,6 +91,8 @@ class Worker:
         self.cloud_id = cfg.cloud.client_id + suffix
         self.metrics = Metrics()
         self.engine: Engine | None = None
+        self.shadow: Shadow | None = None
+        self._shadow_metrics: ShadowMetrics | None = None
         self.consents = Consents(cfg.consent.topic) if cfg.consent.topic else None
         self.local: Client | None = None
         self.gen = 0
@@ -94,7 +109,8 @@ class Worker:
 
     async def run(self) -> int:
         cfg = self.cfg
-        self.engine = build_engine(cfg)
+        self.engine, shadow = build_engines(cfg)
+        self._set_shadow(shadow)
         self.metrics.register_engine(self.engine)
         spool_path = cfg.spool.path if self.index == 0 else _indexed(cfg.spool.path, self.index)
         Path(spool_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -125,7 +141,7 @@ class Worker:
             await self._stop.wait()
         finally:
             if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
-                await gt06_server.stop(trackers)
+                await gt06_listener.stop(trackers)
             await self._shutdown(down, up)
             spool.close()
             if http is not None:
@@ -164,10 +180,10 @@ class Worker:
     async def _start_gt06(self) -> Any:
         g = self.cfg.ingest.gt06
         limits = g.limits()
-        counters = gt06_server.Counters()
+        counters = gt06_listener.Counters()
         self.metrics.register_gt06(counters)
         host, port = g.address()
-        server = await gt06_server.serve(host, port, self._on_tracker_message, limits, counters)
+        server = await gt06_listener.serve(host, port, self._on_tracker_message, limits, counters)
         self.gt06_port = server.sockets[0].getsockname()[1]
         return server
 
@@ -176,6 +192,8 @@ class Worker:
         t0 = time.perf_counter()
         result = self._process(topic, payload)
         self.metrics.observe(result, time.perf_counter() - t0)
+        if self.shadow is not None:
+            self.shadow.observe(topic, payload, result, time.time(), self._consent_table())
         if result.__class__ is not Forward:
             self._rejected(result, topic, payload)
             return  # acknowledged to the tracker: resending would not change the verdict
@@ -191,12 +209,15 @@ class Worker:
         while True:
             try:
                 client = self._local_client()
+                # Before connecting: with a persistent session the broker sends the queued
+                # backlog straight after CONNACK, inside __aenter__, and each of those
+                # messages needs this connection's acker and generation.
+                self.gen += 1
+                assert self.uplink is not None
+                self.uplink.local_gen = self.gen
+                self._ack = acker(client)
                 async with client:
-                    self.gen += 1
-                    assert self.uplink is not None
-                    self.uplink.local_gen = self.gen
                     self.local = client
-                    self._ack = acker(client)
                     self.metrics.connected.labels("local").set(1)
                     if connected_once:
                         self.metrics.reconnects.labels("local").inc()
@@ -291,6 +312,8 @@ class Worker:
         t0 = time.perf_counter()
         result = self._process(topic, message.payload)
         self.metrics.observe(result, time.perf_counter() - t0)
+        if self.shadow is not None:
+            self.shadow.observe(topic, message.payload, result, time.time(), self._consent_table())
         if result.__class__ is Forward:
             self._forward(result, ack, self.gen)
             return
@@ -305,6 +328,18 @@ class Worker:
         if prov is None:
             prov = self._prov[id(plan)] = _provenance(plan)
         self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, ack, gen))
+
+    def _consent_table(self) -> Mapping[str, frozenset[str]]:
+        return self.consents.table if self.consents is not None else {}
+
+    def _set_shadow(self, engine: Engine | None) -> None:
+        if engine is None:
+            self.shadow = None
+            return
+        if self._shadow_metrics is None:
+            self._shadow_metrics = ShadowMetrics(self.metrics.registry)
+        self.shadow = Shadow(engine, self._shadow_metrics)
+        log.info("shadow_policies", policies=self.shadow.policies, note="evaluated beside the active ones, forwarded never")
 
     def _process(self, topic: str, payload: bytes) -> Forward | Reject:
         """The engine, fenced: a bug must cost one message (counted), not a reconnect loop
@@ -336,12 +371,13 @@ class Worker:
     async def reload(self) -> None:
         """SIGHUP: adopt new policies and keys only if they pass ``gateway check``."""
         try:
-            engine = build_engine(self.cfg)
+            engine, shadow = build_engines(self.cfg)
         except (PolicyError, KeyFileError, PolicySetError, OSError) as exc:
             self.metrics.policy_reloads.labels("refused").inc()
             log.error("policy_reload_refused", error=str(exc), action="keeping the running policies")
             return
         self.engine = engine
+        self._set_shadow(shadow)
         self._prov.clear()
         self.metrics.register_engine(engine)
         self.metrics.policy_reloads.labels("ok").inc()

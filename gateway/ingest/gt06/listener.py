@@ -14,7 +14,7 @@ What the service embeds::
     await stop(server)   # closes the listener and every tracker connection
 
 ``handler(topic, payload)`` gets ``tracksolid/<imei>/<kind>`` and the JSON of a
-``devices.jimi_tracksolid.messages`` Struct, the shape ``rules/jimi-tracksolid.toml`` expects.
+``gateway.ingest.tracksolid`` Struct, the shape ``rules/jimi-tracksolid.toml`` expects.
 Logs and counters name events only: never an IMEI, a peer address or a payload value.
 """
 
@@ -24,59 +24,20 @@ import asyncio
 import ipaddress
 import weakref
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from devices.gt06.codec import Frame, FrameError, Framer, ack_for, build_frame, decode_frame
-from devices.jimi_tracksolid import messages
-from devices.jimi_tracksolid.topics import topic as tracksolid_topic
+from gateway.ingest.gt06.codec import PROTO_TIME_REQUEST, FrameError, Framer, ack_for, decode_frame, time_reply
+from gateway.ingest.gt06.limits import Limits
+from gateway.ingest.gt06.record import to_message
 from gateway.telemetry import get_logger
 
-__all__ = ["GAUGES", "Counters", "Handler", "Limits", "serve", "stop", "time_reply", "to_message"]
+__all__ = ["GAUGES", "Counters", "Handler", "Limits", "serve", "stop"]
 
 Handler = Callable[[str, bytes], Awaitable[None]]
 
 log = get_logger("gt06")
-
-
-class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """Per-listener limits; the defaults suit a real fleet, so ``Limits()`` is safe to deploy.
-
-    - ``max_connections``: a tracker holds one connection all day, so this is the fleet size
-      one process serves; the process also needs as many open files.
-    - ``max_buffer``: bytes held per connection, and the largest frame accepted. Real frames
-      are under 300 bytes (login 18-22, position 36-40, Wi-Fi/LBS lists a few hundred).
-    - ``idle_timeout``: seconds without a byte after login. Trackers send a heartbeat every
-      3-5 minutes by default; 600 s drops a dead connection after about two missed ones.
-    - ``login_timeout``: seconds from connect to an accepted login. A tracker logs in as soon
-      as its TCP connection is up; this also ends connections that send nothing at all.
-    - ``max_frames_per_second`` / ``frame_burst``: a token bucket per connection. A tracker
-      sends at most about one fix a second, but uploads the fixes it stored while offline
-      in a burst after reconnecting, hence the burst. Over the rate the connection is not
-      closed: reading pauses, so TCP slows the tracker down and nothing is lost.
-    - ``max_bad_frames``: framing/CRC/content errors tolerated per connection before it is
-      closed (a line-noise bit flip is rare; a stream of them is not a tracker).
-    - ``allowed_imeis``: if set, logins from other IMEIs are refused without an ACK.
-    """
-
-    max_connections: int = 10_000
-    max_buffer: int = 4096
-    idle_timeout: float = 600.0
-    login_timeout: float = 30.0
-    max_frames_per_second: float = 20.0
-    frame_burst: int = 100
-    max_bad_frames: int = 32
-    allowed_imeis: frozenset[str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_connections < 1 or self.frame_burst < 1 or self.max_bad_frames < 0:
-            raise ValueError("max_connections and frame_burst must be >= 1, max_bad_frames >= 0")
-        if self.max_buffer < 64:  # room for any login or position frame
-            raise ValueError("max_buffer must be at least 64 bytes")
-        if min(self.idle_timeout, self.login_timeout, self.max_frames_per_second) <= 0:
-            raise ValueError("timeouts and max_frames_per_second must be positive")
 
 
 class Counters(msgspec.Struct, kw_only=True):
@@ -117,55 +78,6 @@ class Counters(msgspec.Struct, kw_only=True):
 
 GAUGES = frozenset({"open_connections"})
 _ERROR_REASONS = frozenset({"garbage", "bad_length", "bad_stop", "bad_crc", "bad_content", "oversize"})
-
-PROTO_TIME_REQUEST = 0x8A
-
-# --- normalisation ---------------------------------------------------------------------------
-
-_MESSAGE_TYPES: dict[str, type[messages.Message]] = {
-    "location": messages.Location,
-    "heartbeat": messages.Heartbeat,
-    "alarm": messages.Alarm,
-    "login": messages.Login,
-}
-# Frame fields each message carries: everything the two share except the IMEI, which for all
-# but the login comes from the connection. Protocol, serial, type id and upload mode stay
-# behind: they describe the link, not the tracker's state, and the pack does not name them.
-_SHARED = {
-    kind: tuple(
-        name for name in cls.__struct_fields__ if name in Frame.__struct_fields__ and name != "imei"
-    )
-    for kind, cls in _MESSAGE_TYPES.items()
-}
-
-
-def to_message(frame: Frame, imei: str, login_ip: str | None = None) -> tuple[str, bytes] | None:
-    """``(topic, JSON payload)`` of the Tracksolid profile for a decoded frame; None if it has none.
-
-    ``login_ip`` (the peer address) goes into the login message only, where the Tracksolid
-    profile records it and the pack truncates it.
-    """
-    cls = _MESSAGE_TYPES.get(frame.type)
-    if cls is None:
-        return None
-    fields: dict[str, Any] = {}
-    for name in _SHARED[frame.type]:
-        value = getattr(frame, name)
-        if value is not None:
-            fields[name] = value
-    if cls is messages.Login and login_ip is not None:
-        fields["login_ip"] = login_ip
-    return tracksolid_topic(imei, frame.type), messages.encode(cls(imei=imei, **fields))
-
-
-def time_reply(serial: int, now: datetime | None = None) -> bytes:
-    """Answer to a 0x8A time request: YY MM DD hh mm ss in UTC, as Traccar sends it.
-
-    Trackers without a GPS fix ask for the time so their LBS reports carry a usable stamp.
-    """
-    t = (now or datetime.now(UTC)).astimezone(UTC)
-    stamp = bytes([t.year - 2000, t.month, t.day, t.hour, t.minute, t.second])
-    return build_frame(PROTO_TIME_REQUEST, stamp, serial)
 
 
 def _peer_ip(writer: asyncio.StreamWriter) -> str | None:
@@ -367,11 +279,12 @@ async def serve(
     return server
 
 
-async def stop(server: asyncio.Server, timeout: float = 5.0) -> None:
+async def stop(server: asyncio.Server, grace: float = 5.0) -> None:
     """Stop accepting, then end every open tracker connection.
 
     ``Server.close`` alone leaves accepted connections running (and from Python 3.12
-    ``wait_closed`` waits for them, i.e. for trackers that never hang up).
+    ``wait_closed`` waits for them, i.e. for trackers that never hang up). A connection
+    still busy in the handler after ``grace`` seconds is cancelled.
     """
     server.close()
     listener = _LISTENERS.pop(server, None)
@@ -379,9 +292,9 @@ async def stop(server: asyncio.Server, timeout: float = 5.0) -> None:
         tasks = list(listener.open)
         for writer in listener.open.values():
             writer.transport.abort()  # a waiting read sees EOF and the connection ends
-        _, busy = await asyncio.wait(tasks, timeout=timeout)
+        _, busy = await asyncio.wait(tasks, timeout=grace)
         for task in busy:  # stuck in the handler
             task.cancel()
         if busy:
-            await asyncio.wait(busy, timeout=timeout)
+            await asyncio.wait(busy, timeout=grace)
     await server.wait_closed()

@@ -1,7 +1,8 @@
-"""GT06 (Concox / Jimi IoT) tracker protocol: stream framing, frame decoding, replies and builders.
+"""GT06 (Concox / Jimi IoT) tracker protocol: stream framing, CRC, frame decoding and replies.
 
-Pure bytes-in / values-out code, so the TCP listener, ``gateway decode gt06`` and the tracker
-simulator share one implementation that is testable without sockets.
+Pure bytes-in / values-out code, so the TCP listener and ``gateway decode gt06`` share one
+implementation that is testable without sockets. The frame builders a simulated tracker needs
+live in ``devices/gt06/frames.py``; this module only builds the server's replies.
 
 Wire format: ``78 78 LEN(1) PROTO CONTENT SERIAL(2) CRC(2) 0D 0A``, or ``79 79 LEN(2) ...`` for
 long frames. LEN counts PROTO through CRC; the CRC-ITU covers LEN through SERIAL.
@@ -10,11 +11,9 @@ long frames. LEN counts PROTO through CRC; the CRC-ITU covers LEN through SERIAL
 from __future__ import annotations
 
 import binascii
-import json
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
 import msgspec
 
@@ -23,15 +22,10 @@ __all__ = [
     "FrameError",
     "Framer",
     "ack_for",
-    "build_alarm",
     "build_frame",
-    "build_heartbeat",
-    "build_location",
-    "build_login",
     "crc_itu",
     "decode_frame",
-    "decode_hex_command",
-    "frame_to_json",
+    "time_reply",
 ]
 
 SHORT_START = b"\x78\x78"
@@ -46,20 +40,19 @@ PROTO_HEARTBEAT = 0x13
 PROTO_ALARM = 0x16
 PROTO_LOCATION_UTC = 0x22
 PROTO_ALARM_UTC = 0x26
+PROTO_TIME_REQUEST = 0x8A
 _ACKED = frozenset({PROTO_LOGIN, PROTO_HEARTBEAT, PROTO_ALARM, PROTO_ALARM_UTC})
 
-_UNITS_PER_DEGREE = 1_800_000  # coordinates travel as minutes * 30000
-_COURSE_MASK = 0x03FF
-_NORTH = 1 << 10
-_WEST = 1 << 11
-_FIX = 1 << 12
-_MNC_2_BYTES = 0x8000  # flag in the MCC word
-_ACC_ON = 0x02  # terminal-info bits
-_CHARGING = 0x04
-_LANGUAGE_ENGLISH = 0x02
-_TIMEZONE_UTC = b"\x00\x00"  # login time-zone/language word: GMT+0, east
+UNITS_PER_DEGREE = 1_800_000  # coordinates travel as minutes * 30000
+COURSE_MASK = 0x03FF
+NORTH = 1 << 10
+WEST = 1 << 11
+FIX = 1 << 12
+MNC_2_BYTES = 0x8000  # flag in the MCC word
+ACC_ON = 0x02  # terminal-info bits
+CHARGING = 0x04
 
-_ALARMS = {
+ALARMS = {
     0x00: "normal",
     0x01: "sos",
     0x02: "power_cut",
@@ -73,9 +66,6 @@ _ALARMS = {
     0x13: "tamper",
     0x14: "door",
 }
-_ALARM_CODES = {name: code for code, name in _ALARMS.items()}
-_UNNAMED_ALARM = re.compile(r"alarm_0x([0-9a-f]{2})")
-_IMEI = re.compile(r"[0-9]{15}")
 
 
 # CRC-16/X-25 is the reflected form of the CRC-CCITT that ``binascii.crc_hqx`` computes in C:
@@ -289,29 +279,29 @@ def _read_position(r: _Reader) -> Fields:
     except ValueError:
         raise r.error("impossible date-time") from None
     gps_info = r.uint(1)
-    latitude = r.uint(4) / _UNITS_PER_DEGREE
-    longitude = r.uint(4) / _UNITS_PER_DEGREE
+    latitude = r.uint(4) / UNITS_PER_DEGREE
+    longitude = r.uint(4) / UNITS_PER_DEGREE
     speed = r.uint(1)
     flags = r.uint(2)
     if latitude > 90 or longitude > 180:
         raise r.error("coordinates out of range")
-    if flags & _COURSE_MASK > 360:
+    if flags & COURSE_MASK > 360:
         raise r.error("course out of range")
     return {
         "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "latitude": _signed(latitude, negative=not flags & _NORTH),
-        "longitude": _signed(longitude, negative=bool(flags & _WEST)),
+        "latitude": _signed(latitude, negative=not flags & NORTH),
+        "longitude": _signed(longitude, negative=bool(flags & WEST)),
         "speed_kmh": speed,
-        "course": flags & _COURSE_MASK,
-        "valid": bool(flags & _FIX),
+        "course": flags & COURSE_MASK,
+        "valid": bool(flags & FIX),
         "satellites": gps_info & 0x0F,  # the high nibble is the GPS block length
     }
 
 
 def _read_cell(r: _Reader) -> Fields:
     mcc = r.uint(2)
-    mnc = r.uint(2 if mcc & _MNC_2_BYTES else 1)
-    return {"mcc": mcc & ~_MNC_2_BYTES, "mnc": mnc, "lac": r.uint(2), "cell_id": r.uint(3)}
+    mnc = r.uint(2 if mcc & MNC_2_BYTES else 1)
+    return {"mcc": mcc & ~MNC_2_BYTES, "mnc": mnc, "lac": r.uint(2), "cell_id": r.uint(3)}
 
 
 def _read_sized_cell(r: _Reader) -> Fields:
@@ -337,15 +327,15 @@ def _read_status(r: _Reader) -> Fields:
     """
     info = r.uint(1)
     return {
-        "acc": bool(info & _ACC_ON),
-        "charging": bool(info & _CHARGING),
+        "acc": bool(info & ACC_ON),
+        "charging": bool(info & CHARGING),
         "voltage_level": r.uint(1),
         "gsm_signal": r.uint(1),
     }
 
 
 def _alarm_name(code: int) -> str:
-    return _ALARMS.get(code, f"alarm_0x{code:02x}")
+    return ALARMS.get(code, f"alarm_0x{code:02x}")
 
 
 def _decode_login(r: _Reader) -> Fields:
@@ -428,7 +418,7 @@ def ack_for(frame: Frame) -> bytes | None:
     return build_frame(frame.protocol, b"", frame.serial)
 
 
-# --- building --------------------------------------------------------------------------------
+# --- replies ---------------------------------------------------------------------------------
 
 
 def build_frame(protocol: int, content: bytes, serial: int, extended: bool = False) -> bytes:
@@ -442,194 +432,11 @@ def build_frame(protocol: int, content: bytes, serial: int, extended: bool = Fal
     return start + body + crc_itu(body).to_bytes(2, "big") + STOP
 
 
-def build_login(imei: str, serial: int, type_id: int | None = None) -> bytes:
-    """Login frame; ``type_id`` selects the newer layout, which adds a time-zone word (UTC)."""
-    if not _IMEI.fullmatch(imei):
-        raise ValueError("IMEI must be 15 digits")
-    content = bytes.fromhex("0" + imei)
-    if type_id is not None:
-        content += type_id.to_bytes(2, "big") + _TIMEZONE_UTC
-    return build_frame(PROTO_LOGIN, content, serial)
+def time_reply(serial: int, now: datetime | None = None) -> bytes:
+    """Answer to a 0x8A time request: YY MM DD hh mm ss in UTC, as Traccar sends it.
 
-
-def _position_bytes(
-    when: datetime,
-    lat: float,
-    lon: float,
-    speed_kmh: int,
-    course: int,
-    satellites: int,
-    valid: bool,
-) -> bytes:
-    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-        raise ValueError("coordinates out of range")
-    if not (0 <= course <= 360 and 0 <= satellites <= 15):
-        raise ValueError("course must be 0-360 and satellites 0-15")
-    utc = when.astimezone(UTC) if when.tzinfo else when  # naive datetimes are taken as UTC
-    stamp = bytes([utc.year - 2000, utc.month, utc.day, utc.hour, utc.minute, utc.second])
-    flags = (
-        course | (_NORTH if lat >= 0 else 0) | (_WEST if lon < 0 else 0) | (_FIX if valid else 0)
-    )
-    return (
-        stamp
-        + bytes([0xC0 | satellites])  # 12-byte GPS block
-        + round(abs(lat) * _UNITS_PER_DEGREE).to_bytes(4, "big")
-        + round(abs(lon) * _UNITS_PER_DEGREE).to_bytes(4, "big")
-        + bytes([speed_kmh])
-        + flags.to_bytes(2, "big")
-    )
-
-
-def _cell_bytes(mcc: int, mnc: int, lac: int, cell_id: int) -> bytes:
-    wide = mnc > 0xFF
-    return (
-        (mcc | (_MNC_2_BYTES if wide else 0)).to_bytes(2, "big")
-        + mnc.to_bytes(2 if wide else 1, "big")
-        + lac.to_bytes(2, "big")
-        + cell_id.to_bytes(3, "big")
-    )
-
-
-def _terminal_info(acc: bool, charging: bool) -> int:
-    return (_ACC_ON if acc else 0) | (_CHARGING if charging else 0)
-
-
-def build_location(
-    serial: int,
-    when: datetime,
-    lat: float,
-    lon: float,
-    speed_kmh: int,
-    course: int,
-    satellites: int,
-    valid: bool = True,
-    mcc: int = 404,
-    mnc: int = 45,
-    lac: int = 4101,
-    cell_id: int = 12345,
-    protocol: int = PROTO_LOCATION_UTC,
-    acc: bool = True,
-    mileage: int | None = None,
-) -> bytes:
-    """Location frame: 0x12 (position + cell) or 0x22 (adds ACC, upload mode, optional mileage)."""
-    if protocol not in (PROTO_LOCATION, PROTO_LOCATION_UTC):
-        raise ValueError("location protocol must be 0x12 or 0x22")
-    content = _position_bytes(when, lat, lon, speed_kmh, course, satellites, valid)
-    content += _cell_bytes(mcc, mnc, lac, cell_id)
-    if protocol == PROTO_LOCATION_UTC:
-        content += bytes([int(acc), 0x00, 0x00])  # upload by time interval, real-time
-        if mileage is not None:
-            content += mileage.to_bytes(4, "big")
-    elif mileage is not None:
-        raise ValueError("mileage needs protocol 0x22")
-    return build_frame(protocol, content, serial)
-
-
-def build_heartbeat(
-    serial: int,
-    acc: bool = True,
-    charging: bool = False,
-    voltage_level: int = 4,
-    gsm_signal: int = 3,
-) -> bytes:
-    """Heartbeat/status frame (0x13) with a normal alarm byte."""
-    content = bytes(
-        [_terminal_info(acc, charging), voltage_level, gsm_signal, 0x00, _LANGUAGE_ENGLISH]
-    )
-    return build_frame(PROTO_HEARTBEAT, content, serial)
-
-
-def _alarm_code(alarm: str) -> int:
-    if alarm in _ALARM_CODES:
-        return _ALARM_CODES[alarm]
-    unnamed = _UNNAMED_ALARM.fullmatch(alarm)
-    if unnamed is None:
-        raise ValueError(f"unknown alarm {alarm!r}")
-    return int(unnamed.group(1), 16)
-
-
-def build_alarm(
-    serial: int,
-    when: datetime,
-    lat: float,
-    lon: float,
-    alarm: str,
-    speed_kmh: int = 0,
-    course: int = 0,
-    satellites: int = 8,
-    valid: bool = True,
-    mcc: int = 404,
-    mnc: int = 45,
-    lac: int = 4101,
-    cell_id: int = 12345,
-    acc: bool = True,
-    charging: bool = False,
-    voltage_level: int = 4,
-    gsm_signal: int = 3,
-    protocol: int = PROTO_ALARM_UTC,
-) -> bytes:
-    """Alarm frame (0x16 or 0x26); ``alarm`` is a name as decoded, including "alarm_0xNN"."""
-    if protocol not in (PROTO_ALARM, PROTO_ALARM_UTC):
-        raise ValueError("alarm protocol must be 0x16 or 0x26")
-    cell = _cell_bytes(mcc, mnc, lac, cell_id)
-    content = (
-        _position_bytes(when, lat, lon, speed_kmh, course, satellites, valid)
-        + bytes([1 + len(cell)])  # the length byte counts itself
-        + cell
-        + bytes([_terminal_info(acc, charging), voltage_level, gsm_signal])
-        + bytes([_alarm_code(alarm), _LANGUAGE_ENGLISH])
-    )
-    return build_frame(protocol, content, serial)
-
-
-# --- `gateway decode gt06` -------------------------------------------------------------------
-
-_JSON_KEYS = (
-    "type", "protocol", "serial", "imei", "time", "latitude", "longitude", "speed_kmh",
-    "course", "valid", "satellites", "mcc", "mnc", "lac", "cell_id", "alarm",
-)  # fmt: skip
-
-
-def frame_to_json(frame: Frame) -> dict[str, object]:
-    """The keys ``gateway decode gt06`` prints (absent fields omitted) plus the reply as hex."""
-    out: dict[str, object] = {}
-    for key in _JSON_KEYS:
-        value = getattr(frame, key)
-        if value is not None:
-            out[key] = value
-    ack = ack_for(frame)
-    out["ack"] = ack.hex().upper() if ack else None
-    return out
-
-
-def _describe(item: bytes | FrameError) -> dict[str, object]:
-    if isinstance(item, FrameError):
-        return {"error": item.reason}
-    try:
-        return frame_to_json(decode_frame(item))
-    except FrameError as exc:
-        return {"error": exc.reason}
-
-
-def _decode_argument(argument: str) -> list[dict[str, object]]:
-    try:
-        data = bytes.fromhex("".join(argument.split()))
-    except ValueError:
-        data = b""
-    if not data:
-        return [{"error": "bad_hex"}]
-    framer = Framer()
-    results = [_describe(item) for item in framer.feed(data)]
-    if framer.bytes_buffered:  # a frame cut short by the end of the argument
-        results.append({"error": "bad_length"})
-    return results
-
-
-def decode_hex_command(hex_frames: list[str], out: TextIO) -> int:
-    """Print one JSON object per frame (or error) found in each hex argument; 1 if any failed."""
-    failed = False
-    for argument in hex_frames:
-        for result in _decode_argument(argument):
-            failed = failed or "error" in result
-            out.write(json.dumps(result) + "\n")
-    return 1 if failed else 0
+    Trackers without a GPS fix ask for the time so their LBS reports carry a usable stamp.
+    """
+    t = (now or datetime.now(UTC)).astimezone(UTC)
+    stamp = bytes([t.year - 2000, t.month, t.day, t.hour, t.minute, t.second])
+    return build_frame(PROTO_TIME_REQUEST, stamp, serial)
