@@ -9,7 +9,7 @@ of that: it handles each message synchronously, in paho's callback, on the event
 loop thread, and tracks its own PUBACKs. So this class:
 
 - hands paho's ``MQTTMessage`` straight to ``on_message`` (no queue, no task);
-- reports PUBACKs to ``on_puback(mid, failed)`` and offers ``publish_nowait``;
+- reports PUBACKs to ``on_puback(mid, reason)`` (0, or the refusal's code) and offers ``publish_nowait``;
 - buffers the socket: paho reads a packet with three or more ``recv`` calls
   (command byte, each length byte, body) and sends each packet with its own
   ``send``. Here ``recv`` is served from one 64 KiB read, and sends are gathered
@@ -38,7 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 __all__ = ["Client", "OnMessage", "OnPuback"]
 
 OnMessage = Callable[[paho.MQTTMessage], None]
-OnPuback = Callable[[int, bool], None]
+OnPuback = Callable[[int, int], None]  # (mid, 0 or the refusal's reason code >= 0x80)
 
 
 class Client(aiomqtt.Client):
@@ -58,6 +58,8 @@ class Client(aiomqtt.Client):
         self._rpos = 0
         self._wbuf = bytearray()
         self._writer_fd: int | None = None
+        self._reader: Callable[[], None] | None = None
+        self._reading_paused = False
         self.receive_maximum = 65535
         # Instance attributes shadow paho's methods of the same name (paho 2.x: the only
         # places it touches the socket for MQTT traffic).
@@ -110,7 +112,7 @@ class Client(aiomqtt.Client):
     ) -> None:
         cb = self._on_puback_cb
         if cb is not None:
-            cb(mid, bool(getattr(reason_code, "is_failure", False)))
+            cb(mid, reason_code.value if getattr(reason_code, "is_failure", False) else 0)
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
     # -- socket I/O ------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class Client(aiomqtt.Client):
 
         def on_readable() -> None:
             try:
-                while True:
+                while not self._reading_paused:
                     if client.loop_read() != paho.MQTT_ERR_SUCCESS or client._sock is None:
                         break
                     if self._rpos < len(self._rbuf):
@@ -204,8 +206,29 @@ class Client(aiomqtt.Client):
             self._misc_task = self._loop.create_task(self._misc_loop())
 
         self._rbuf, self._rpos = b"", 0
+        self._reader = on_readable
+        self._reading_paused = False
         self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), on_readable)
         self._loop.call_soon_threadsafe(start_misc)
+
+    def pause_reading(self, paused: bool) -> None:
+        """Stop (True) or resume (False) reading the socket; on the event loop thread only.
+
+        Backpressure for a broker that sends more than our Receive Maximum: unread
+        data stays in the kernel and TCP holds the rest back at the broker, where it
+        is safe (not acknowledged). Paused past twice the keepalive, paho ends the
+        connection and the broker redelivers on the next one."""
+        if paused == self._reading_paused:
+            return
+        self._reading_paused = paused
+        sock = self._client._sock
+        if sock is None or self._reader is None:
+            return
+        if paused:
+            self._loop.remove_reader(sock.fileno())
+        else:
+            self._loop.add_reader(sock.fileno(), self._reader)
+            self._loop.call_soon(self._reader)  # packets already buffered get no readiness event
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         # paho closes the socket right after "writing" DISCONNECT, which here only reached
