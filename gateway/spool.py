@@ -37,6 +37,7 @@ no fsync), so the asyncio service may call it inline per batch or through
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -53,8 +54,12 @@ __all__ = ["SCHEMA_VERSION", "Entry", "Quarantined", "Record", "Spool", "SpoolEr
 Record = tuple[str, str, bytes, int, bytes]
 
 SCHEMA_VERSION = 1  # PRAGMA user_version; 0 is a file written before versions were recorded
-WAL_PAGES = 256  # automatic checkpoint once the WAL holds this many pages (1 MiB at 4 KiB pages)
-WAL_LIMIT = 1024 * 1024  # journal_size_limit: a checkpointed WAL is truncated back to this size
+WAL_PAGES = 64  # automatic checkpoint once the WAL holds this many pages (256 KiB at 4 KiB pages)
+WAL_LIMIT = 256 * 1024  # journal_size_limit: a checkpointed WAL is truncated back to this size
+# Appends stop (like a full spool) while the file system has less than this free, plus twice
+# the batch: the drain's deletes and the checkpoint that moves the WAL into the database need
+# room too, and on a completely full disk they would fail and nothing could be freed.
+DISK_MARGIN = 256 * 1024
 BUSY_TIMEOUT_MS = 2000  # `gateway spool` and the service may share the file briefly
 
 _TABLES = """
@@ -154,14 +159,26 @@ class Spool:
     ``delete`` of ids the cloud acknowledged can never hit a newer entry.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int, *, exclusive: bool = True) -> None:
+        """Open (or create) the spool. ``exclusive``: hold an advisory lock for this process's
+        lifetime (the service does), so a second gateway, or ``gateway spool resend``, is refused
+        instead of changing rows behind the running gateway's counters."""
         path = Path(path)
         # Create the file ourselves so it is never readable by others, not even
         # for a moment; SQLite gives its -wal and -shm files the same mode.
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             os.fchmod(fd, 0o600)
-        finally:
+            if exclusive:  # flock, not SQLite's own POSIX locks: the two do not interfere on Linux
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolError("open", "busy", f"{path} is in use by another process (a running gateway?)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._lock_fd: int | None = fd if exclusive else None
+        if not exclusive:
             os.close(fd)
         self.path = path
         self.max_bytes = max_bytes
@@ -176,10 +193,10 @@ class Spool:
             ).fetchone()
             self._quarantined: int = self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
         except sqlite3.Error as exc:
-            self._db.close()
+            self._release()
             raise SpoolError("open", _kind(exc), f"{path}: {exc}") from None
         except BaseException:
-            self._db.close()
+            self._release()
             raise
         self._depth: int = depth
         self._bytes: int = size
@@ -211,6 +228,25 @@ class Spool:
             except BaseException:
                 self._rollback()
                 raise
+
+    def _room(self) -> int:
+        """Bytes of rows the file system can take now, keeping DISK_MARGIN (rows count twice: WAL, then database)."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return self.max_bytes  # cannot tell: SQLite reports a full disk itself
+        free = st.f_bavail * st.f_frsize
+        if free < DISK_MARGIN + 2 * self.max_bytes:  # pages freed by deletes are reused before the file grows
+            with contextlib.suppress(sqlite3.Error):
+                pages = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+                free += pages * self._db.execute("PRAGMA page_size").fetchone()[0]
+        return max(0, (free - DISK_MARGIN) // 2)
+
+    def _check_room(self, size: int) -> None:
+        room = self._room()
+        if size > room:
+            raise SpoolError("append", "full", f"file system nearly full (room for {room} bytes; the spool keeps "
+                             f"{DISK_MARGIN} bytes free for its deletes and checkpoints)")
 
     def _rollback(self) -> None:
         """Roll back if a transaction is still open (SQLite may already have rolled back)."""
@@ -245,6 +281,7 @@ class Spool:
             if self._bytes + size > self.max_bytes:
                 self.refused += 1
                 return None
+            self._check_room(size)
             row_id = self._write("append", lambda: self._db.execute(
                 f"INSERT INTO spool ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 (device, topic, payload, qos, properties, time.time()),
@@ -264,13 +301,16 @@ class Spool:
         with self._lock:
             now = time.time()
             total = self._bytes
+            limit = min(self.max_bytes, self._bytes + self._room())
             rows: list[tuple[str, str, bytes, int, bytes, float]] = []
             for device, topic, payload, qos, properties in records:
                 size = _size(topic, payload, properties)
-                if total + size > self.max_bytes:
+                if total + size > limit:
                     break
                 total += size
                 rows.append((device, topic, payload, qos, properties, now))
+            if not rows and records and limit < self.max_bytes:  # the disk, not max_bytes, is what is full
+                self._check_room(_size(records[0][1], records[0][2], records[0][4]))
             if rows:
                 self._write("append", lambda: self._db.executemany(
                     f"INSERT INTO spool ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows))
@@ -422,7 +462,18 @@ class Spool:
     def close(self) -> None:
         """Close the connection; the last close also checkpoints and removes the WAL."""
         with self._lock:
-            self._db.close()
+            self._release()
+
+    def _release(self) -> None:
+        self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def refresh(self) -> None:
+        """Recount the quarantine (``gateway spool purge`` may have changed it under us)."""
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._quarantined = self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
 
     # Kept last in the class body so that, for readers and type checkers, ``bytes``
     # in the annotations above is still the builtin type.

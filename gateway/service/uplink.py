@@ -450,6 +450,12 @@ class Uplink:
         if self._pending or self._held:
             self.flush()
         entries = self.spool.peek(min(DRAIN_BATCH, self._limit))
+        if not entries and (self._pending or self._held):  # the spool refused them, though empty: free its space
+            self.spool.compact()
+            self.flush()
+            if self._held or self._pending:
+                return False  # retry after a backoff (never a busy loop: this path awaits nothing)
+            return True
         if not entries:
             if not self._pending and not self._held:
                 self.direct = True
@@ -552,6 +558,7 @@ class Uplink:
         details = []
         if not self.spool_writable:
             details.append(f"spool: cannot write ({self.spool_error}); messages wait at the local broker")
+        self.spool.refresh()  # `gateway spool purge` may have emptied it meanwhile
         if self.spool.quarantine_depth:
             details.append(f"quarantine: {self.spool.quarantine_depth} message(s) refused by the cloud"
                            " (gateway spool list)")
