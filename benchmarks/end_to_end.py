@@ -1,22 +1,33 @@
-"""End-to-end benchmark: load generator -> site Mosquitto -> relay -> cloud Mosquitto -> sink.
+"""End-to-end benchmark: publisher -> site Mosquitto -> candidate -> cloud Mosquitto -> sink.
 
-Candidates, measured in the same run on the same brokers:
-  relay     a bare aiomqtt relay (benchmarks/relay.py): subscribe, republish, no minimisation,
-            automatic acknowledgements (so not at-least-once);
-  gateway   ``gateway run`` with rules/jimi-tracksolid.toml, at-least-once, leak guard on.
-each with 1 and 2 processes (2: an MQTT 5 shared subscription), at QoS 0 and QoS 1.
+Candidates, measured side by side in one run, on the same two brokers:
 
-Throughput: N messages are queued at the site broker for the candidate's persistent
-session while it is stopped, then it is started; msg/s is measured at the sink between
-the first and the last arrival, so neither start-up nor the load generator is timed.
-The generator and the sink speak raw MQTT 3.1.1 over asyncio streams (a few
-microseconds a message), so they are not the bottleneck.
+  ceiling       no relay: the publisher and the sink on one broker (the set-up's limit);
+  node-red      a Node-RED 4 flow (benchmarks/peers/node-red-flow.json): mqtt in QoS 1 ->
+                function (HMAC the IMEI, round lat/lon, truncate the IP, delete 3 fields) ->
+                mqtt out QoS 1; node-red@4 is installed with npm into benchmarks/.node-red
+                (skipped, saying so, where npm is absent);
+  gateway x1/x2 ``gateway run`` with rules/jimi-tracksolid.toml, leak guard on, provenance
+                user properties, at-least-once (site PUBACK only after the cloud's PUBACK or
+                the spool commit); x2: two workers on a shared subscription;
+  relay         a bare aiomqtt relay (benchmarks/relay.py): ``async for`` + ``await publish``,
+                no minimisation, automatic acknowledgements.
 
-Latency: messages are published at a fixed rate while the candidate runs; each carries
-its index in the kept ``time`` field; latency is sink arrival minus publish time, and
-"added" subtracts the same path without a relay (publisher -> site broker -> sink).
+The publisher sends QoS 1 PUBLISH packets on a raw asyncio connection with ``--window``
+(2,000) in flight; the sink is a raw MQTT 3.1.1 subscriber (QoS 1) that acknowledges each
+PUBLISH from a parsed buffer. Both do a few microseconds a message; the ceiling row shows
+how far above every candidate they are.
 
-    .venv/bin/python benchmarks/end_to_end.py [--messages 20000] [--rounds 3] [--json]
+Per candidate (rounds interleaved, one candidate running at a time, each round a fresh start):
+- msg/s: ``--messages`` tracker messages (about 380 B) published live while it runs,
+  counted at the sink between the first and the last arrival;
+- CPU us/msg: the candidate's user+sys time (all its processes) over the same span;
+- added latency p50/p99 at 50 % and 80 % of its own median rate: a paced publisher, each
+  message's index in its kept ``time`` field, minus the no-relay path at the same rate;
+- restart: ``--restart`` messages queued at the site broker for its persistent session
+  while it is stopped, then how many reach the sink after it starts again.
+
+    .venv/bin/python benchmarks/end_to_end.py [--messages 30000] [--rounds 3] [--only gateway-x1,node-red]
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import argparse
 import asyncio
 import json
 import os
-import re
+import shutil
 import signal
 import statistics
 import struct
@@ -33,27 +44,31 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.mosquitto import Mosquitto  # noqa: E402
+from gateway.mosquitto import Mosquitto, free_port  # noqa: E402
 
-BROKER_CONF = "max_inflight_messages 1000\nqueue_qos0_messages true\nmax_queued_messages 1000000\n"
+BROKER_CONF = "max_inflight_messages 1000\nmax_queued_messages 1000000\nset_tcp_nodelay true\n"
 POLICY = ROOT / "rules" / "jimi-tracksolid.toml"
+NODE_RED_DIR = ROOT / "benchmarks" / ".node-red"
+PEERS = ROOT / "benchmarks" / "peers"
 TOPIC = "tracksolid/{imei}/location"
+SUBSCRIPTION = "tracksolid/#"
 BASE = datetime(2026, 1, 15, tzinfo=UTC)
-TIME = re.compile(rb'"time":"([^"]+)"')
-TICKS = 1000  # `time` encodes the message index as milliseconds after BASE
+TIME_KEY = b'"time":"'
+CANDIDATES = ("ceiling", "node-red", "gateway-x1", "gateway-x2", "relay")
 
 
-# -- raw MQTT 3.1.1 clients: generator and sink ---------------------------------------------
+# -- raw MQTT 3.1.1 ---------------------------------------------------------------------------
 
 
-def _packet(kind: int, body: bytes) -> bytes:
-    n, out = len(body), bytearray([kind])
+def _packet(first: int, body: bytes) -> bytes:
+    n, out = len(body), bytearray([first])
     while True:
         byte, n = n % 128, n // 128
         out.append(byte | (0x80 if n else 0))
@@ -66,75 +81,162 @@ def _str(s: str) -> bytes:
 
 
 def _connect(client_id: str) -> bytes:
-    """MQTT 3.1.1 CONNECT with clean session (which also discards any earlier session of that
-    id) and keepalive 0: these clients send no PINGREQ, and the broker must not time them out."""
+    """CONNECT, clean session (which also ends an earlier session of that id), keepalive 0."""
     return _packet(0x10, _str("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 0) + _str(client_id))
 
 
-async def forget_session(port: int, client_id: str) -> None:
-    """End a candidate's persistent session, so it queues nothing for later candidates."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(_connect(client_id))
-    await _read_packet(reader)
-    writer.write(b"\xe0\x00")  # DISCONNECT
-    await writer.drain()
-    writer.close()
-
-
-async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = (await reader.readexactly(1))[0]
-    mult, length = 1, 0
-    while True:
-        b = (await reader.readexactly(1))[0]
-        length += (b & 0x7F) * mult
-        mult *= 128
-        if not b & 0x80:
-            break
-    return head, await reader.readexactly(length)
-
-
-class Sink:
-    """Subscribes to ``#`` at QoS 0 on the cloud broker and timestamps every arrival."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.arrivals: list[tuple[float, int]] = []  # (monotonic time, message index)
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 22)
-        self.writer.write(_connect(f"bench-sink-{os.getpid()}"))
-        await _read_packet(self.reader)  # CONNACK
-        self.writer.write(_packet(0x82, struct.pack("!H", 1) + _str("#") + b"\x00"))
-        await _read_packet(self.reader)  # SUBACK
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        reader, now, append = self.reader, time.monotonic, self.arrivals.append
+def _split(buf: bytearray) -> list[tuple[int, int, int]]:
+    """(first byte, body start, body end) of each whole packet at the front of ``buf``."""
+    out, pos, n = [], 0, len(buf)
+    while n - pos >= 2:
+        length, mult, i = 0, 1, pos + 1
         while True:
-            head, body = await _read_packet(reader)
-            if head & 0xF0 == 0x30:
-                m = TIME.search(body)
-                if m:
-                    t = datetime.fromisoformat(m.group(1).decode())
-                    append((now(), round((t - BASE).total_seconds() * TICKS)))
+            if i >= n:
+                return out
+            b = buf[i]
+            length += (b & 0x7F) * mult
+            mult <<= 7
+            i += 1
+            if not b & 0x80:
+                break
+        if i + length > n:
+            break
+        out.append((buf[pos], i, i + length))
+        pos = i + length
+    return out
+
+
+class _Conn(asyncio.Protocol):
+    """A raw MQTT 3.1.1 connection: CONNECT, then hand every whole packet to ``on_packets``."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.connack = asyncio.get_running_loop().create_future()
+        self.on_packets: Callable[[bytearray, list[tuple[int, int, int]]], None] = lambda b, p: None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        packets = _split(buf)
+        if not packets:
+            return
+        consumed = packets[-1][2]
+        if not self.connack.done() and packets[0][0] == 0x20:
+            self.connack.set_result(None)
+            packets = packets[1:]
+        if packets:
+            self.on_packets(buf, packets)
+        del buf[:consumed]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+async def _open(port: int, client_id: str) -> _Conn:
+    _, conn = await asyncio.get_running_loop().create_connection(_Conn, "127.0.0.1", port)
+    conn.transport.write(_connect(client_id))
+    await asyncio.wait_for(conn.connack, 10)
+    return conn
+
+
+async def forget_session(port: int, client_id: str) -> None:
+    """End a candidate's persistent session, so it queues nothing for later runs."""
+    conn = await _open(port, client_id)
+    conn.transport.write(b"\xe0\x00")
+    conn.transport.close()
+
+
+class Sink(asyncio.Protocol):
+    """Subscribes to ``topic`` at QoS 1 and acknowledges each PUBLISH; records (time, index).
+
+    One pass over each read: cut packets, collect the PUBACKs, find each message's index;
+    one write of all the PUBACKs per read."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.port, self.topic = port, topic
+        self.arrivals: list[tuple[float, int]] = []
+        self.track = True  # False: only count, and time the first and last arrival (cheaper)
+        self.count = 0
+        self.first = self.last = 0.0
+        self.buf = b""
+        self.subscribed = asyncio.get_running_loop().create_future()
+
+    async def start(self, client_id: str) -> None:
+        _, self.conn = await asyncio.get_running_loop().create_connection(lambda: self, "127.0.0.1", self.port)
+        self.transport.write(_connect(client_id) + _packet(0x82, struct.pack("!H", 1) + _str(self.topic) + b"\x01"))
+        await asyncio.wait_for(self.subscribed, 10)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        n, pos = len(buf), 0
+        acks = bytearray()
+        t = time.monotonic()
+        append, find = self.arrivals.append, buf.find
+        while n - pos >= 2:
+            length, shift, i = 0, 0, pos + 1
+            while True:
+                if i >= n:
+                    break
+                b = buf[i]
+                length |= (b & 0x7F) << shift
+                shift += 7
+                i += 1
+                if not b & 0x80:
+                    break
+            else:
+                break
+            if b & 0x80 or i + length > n:
+                break
+            first, end = buf[pos], i + length
+            if first & 0xF0 == 0x30:
+                p = i + 2 + (buf[i] << 8 | buf[i + 1])
+                if first & 6:
+                    acks += b"\x40\x02"
+                    acks += buf[p : p + 2]
+                self.count += 1
+                if not self.track:
+                    pos = end
+                    continue
+                at = find(TIME_KEY, p, end)
+                s = buf[at + 8 : at + 32]
+                append((t, ((((int(s[8:10]) - 15) * 24 + int(s[11:13])) * 60 + int(s[14:16])) * 60
+                            + int(s[17:19])) * 1000 + int(s[20:23]) if at >= 0 else -1))
+            elif first == 0x90 and not self.subscribed.done():
+                self.subscribed.set_result(None)
+            pos = end
+        self.buf = buf[pos:]
+        if acks:
+            self.transport.write(acks)
+            if not self.first:
+                self.first = t
+            self.last = t
 
     async def wait(self, n: int, timeout: float, idle: float | None = None) -> bool:
         """Until ``n`` arrived, ``timeout`` passed, or (``idle``) nothing arrived for that long."""
         deadline = time.monotonic() + timeout
-        last, seen = time.monotonic(), len(self.arrivals)
-        while len(self.arrivals) < n and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            if len(self.arrivals) != seen:
-                last, seen = time.monotonic(), len(self.arrivals)
+        last, seen = time.monotonic(), self.count
+        while self.count < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            if self.count != seen:
+                last, seen = time.monotonic(), self.count
             elif idle is not None and time.monotonic() - last > idle:
                 break
-        return len(self.arrivals) >= n
+        return self.count >= n
 
-    async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-        self.writer.close()
+    def reset(self, track: bool = True) -> None:
+        self.arrivals.clear()
+        self.track, self.count, self.first, self.last = track, 0, 0.0, 0.0
+
+    def close(self) -> None:
+        self.transport.close()
 
 
 _RECORDS = [json.loads(line) for line in (ROOT / "benchmarks" / "tracker_messages.jsonl").read_text().splitlines()]
@@ -144,98 +246,152 @@ def _message(i: int) -> tuple[str, bytes]:
     """A realistic tracker message (benchmarks/tracker_messages.jsonl) whose ``time`` encodes ``i``."""
     r = dict(_RECORDS[i % len(_RECORDS)])
     r["time"] = (BASE + timedelta(milliseconds=i)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return TOPIC.format(imei=r.get("imei", "358756091234567")), json.dumps(r, separators=(",", ":")).encode()
+    return TOPIC.format(imei=r["imei"]), json.dumps(r, separators=(",", ":")).encode()
 
 
-def _messages(n: int) -> list[tuple[str, bytes]]:
-    return [_message(i) for i in range(n)]
+def _publishes(first: int, n: int) -> list[bytes]:
+    """QoS 1 PUBLISH packets for indices first..first+n-1 (packet ids cycle through 1..65535)."""
+    out = []
+    for k in range(n):
+        topic, payload = _message(first + k)
+        out.append(_packet(0x32, _str(topic) + struct.pack("!H", k % 65535 + 1) + payload))
+    return out
 
 
-async def generate(port: int, messages: list[tuple[str, bytes]], qos: int, rate: float = 0.0,
-                   sent_at: dict[int, float] | None = None, first: int = 0) -> None:
-    """Publish ``messages`` (all at once, or paced at ``rate`` msg/s); QoS 1 waits for every PUBACK."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(_connect(f"bench-gen-{os.getpid()}"))
-    await _read_packet(reader)
-    acks = 0
+class _Counter(asyncio.Protocol):
+    """The publisher's side: all it receives is CONNACK and PUBACKs, 4 bytes each in MQTT 3.1.1."""
 
-    async def read_acks() -> None:
-        nonlocal acks
-        while True:
-            await _read_packet(reader)
-            acks += 1
+    def __init__(self) -> None:
+        self.received = 0
+        self.room = asyncio.Event()
+        self.lost = False
 
-    task = asyncio.create_task(read_acks())
+    @property
+    def acked(self) -> int:
+        return max(0, self.received // 4 - 1)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.room.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+async def publish(port: int, packets: list[bytes], window: int = 2000, rate: float = 0.0,
+                  sent_at: list[float] | None = None) -> None:
+    """Send QoS 1 ``packets`` with at most ``window`` unacknowledged (or paced at ``rate`` msg/s)."""
+    _, conn = await asyncio.get_running_loop().create_connection(_Counter, "127.0.0.1", port)
+    conn.transport.write(_connect(f"bench-pub-{os.getpid()}"))
+    room = conn.room
+    transport, n, sent = conn.transport, len(packets), 0
     start = time.monotonic()
-    for i, (topic, payload) in enumerate(messages):
+    while sent < n:
+        if conn.lost:
+            raise ConnectionError("publisher connection lost")
         if rate:
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                await writer.drain()
-                await asyncio.sleep(delay)
+            due = min(n, int((time.monotonic() - start) * rate) + 1)
+            if due <= sent:
+                await asyncio.sleep(max(0.0, start + sent / rate - time.monotonic()))
+                continue
+            now = time.monotonic()
+            transport.write(b"".join(packets[sent:due]))
             if sent_at is not None:
-                sent_at[first + i] = time.monotonic()
-        body = _str(topic) + (struct.pack("!H", i % 65535 + 1) if qos else b"") + payload
-        writer.write(_packet(0x30 | (qos << 1), body))
-        if i % 256 == 0:
-            await writer.drain()
-    await writer.drain()
+                sent_at.extend([now] * (due - sent))
+            sent = due
+            await asyncio.sleep(0)
+            continue
+        free = window - (sent - conn.acked)
+        if free <= 0:
+            room.clear()
+            await asyncio.wait_for(room.wait(), 60)
+            continue
+        upto = min(n, sent + free)
+        transport.write(b"".join(packets[sent:upto]))
+        sent = upto
+        await asyncio.sleep(0)
     deadline = time.monotonic() + 120
-    while qos and acks < len(messages) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    task.cancel()
-    writer.close()
+    while conn.acked < n and time.monotonic() < deadline and not conn.lost:
+        await asyncio.sleep(0.01)
+    transport.write(b"\xe0\x00")
+    transport.close()
 
 
-# -- candidates ------------------------------------------------------------------------------
+# -- candidates --------------------------------------------------------------------------------
+
+
+def node_red_bin() -> Path | None:
+    """node-red@4 in benchmarks/.node-red (installed on first use); None where npm is absent."""
+    exe = NODE_RED_DIR / "node_modules" / ".bin" / "node-red"
+    if exe.exists():
+        return exe
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        return None
+    NODE_RED_DIR.mkdir(exist_ok=True)
+    print("installing node-red@4 into benchmarks/.node-red (npm) ...", file=sys.stderr, flush=True)
+    subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(NODE_RED_DIR), "node-red@4"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return exe if exe.exists() else None
 
 
 class Candidate:
-    def __init__(self, kind: str, workers: int, qos: int, local: Mosquitto, cloud: Mosquitto, work: Path) -> None:
-        self.kind, self.workers, self.qos = kind, workers, qos
-        self.local, self.cloud, self.work = local, cloud, work
+    def __init__(self, name: str, site: Mosquitto, cloud: Mosquitto, work: Path) -> None:
+        self.name, self.site, self.cloud, self.work = name, site, cloud, work
         self.procs: list[subprocess.Popen] = []
+        self.client_id = f"bench-{name}"
+        work.mkdir(parents=True, exist_ok=True)
 
     @property
-    def name(self) -> str:
-        return f"{self.kind} x{self.workers}"
-
-    @property
-    def client_id(self) -> str:
-        return f"bench-{self.kind}-{self.workers}-{self.qos}"
+    def workers(self) -> int:
+        return 2 if self.name.endswith("x2") else 1
 
     def session_ids(self) -> list[str]:
-        return [self.client_id] if self.workers == 1 else [f"{self.client_id}-{i}" for i in range(self.workers)]
+        if self.name.startswith("gateway") and self.workers > 1:
+            return [f"{self.client_id}-{i}" for i in range(self.workers)]
+        return [self.client_id]
 
     def start(self) -> None:
-        log = (self.work / f"{self.kind}.log").open("ab")
+        log = (self.work / "out.log").open("ab")
         py = sys.executable
-        if self.kind == "relay":
-            for i in range(self.workers):
-                self.procs.append(subprocess.Popen(
-                    [py, str(ROOT / "benchmarks" / "relay.py"), str(self.local.port), str(self.cloud.port),
-                     str(self.qos), self.session_ids()[i], str(self.workers)], stdout=log, stderr=log))
+        if self.name == "relay":
+            cmd = [py, str(ROOT / "benchmarks" / "relay.py"), str(self.site.port), str(self.cloud.port), "1",
+                   self.client_id, "1"]
+            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=log))
+        elif self.name == "node-red":
+            exe = node_red_bin()
+            assert exe is not None
+            env = dict(os.environ, SITE_PORT=str(self.site.port), CLOUD_PORT=str(self.cloud.port),
+                       CLIENT_ID=self.client_id, TOPIC=SUBSCRIPTION, NR_PORT=str(free_port()))
+            user_dir = self.work / "user"
+            user_dir.mkdir(exist_ok=True)
+            flow = user_dir / "flows.json"
+            shutil.copy(PEERS / "node-red-flow.json", flow)
+            cmd = [str(exe), "--settings", str(PEERS / "node-red-settings.js"), "--userDir", str(user_dir), str(flow)]
+            self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=log, env=env))
         else:
-            cfg = self.work / "gateway.toml"
-            keys = self.work / "keys.json"
+            cfg, keys = self.work / "gateway.toml", self.work / "keys.json"
             if not keys.exists():
                 subprocess.run([py, "-m", "gateway.cli", "keygen", str(keys)], check=True, capture_output=True)
             group = 'group = "bench"\n' if self.workers > 1 else ""
             cfg.write_text(
                 f'policies = ["{POLICY}"]\nkeys_file = "{keys}"\n{group}'
-                f'[local]\nurl = "{self.local.url}"\nclient_id = "{self.client_id}"\n'
+                f'[local]\nurl = "{self.site.url}"\nclient_id = "{self.client_id}"\n'
                 f'[cloud]\nurl = "{self.cloud.url}"\nclient_id = "{self.client_id}-up"\n'
                 f'[spool]\npath = "{self.work / "spool.db"}"\n[metrics]\nlisten = ""\n[log]\nlevel = "warning"\n'
             )
-            cmd = [py, "-m", "gateway.cli", "run", "--config", str(cfg)]
+            profile = os.environ.get("BENCH_PROFILE")  # a path: run the gateway under cProfile, written there on exit
+            cmd = [py, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "gateway.cli", "run", "--config", str(cfg)]
             if self.workers > 1:
                 cmd += ["--workers", str(self.workers)]
             self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=log))
 
     def cpu_seconds(self) -> float:
-        """user+sys CPU of the candidate's processes (and their children) so far."""
-        total = 0.0
-        pids = [p.pid for p in self.procs]
+        """user+sys CPU of the candidate's processes and their children so far."""
+        total, pids = 0.0, [p.pid for p in self.procs]
         for pid in list(pids):
             out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
             pids += [int(x) for x in out.split()]
@@ -249,127 +405,191 @@ class Candidate:
 
     def stop(self) -> None:
         for p in self.procs:
-            p.send_signal(signal.SIGTERM)
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
         for p in self.procs:
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
         self.procs = []
 
-
-async def _subscribed(candidate: Candidate, sink: Sink, probe_index: int) -> None:
-    """Start the candidate and wait until a probe message gets through (it is subscribed)."""
-    candidate.start()
-    probe = [_message(probe_index)]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        before = len(sink.arrivals)
-        await generate(candidate.local.port, probe, candidate.qos)
-        if await sink.wait(before + 1, 1.0):
-            return
-    logs = "".join(p.read_text()[-1500:] for p in candidate.work.glob("*.log"))
-    raise RuntimeError(f"{candidate.name} did not relay a probe message:\n{logs}")
+    def log_tail(self) -> str:
+        path = self.work / "out.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
 
-async def throughput(candidate: Candidate, sink: Sink, n: int) -> dict:
-    await _subscribed(candidate, sink, 10_000_000)
-    candidate.stop()  # its persistent session now queues what we publish
-    messages = _messages(n)
-    await generate(candidate.local.port, messages, candidate.qos)
-    sink.arrivals.clear()
-    candidate.start()
-    await sink.wait(1, 60)
-    cpu0 = candidate.cpu_seconds()  # start-up (imports, policy compile) is not per-message work
-    await sink.wait(n, 300, idle=10.0)
-    cpu = candidate.cpu_seconds() - cpu0
-    got = sink.arrivals
-    candidate.stop()
-    span = got[-1][0] - got[0][0]
-    lost = n - len({i for _, i in got})
-    return {"msg_s": (len(got) - 1) / span, "cpu_us_per_msg": cpu / max(1, len(got) - 1) * 1e6, "lost": lost}
+class Bench:
+    """The brokers, the sink and a counter of message indices (no two phases share one)."""
+
+    def __init__(self, site: Mosquitto, cloud: Mosquitto, window: int) -> None:
+        self.site, self.cloud, self.window = site, cloud, window
+        self.next_index = 0
+
+    def indices(self, n: int) -> int:
+        first = self.next_index
+        self.next_index += n
+        return first
+
+    async def sink(self, candidate: str) -> Sink:
+        sink = Sink(self.site.port, SUBSCRIPTION) if candidate == "ceiling" else Sink(self.cloud.port, "#")
+        await sink.start(f"bench-sink-{os.getpid()}")
+        return sink
+
+    async def ready(self, cand: Candidate, sink: Sink) -> None:
+        """Start the candidate; wait until a probe gets through (it is connected and subscribed)."""
+        cand.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            before = sink.count
+            await publish(self.site.port, _publishes(self.indices(1), 1))
+            if await sink.wait(before + 1, 1.0):
+                await sink.wait(10**9, 30, idle=0.5)  # a backlog from an earlier phase, if any, passes first
+                return
+            if any(p.poll() is not None for p in cand.procs):
+                break
+        cand.stop()
+        raise RuntimeError(f"{cand.name} did not relay a probe message:\n{cand.log_tail()}")
+
+    async def throughput(self, name: str, cand: Candidate | None, n: int) -> dict:
+        sink = await self.sink(name)
+        try:
+            if cand is not None:
+                await self.ready(cand, sink)
+            packets = _publishes(self.indices(n), n)
+            sink.reset(track=False)
+            cpu0 = cand.cpu_seconds() if cand else 0.0
+            await publish(self.site.port, packets, self.window)
+            await sink.wait(n, 300, idle=10.0)
+            cpu = cand.cpu_seconds() - cpu0 if cand else 0.0
+            span = sink.last - sink.first
+            return {"msg_s": sink.count / span if span > 0 else float("nan"),
+                    "cpu_us": cpu / max(1, sink.count) * 1e6, "arrived": sink.count}
+        finally:
+            if cand is not None:
+                cand.stop()
+                for sid in cand.session_ids():
+                    await forget_session(self.site.port, sid)
+            sink.close()
+
+    async def latency(self, name: str, cand: Candidate | None, rate: float, seconds: float) -> dict:
+        """Publish-to-sink latency (ms) at ``rate`` msg/s, paced."""
+        sink = await self.sink(name)
+        try:
+            if cand is not None:
+                await self.ready(cand, sink)
+            n = max(50, int(rate * seconds))
+            first = self.indices(n)
+            packets, sent_at = _publishes(first, n), []
+            sink.reset()
+            cpu0 = cand.cpu_seconds() if cand else 0.0
+            await publish(self.site.port, packets, rate=rate, sent_at=sent_at)
+            await sink.wait(n, 60, idle=5.0)
+            cpu_us = (cand.cpu_seconds() - cpu0) / max(1, sink.count) * 1e6 if cand else 0.0
+            lat = sorted((t - sent_at[i - first]) * 1e3 for t, i in sink.arrivals if first <= i < first + n)
+            if not lat:
+                return {"p50": float("nan"), "p99": float("nan"), "n": 0, "cpu_us": cpu_us}
+            return {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "n": len(lat),
+                    "cpu_us": cpu_us}
+        finally:
+            if cand is not None:
+                cand.stop()
+                for sid in cand.session_ids():
+                    await forget_session(self.site.port, sid)
+            sink.close()
+
+    async def restart(self, cand: Candidate, n: int) -> dict:
+        """Queue ``n`` messages for the stopped candidate's persistent session; count what arrives."""
+        sink = await self.sink(cand.name)
+        try:
+            await self.ready(cand, sink)
+            cand.stop()  # its persistent session now queues what is published
+            first = self.indices(n)
+            await publish(self.site.port, _publishes(first, n), self.window)
+            sink.reset()
+            cand.start()
+            await sink.wait(n, 300, idle=15.0)
+            got = {i for _, i in sink.arrivals if first <= i < first + n}
+            return {"queued": n, "arrived": len(got)}
+        finally:
+            cand.stop()
+            for sid in cand.session_ids():
+                await forget_session(self.site.port, sid)
+            sink.close()
 
 
-async def latency(candidate: Candidate | None, local: Mosquitto, sink: Sink, rate: float, seconds: float) -> dict:
-    """p50/p99 publish-to-sink latency in ms; candidate None measures the path without a relay."""
-    if candidate is not None:
-        await _subscribed(candidate, sink, 10_000_001)
-    sink.arrivals.clear()
-    n = int(rate * seconds)
-    sent_at: dict[int, float] = {}
-    first = 20_000_000  # indices no throughput message has, so a late duplicate cannot pass for one
-    await generate(local.port, [_message(first + i) for i in range(n)], candidate.qos if candidate else 1, rate, sent_at, first)
-    await sink.wait(n, 30)
-    if candidate is not None:
-        candidate.stop()
-    lat = sorted((t - sent_at[i]) * 1e3 for t, i in sink.arrivals if i in sent_at)
-    return {"p50_ms": lat[len(lat) // 2], "p99_ms": lat[int(len(lat) * 0.99)], "n": len(lat)}
+def _fmt(x: float, spec: str = ",.0f") -> str:
+    return "-" if x != x else format(x, spec)  # NaN -> "-"
 
 
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--messages", type=int, default=30000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--rate", type=float, default=500.0, help="msg/s in the latency phase")
-    ap.add_argument("--seconds", type=float, default=4.0, help="length of the latency phase")
-    ap.add_argument("--only", default="", help="comma-separated labels, e.g. 'gateway x1 q1,relay x1 q1'")
+    ap.add_argument("--window", type=int, default=2000, help="publisher's QoS 1 messages in flight")
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each latency phase")
+    ap.add_argument("--restart", type=int, default=20000, help="messages queued while a candidate is stopped (0: skip)")
+    ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CANDIDATES)}")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    results: dict[str, dict] = {}
+    names = [c for c in CANDIDATES if not args.only or c in args.only.split(",") or c == "ceiling"]
+    if "node-red" in names and node_red_bin() is None:
+        print("node-red: SKIPPED (npm/node not found; install Node.js with npm to include the Node-RED flow)",
+              file=sys.stderr)
+        names.remove("node-red")
+    results: dict[str, dict] = {name: {"runs": []} for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         work = Path(tmp)
-        with Mosquitto(work / "local", name="local", extra=BROKER_CONF) as local, \
+        with Mosquitto(work / "site", name="site", extra=BROKER_CONF) as site, \
                 Mosquitto(work / "cloud", name="cloud", extra=BROKER_CONF) as cloud:
-            cloud_sink = Sink(cloud.port)
-            await cloud_sink.start()
-            local_sink = Sink(local.port)  # the no-relay path, for "added" latency
-            await local_sink.start()
-            direct = await latency(None, local, local_sink, args.rate, args.seconds)
-            await local_sink.close()
-            results["direct (no relay)"] = {"latency": direct}
-            for qos in (0, 1):
-                for workers in (1, 2):
-                    for kind in ("relay", "gateway"):
-                        cand = Candidate(kind, workers, qos, local, cloud, work / f"{kind}-{workers}-{qos}")
-                        label = f"{cand.name} q{qos}"
-                        if args.only and label not in args.only.split(","):
-                            continue
-                        cand.work.mkdir()
-                        runs = []
-                        try:
-                            for _ in range(args.rounds):
-                                runs.append(await throughput(cand, cloud_sink, args.messages))
-                            lat = await latency(cand, local, cloud_sink, args.rate, args.seconds)
-                        finally:
-                            cand.stop()  # never leave a candidate running (e.g. after a failed probe)
-                        for sid in cand.session_ids():
-                            await forget_session(local.port, sid)
-                        results[label] = {
-                            "msg_s": statistics.median(r["msg_s"] for r in runs),
-                            "runs_msg_s": [round(r["msg_s"]) for r in runs],
-                            "cpu_us_per_msg": statistics.median(r["cpu_us_per_msg"] for r in runs),
-                            "lost": [r["lost"] for r in runs],
-                            "latency": lat,
-                            "added_p50_ms": lat["p50_ms"] - direct["p50_ms"],
-                            "added_p99_ms": lat["p99_ms"] - direct["p99_ms"],
-                        }
-                        print(f"{label}: {results[label]}", file=sys.stderr, flush=True)
-            await cloud_sink.close()
+            bench = Bench(site, cloud, args.window)
+            cands = {n: Candidate(n, site, cloud, work / n) for n in names if n != "ceiling"}
+            for rnd in range(args.rounds):  # interleaved, so machine noise hits every candidate alike
+                for name in names:
+                    r = await bench.throughput(name, cands.get(name), args.messages)
+                    results[name]["runs"].append(r)
+                    print(f"round {rnd + 1} {name}: {r['msg_s']:,.0f} msg/s, {r['cpu_us']:.0f} us/msg, "
+                          f"{r['arrived']}/{args.messages} arrived", file=sys.stderr, flush=True)
+            for name in names:
+                res = results[name]
+                res["msg_s"] = statistics.median(r["msg_s"] for r in res["runs"])
+                res["cpu_us"] = statistics.median(r["cpu_us"] for r in res["runs"])
+                res["lost"] = [args.messages - r["arrived"] for r in res["runs"]]
+                for share in (0.5, 0.8):
+                    rate = share * res["msg_s"]
+                    base = await bench.latency("ceiling", None, rate, args.seconds)
+                    lat = base if name == "ceiling" else await bench.latency(name, cands[name], rate, args.seconds)
+                    res[f"lat{int(share * 100)}"] = {"rate": rate, **lat, "added_p50": lat["p50"] - base["p50"],
+                                                     "added_p99": lat["p99"] - base["p99"]}
+                    print(f"{name} latency at {rate:,.0f} msg/s: {lat}, no relay: {base}", file=sys.stderr, flush=True)
+                if args.restart and name != "ceiling":
+                    res["restart"] = await bench.restart(cands[name], args.restart)
+                    print(f"{name} restart: {res['restart']}", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"\n{'candidate':<18}{'msg/s (median)':>16}{'runs':>24}{'CPU us/msg':>12}{'p50 ms':>9}{'p99 ms':>9}{'+p50':>8}{'+p99':>8}  lost")
-    for label, r in results.items():
-        if "msg_s" not in r:
-            print(f"{label:<18}{'':>16}{'':>24}{'':>12}{r['latency']['p50_ms']:>9.2f}{r['latency']['p99_ms']:>9.2f}")
-            continue
-        print(f"{label:<18}{r['msg_s']:>16,.0f}{r['runs_msg_s']!s:>24}{r['cpu_us_per_msg']:>12.0f}"
-              f"{r['latency']['p50_ms']:>9.2f}{r['latency']['p99_ms']:>9.2f}{r['added_p50_ms']:>8.2f}{r['added_p99_ms']:>8.2f}  {r['lost']}")
-    for qos in (0, 1):
-        for workers in (1, 2):
-            g, b = results.get(f"gateway x{workers} q{qos}"), results.get(f"relay x{workers} q{qos}")
-            if g and b:
-                print(f"QoS {qos}, {workers} worker(s): gateway / bare relay = {g['msg_s'] / b['msg_s']:.2f}x")
+    ceiling = results["ceiling"]["msg_s"]
+    nr = results.get("node-red", {}).get("msg_s", float("nan"))
+    print(f"\n{args.messages:,} messages per round, QoS 1, publisher window {args.window}, "
+          f"{args.rounds} rounds (median; all rounds in brackets)\n")
+    print("| candidate | msg/s | rounds | / Node-RED | / ceiling | CPU us/msg | lost | "
+          "+p50 / +p99 ms at 50 % | +p50 / +p99 ms at 80 % | restart: arrived / queued |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        r = results[name]
+        lat = " | ".join(f"{_fmt(r[k]['added_p50'], '.2f')} / {_fmt(r[k]['added_p99'], '.2f')}"
+                         for k in ("lat50", "lat80"))
+        rs = r.get("restart")
+        restart = f"{rs['arrived']:,} / {rs['queued']:,}" if rs else "-"
+        rounds = ", ".join(f"{x['msg_s']:,.0f}" for x in r["runs"])
+        print(f"| {name} | {r['msg_s']:,.0f} | {rounds} | {_fmt(r['msg_s'] / nr, '.2f')}x | "
+              f"{r['msg_s'] / ceiling:.2f}x | {_fmt(r['cpu_us'])} | {r['lost']} | {lat} | {restart} |")
+    if "gateway-x1" in results and "gateway-x2" in results:
+        print(f"\ngateway x2 / x1: {results['gateway-x2']['msg_s'] / results['gateway-x1']['msg_s']:.2f}x")
+    print("Latency: ceiling row = the no-relay path itself (absolute p50/p99 ms): "
+          + ", ".join(f"{int(results['ceiling'][k]['rate']):,} msg/s {results['ceiling'][k]['p50']:.2f}/"
+                      f"{results['ceiling'][k]['p99']:.2f}" for k in ("lat50", "lat80")))
     return 0
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.keys import KeyFileError, Keyring, keygen
+from gateway.keys import KeyFileError, Keyring, keygen, retire
 from gateway.pipeline import Engine, Forward
 from gateway.policy.check import decode_output, run_tests
 from gateway.policy.load import PolicyError, load
@@ -101,7 +101,12 @@ def cmd_minimise(args: argparse.Namespace) -> int:
                 print(json.dumps({"dropped": True, "line": n, "reason": "bad_wrapper",
                                   "detail": 'without --topic each line is {"topic": ..., "payload": {...}}'}), file=err)
                 continue
-        result = engine.process(topic, payload, now=time.time(), consents=consents)
+        try:
+            result = engine.process(topic, payload, now=time.time(), consents=consents)
+        except Exception as exc:  # one bad line costs that line, never the rest of the input
+            print(json.dumps({"dropped": True, "line": n, "reason": "internal_error",
+                              "detail": exc.__class__.__name__}), file=err)  # the type only: no payload text
+            continue
         if isinstance(result, Forward):
             if result.plan.policy.policy.output == "msgpack":
                 result = result._replace(payload=msgspec.json.encode(decode_output(result.payload, "msgpack")))
@@ -209,6 +214,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if not args.path:
         print("gateway keygen: give a key file path (or --signing FILE)", file=sys.stderr)
         return EXIT_INVALID
+    if args.retire:
+        if args.rotate or args.id:
+            print("gateway keygen: --retire ID takes only the key file", file=sys.stderr)
+            return EXIT_INVALID
+        retire(args.path, args.retire)
+        print(f"retired key {args.retire!r} from {args.path}: values it made can no longer be revealed",
+              file=sys.stderr)
+        return EXIT_OK
     kid = keygen(args.path, args.id, args.rotate)
     print(f"{'added' if args.rotate else 'wrote'} key {kid!r} to {args.path} (mode 0600); it is now the active key",
           file=sys.stderr)
@@ -228,7 +241,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def cmd_reveal(args: argparse.Namespace) -> int:
     from gateway.ops.identity import reveal
 
-    keyring = Keyring.from_env(args.keys)
+    keyring = _keyring(args)
     values = args.value or [line.strip() for line in sys.stdin if line.strip()]
     status = EXIT_OK
     for value in values:
@@ -244,6 +257,55 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from gateway.ingest.gt06.describe import decode_hex_command
 
     return decode_hex_command(args.hex, sys.stdout)
+
+
+def cmd_consent(args: argparse.Namespace) -> int:
+    """``gateway consent keygen|sign``: the issuer's side of signed consent records."""
+    from gateway.service import consent
+
+    try:
+        if args.action == "keygen":
+            print(consent.keygen(args.path))
+            print(f"wrote the consent issuer's private key to {args.path} (0600); the line above is its public key "
+                  "for [consent] public_keys", file=sys.stderr)
+            return EXIT_OK
+        key = consent.load_private_key(args.key)
+    except consent.ConsentKeyError as exc:
+        print(f"gateway consent: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    now = int(time.time()) if args.issued_at is None else args.issued_at
+    expires = None if args.expires_in is None else now + args.expires_in
+    record = consent.sign(key, args.device, args.purpose, args.action == "grant", now, expires)
+    sys.stdout.buffer.write(record + b"\n")
+    return EXIT_OK
+
+
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    """``gateway deadletter open``: sealed dead letters (one per line on stdin) as JSON lines, for key holders."""
+    import base64
+
+    from gateway.service.deadletter import open_letter
+
+    keyring = Keyring.from_env(args.keys)
+    status = EXIT_OK
+    for n, line in enumerate(sys.stdin.buffer, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            letter = open_letter(keyring, line)
+        except ValueError as exc:
+            print(f"gateway deadletter: line {n}: {exc}", file=sys.stderr)
+            status = EXIT_FAIL
+            continue
+        try:
+            payload: Any = letter.payload.decode()
+            encoding = "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(letter.payload).decode(), "base64"
+        print(json.dumps({"topic": letter.topic, "payload": payload, "encoding": encoding, "reason": letter.reason,
+                          "policy": letter.policy, "rule": letter.rule, "at": letter.at}, ensure_ascii=False))
+    return status
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -296,7 +358,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("gateway: --workers > 1 needs a shared-subscription group: set group = \"...\" in the config",
                   file=sys.stderr)
             return EXIT_INVALID
-        return supervise(args.config, args.workers)
+        try:
+            return supervise(args.config, args.workers, metrics_listen=cfg.metrics.listen)
+        except OSError as exc:  # the metrics port is taken
+            print(f"gateway: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_INVALID
+    if args.metrics_listen is not None:  # a supervised worker: its page is merged by the supervisor
+        cfg.metrics.listen = args.metrics_listen
     try:
         return asyncio.run(Worker(cfg, args.worker or 0, args.workers).run())
     except (PolicySetError, ConfigError) as exc:
@@ -454,13 +522,14 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add("keygen", "write a new key file (0600), or a policy-signing key pair",
              ["gateway keygen /etc/gateway/keys.json", "gateway keygen --rotate /etc/gateway/keys.json",
-              "gateway keygen --signing /secure/reviewer.key"],
+              "gateway keygen --retire k1 /etc/gateway/keys.json", "gateway keygen --signing /secure/reviewer.key"],
              "exit codes: 0 written; 2 the file exists (without --rotate) or cannot be read or written")
     sp.add_argument("path", nargs="?", metavar="PATH", help="key file to write")
     sp.add_argument("--signing", metavar="FILE",
                     help="instead: write an Ed25519 policy-signing key pair FILE, FILE.pub")
     sp.add_argument("--id", help="key id ([a-z0-9]{1,16}); default k1, or k<N> with --rotate")
     sp.add_argument("--rotate", action="store_true", help="add a new active key to an existing file")
+    sp.add_argument("--retire", metavar="ID", help="remove key ID from the file (refused while it is active)")
     sp.set_defaults(func=cmd_keygen)
 
     sp = add("sign", "sign policy packs (writes POLICY.sig beside each)",
@@ -487,12 +556,43 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="list: one JSON object per line")
     sp.set_defaults(func=cmd_spool)
 
-    sp = add("reveal", "decrypt enc.<kid>.<data> values (key holders only)",
+    sp = add("reveal", "decrypt enc.<kid>.<scope>.<domain>.<data> values (key holders only)",
              ["gateway reveal --keys keys.json enc.k1.AbC...", "gateway reveal --keys keys.json < values.txt"],
              "exit codes: 0 all revealed; 1 a value cannot be revealed; 2 the key file is invalid")
     sp.add_argument("value", nargs="*", metavar="VALUE", help="values (default: one per line on stdin)")
-    sp.add_argument("--keys", metavar="FILE", help="key file (default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS)")
+    keys_opts(sp)
     sp.set_defaults(func=cmd_reveal)
+
+    sp = add("consent", "the consent issuer's key and signed records (docs/operations.md, Consent)",
+             ["gateway consent keygen /secure/consent-issuer.key",
+              "gateway consent grant --key /secure/consent-issuer.key 358756091234567 precise_location --expires-in 31536000",
+              "gateway consent revoke --key /secure/consent-issuer.key 358756091234567 precise_location"],
+             "exit codes: 0 done; 2 the key cannot be read or written")
+    csub = sp.add_subparsers(dest="action", required=True, metavar="ACTION", help="keygen, grant or revoke")
+    kp = csub.add_parser("keygen", help="write a new Ed25519 issuer key (0600); print its public key")
+    kp.add_argument("path", metavar="PATH", help="private key file to write")
+    kp.set_defaults(func=cmd_consent)
+    for action in ("grant", "revoke"):
+        gp = csub.add_parser(action, help=f"print a signed {action} record for consent/<device>/<purpose>")
+        gp.add_argument("--key", required=True, metavar="FILE", help="the issuer's private key (consent keygen)")
+        gp.add_argument("device", metavar="DEVICE", help="device id, as in the device's topics")
+        gp.add_argument("purpose", metavar="PURPOSE", help="purpose the policy asks consent for")
+        gp.add_argument("--issued-at", type=int, metavar="UNIX_S", help="default: now")
+        if action == "grant":
+            gp.add_argument("--expires-in", type=int, metavar="S", help="the grant lapses S seconds after issued-at")
+        else:
+            gp.set_defaults(expires_in=None)
+        gp.set_defaults(func=cmd_consent)
+
+    sp = add("deadletter", "open sealed dead letters (key holders only; docs/operations.md, Dead letters)",
+             ["mosquitto_sub -u dead-letter-reader -P ... -t 'gateway/dead-letter/#' | gateway deadletter open "
+              "--keys keys.json"],
+             "exit codes: 0 all opened; 1 a line is not a dead letter or does not open with these keys; "
+             "2 the key file is invalid")
+    dsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION", help="open")
+    op = dsub.add_parser("open", help="read sealed dead letters, one per line on stdin; print each as a JSON line")
+    op.add_argument("--keys", metavar="FILE", help="key file (default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS)")
+    op.set_defaults(func=cmd_deadletter)
 
     sp = add("decode", "decode device frames, e.g. gateway decode gt06 HEX",
              ["gateway decode gt06 78780D01012345678901234500018CDD0D0A"],
@@ -509,6 +609,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", required=True, metavar="FILE", help="config.toml (see docs/configuration.md)")
     sp.add_argument("--workers", type=int, default=1, help="worker processes on a shared subscription (default 1)")
     sp.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
+    sp.add_argument("--metrics-listen", default=None, help=argparse.SUPPRESS)  # set by the supervisor
     sp.set_defaults(func=cmd_run)
 
     sp = add("demo", "live demo: brokers, simulated devices, gateway, what the cloud receives",

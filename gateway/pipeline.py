@@ -10,6 +10,7 @@ label and at most a path or detector name taken from the policy.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, NamedTuple
@@ -18,8 +19,9 @@ import msgspec
 from msgspec import UNSET
 
 from gateway.keys import Keyring
-from gateway.ops.base import BoundedCache, Epochs
-from gateway.ops.detect import ALL, classify_number, find
+from gateway.ops.base import BoundedCache, BuildEnv, Epochs
+from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, find, precise_pair
+from gateway.ops.identity import AffixRefused, Pseudonymise
 from gateway.policy import codegen
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step, compile_policy
 from gateway.policy.load import Source
@@ -81,6 +83,8 @@ class Engine:
         self._refresh = [step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")]
         self._routes = BoundedCache(cache_size)
         self._generation = self.epochs.generation
+        self._previous = _previous_devices(self.plans, keyring, self.epochs, cache_size)
+        self._previous_by_topic = BoundedCache(cache_size)
 
     def route(self, topic: str) -> tuple[Plan, dict[str, str]] | None:
         """The first plan (in configuration order) whose filters match ``topic``."""
@@ -102,7 +106,10 @@ class Engine:
         values = {}
         for name, fn in plan.captures.items():
             if name in captures:
-                level = safe_level(fn(captures[name]))
+                try:
+                    level = safe_level(fn(captures[name]))
+                except AffixRefused:
+                    return plan, _refused(plan, f"route.capture.{name}"), device
                 if level is None:
                     return plan, None, device
                 values[name] = level
@@ -123,7 +130,27 @@ class Engine:
             return _rejecter(upstream if upstream is not None else Reject("bad_topic", plan)), None, None
         return plan.run, upstream, device
 
+    def previous_device(self, topic: str) -> str | None:
+        """The device's pseudonym under the key that was active before the last rotation, for
+        ``topic``'s plan (``None``: no previous key, or the plan's device is no pseudonymised
+        topic level). Call after ``process`` for the same topic, which keeps the epoch current."""
+        if not self._previous:
+            return None
+        hit = self._previous_by_topic.get(topic, UNSET)
+        if hit is not UNSET:
+            return hit
+        plan, _, device = self._resolve(topic)
+        fn = self._previous.get(plan.name) if plan is not None else None
+        value = None
+        if fn is not None and device is not None:
+            try:
+                value = fn(device)
+            except AffixRefused:
+                value = None
+        return self._previous_by_topic.put(topic, value)
+
     def _rollover(self) -> None:
+        self._previous_by_topic.clear()
         self._routes.clear()  # pseudonyms in cached topics rolled over
         for refresh in self._refresh:
             refresh()
@@ -143,6 +170,23 @@ class Engine:
             entry = self._routes.put(topic, self._entry(topic))
         run, upstream, device = entry
         return run(payload, upstream, device, consents)
+
+
+def _previous_devices(plans: list[Plan], keyring: Keyring, epochs: Epochs, cache_size: int) -> dict[str, Any]:
+    """Per plan whose device is a pseudonymised topic level: that pseudonymiser under the previous key."""
+    if not keyring.previous:
+        return {}
+    previous = keyring.as_previous()
+    out = {}
+    for plan in plans:
+        name = plan.device_capture
+        rule = plan.policy.route.capture.get(name) if name else None
+        if isinstance(rule, Pseudonymise):
+            meta = plan.policy.policy
+            env = BuildEnv(previous, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain,
+                           field=f"topic_{name}")
+            out[plan.name] = rule.build(env)
+    return out
 
 
 def _rejecter(reject: Reject):
@@ -197,7 +241,7 @@ def _run_dict(plan: Plan, payload: bytes, upstream: str, device: str | None, con
     except RecursionError:
         return Reject("too_deep", plan)
     for cond in plan.conditions:
-        if _condition(cond.rule, _read(obj, cond.steps, False)):
+        if _holds(cond, obj, False):
             plan.stats[(cond.rule.path, cond.rule.reason)] += 1
             return Reject(cond.rule.reason, plan, cond.rule.path)
     granted = _granted(plan, obj, device, consents)
@@ -206,11 +250,18 @@ def _run_dict(plan: Plan, payload: bytes, upstream: str, device: str | None, con
         hit = _guard_dict(plan, plan.root, obj, plan.max_depth - 1, plan.leak_guard)
     except _TooDeep:
         return Reject("too_deep", plan)
+    except AffixRefused as exc:
+        return _refused(plan, exc.args[0])
     if hit is not None:
         label, kind = hit
         plan.stats[(label, "leak")] += 1
         return Reject("leak", plan, label, kind)
     return _tuple_new(Forward, (upstream, plan.encode(obj), plan, 0))
+
+
+def _refused(plan: Plan, label: str) -> Reject:
+    plan.stats[(label, "bad_shape")] += 1
+    return Reject("bad_shape", plan, label)
 
 
 def _invalid(plan: Plan, message: str) -> Reject:
@@ -233,16 +284,11 @@ def _read(obj: Any, steps: list[Step], structs: bool) -> Any:
     return obj
 
 
-def _condition(rule, value: Any) -> bool:
-    if value is UNSET:
-        return rule.present is False
-    if value.__class__ is msgspec.Raw:
-        value = msgspec.json.decode(value)
-    if rule.present is not None:
-        return (value is not None) == rule.present
-    if rule.equals is not None:
-        return value == rule.equals and type(value) is type(rule.equals)
-    return any(value == v and type(value) is type(v) for v in rule.one_of)
+def _holds(cond, obj: Any, structs: bool) -> bool:
+    """A ``drop_when`` condition holds: its test passes and its ``unless`` test (if any) does not."""
+    if not cond.test(_read(obj, cond.steps, structs)):
+        return False
+    return cond.unless_test is None or not cond.unless_test(_read(obj, cond.unless_steps, structs))
 
 
 # -- shared by the generated Struct code (gateway.policy.codegen) and the dict executor ----
@@ -265,7 +311,9 @@ def _coarsen(loc, lat: Any, lon: Any, granted: frozenset[str]) -> Any:
 
 
 def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, depth: int) -> str | None:
-    """The detector an identifier in ``v`` trips, or None. Raises _TooDeep past ``depth``."""
+    """The detector an identifier in ``v`` trips, or None. Raises _TooDeep past ``depth``.
+
+    ``coordinate_decimals`` NO_COORDINATES: the guard is off, only the depth is checked."""
     cls = v.__class__
     if cls is str:
         if enabled and v and not v.isalpha():
@@ -276,23 +324,44 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
             kind = classify_number(v)
             return kind if kind in enabled else None
     elif cls is float:
+        if enabled and not -NUMBER_LIMIT < v < NUMBER_LIMIT:  # an identifier written as a float
+            kind = classify_number(v)
+            if kind in enabled:
+                return kind
         if COORDINATE_KEYS.fullmatch(key) and _decimals(v) > coordinate_decimals:
             return "coordinate"
     elif cls is dict:
         if depth <= 0:
             raise _TooDeep
         for k, x in v.items():
-            hit = _scan(k, enabled, coordinate_decimals, "", depth) or _scan(x, enabled, coordinate_decimals, k, depth - 1)
+            hit = _scan(k, enabled, coordinate_decimals, "", depth)
+            hit = hit or _scan(x, enabled, coordinate_decimals, k, depth - 1)
             if hit:
                 return hit
     elif cls is list:
         if depth <= 0:
             raise _TooDeep
+        if 2 <= len(v) <= 3 and coordinate_decimals < NO_COORDINATES and _position(v):
+            return "coordinate"
         for x in v:
             hit = _scan(x, enabled, coordinate_decimals, key, depth - 1)
             if hit:
                 return hit
     return None
+
+
+NO_COORDINATES = 99
+
+
+def _position(v: list) -> bool:
+    """``[lat, lon]``, ``[lon, lat]`` or ``[lon, lat, alt]`` with a precise coordinate."""
+    a, b = v[0], v[1]
+    return (
+        (a.__class__ is float or b.__class__ is float)
+        and a.__class__ in (int, float)
+        and b.__class__ in (int, float)
+        and precise_pair(a, b)
+    )
 
 
 def _decimals(x: float) -> int:
@@ -361,7 +430,7 @@ def _guard_dict(plan: Plan, node: Node, d: dict, depth: int, guard: bool) -> tup
         step = node.steps.get(key)
         if step is None or (step.rule is not None and step.rule.op_name() == "keep"):
             enabled = (step.enabled if step else ALL) if guard else _EMPTY
-            decimals = plan.coordinate_decimals if guard else 99  # 99: no coordinate check
+            decimals = plan.coordinate_decimals if guard else NO_COORDINATES
             kind = (_scan(key, enabled, 0, "", depth) if step is None else None) or _scan(
                 v, enabled, decimals, key, depth
             )
@@ -378,7 +447,7 @@ def _guard_dict(plan: Plan, node: Node, d: dict, depth: int, guard: bool) -> tup
 
 _HELPERS = {
     "Forward": Forward, "Reject": Reject, "TooDeep": _TooDeep, "invalid": _invalid,
-    "sample_unknown": _sample_unknown, "granted_of": _granted, "condition": _condition, "read": _read,
-    "NO_CONSENT": NO_CONSENT, "EMPTY": _EMPTY,
+    "sample_unknown": _sample_unknown, "granted_of": _granted, "holds": _holds, "read": _read, "refused": _refused,
+    "NO_CONSENT": NO_CONSENT, "EMPTY": _EMPTY, "AffixRefused": AffixRefused,
     "ValidationError": msgspec.ValidationError, "DecodeError": msgspec.DecodeError,
 }  # fmt: skip

@@ -13,6 +13,7 @@ import logging
 import platform
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,16 +21,27 @@ from importlib import metadata
 from typing import Any, TextIO
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from gateway.pipeline import Engine, Forward, Reject
 from gateway.policy.compile import Plan
 
-__all__ = ["REDACTED_KEYS", "Metrics", "configure_logging", "get_logger", "redact_payloads", "serve"]
+__all__ = ["REDACTED_KEYS", "Metrics", "configure_logging", "get_logger", "merge_pages", "redact_payloads", "serve"]
 
 # -- logging -------------------------------------------------------------------------------
 
@@ -101,8 +113,14 @@ def get_logger(name: str) -> Any:
 
 # -- metrics -------------------------------------------------------------------------------
 
+# No `*_created` series: they double the series count and no dashboard or alert reads them.
+disable_created_metrics()
+
 # Engine time per message: the hot path is microseconds; tens of ms means trouble.
 BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2)
+# Receipt at the site to safe (cloud PUBACK or spool commit): milliseconds when healthy,
+# seconds under load or while the spool takes over, never more than a minute or two.
+DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 NO_POLICY = "none"  # policy label of a message no policy routes
 _SAMPLED = {"unknown_field", "unknown_field_sampled_messages"}
 
@@ -179,11 +197,41 @@ class Metrics:
         self.processing = Histogram(
             "gateway_processing_seconds", "Engine time per message", buckets=BUCKETS, registry=r
         )
-        self.inflight = Gauge("gateway_inflight", "Messages taken but not yet acknowledged", registry=r)
+        self.inflight = Gauge(
+            "gateway_inflight",
+            "Messages taken from the site but not yet safe (awaiting the cloud's PUBACK, the spool commit, or room "
+            "in a full spool)",
+            registry=r,
+        )
+        self.delivery = Histogram(
+            "gateway_delivery_seconds",
+            "Receipt at the site to safe: the cloud's PUBACK, or the spool's commit while the cloud is away",
+            ["policy"], buckets=DELIVERY_BUCKETS, registry=r,
+        )
+        self.last_forward = Gauge(
+            "gateway_last_forward_timestamp_seconds",
+            "Unix time of the last message the cloud acknowledged (direct or drained from the spool); 0 = none yet",
+            registry=r,
+        )
+        self.spool_oldest_age = Gauge(
+            "gateway_spool_oldest_age_seconds", "Age of the oldest message waiting in the spool (0 when empty)",
+            registry=r,
+        )
+        self.spool_max_bytes = Gauge(
+            "gateway_spool_max_bytes", "The spool's capacity ([spool] max_bytes), for spool_bytes / max_bytes",
+            registry=r,
+        )
+        self.key = Info("gateway_key", "The active key's id (never key material)", registry=r)
         self.spool_depth = Gauge("gateway_spool_depth", "Messages waiting in the spool", registry=r)
         self.spool_bytes = Gauge("gateway_spool_bytes", "Bytes waiting in the spool", registry=r)
         self.connected = Gauge("gateway_connected", "1 while connected to the broker", ["side"], registry=r)
         self.reconnects = PromCounter("gateway_reconnects_total", "Broker reconnections", ["side"], registry=r)
+        self.config_reload_success = Gauge(
+            "gateway_config_last_reload_success", "1 if the last config load (start or SIGHUP) was applied", registry=r
+        )
+        self.config_reload_time = Gauge(
+            "gateway_config_last_reload_timestamp_seconds", "When the config in force was loaded (Unix time)", registry=r
+        )
         self.policy_reloads = PromCounter(
             "gateway_policy_reloads_total", "Policy reloads by result (ok|refused)", ["result"], registry=r
         )
@@ -223,22 +271,31 @@ class Metrics:
             registry=r,
         )
         self.dead_lettered = PromCounter(
-            "gateway_dead_lettered_total", "Rejected messages republished raw to the local dead-letter topic", registry=r
-        )
-        self.consent_updates = PromCounter(
-            "gateway_consent_updates_total", "Consent records read (result: granted|revoked|invalid)", ["result"],
+            "gateway_dead_lettered_total", "Rejected messages sealed and published to the local dead-letter topic",
             registry=r,
         )
-        for result in ("granted", "revoked", "invalid"):
+        self.dead_letters_unsent = PromCounter(
+            "gateway_dead_letters_unsent_total", "Dead letters not published: the local broker was away", registry=r
+        )
+        self.consent_updates = PromCounter(
+            "gateway_consent_updates_total",
+            "Consent records read, by result (granted|revoked|expired|unauthenticated|stale|invalid|full)", ["result"],
+            registry=r,
+        )
+        self.consent_entries = Gauge("gateway_consent_entries", "Consent grants held (max_entries)", registry=r)
+        for result in ("granted", "revoked", "expired", "unauthenticated", "stale", "invalid", "full"):
             self.consent_updates.labels(result)
         for side in ("local", "cloud"):  # export 0 before the first connection attempt
             self.connected.labels(side).set(0)
             self.reconnects.labels(side)
         for result in ("ok", "refused"):
             self.policy_reloads.labels(result)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
+            r.register(collector)
         self._engine = _EngineCollector()
         r.register(self._engine)
         self._per_policy: dict[str, tuple[Any, Any]] = {}
+        self._delivery: dict[str, Callable[[float], None]] = {}
 
     def register_gt06(self, counters: Any) -> None:
         """Export a GT06 listener's counters, read through their ``snapshot()`` at scrape time."""
@@ -266,6 +323,32 @@ class Metrics:
             self.policy_info.labels(plan.name, str(plan.policy.policy.version), plan.source.sha256[:12]).set(1)
             self.messages_in.labels(plan.name)
             self.messages_out.labels(plan.name)
+            self.delivery.labels(plan.name)
+        kids = sorted({plan.key_id for plan in engine.plans})
+        self.key.info({"key_id": ",".join(kids)})
+
+    def watch(self, backlog: Callable[[], int], oldest: Callable[[], float | None], max_bytes: int = 0) -> None:
+        """Read the uplink's backlog and the spool's oldest entry (its ``time.time()``) at scrape time."""
+        self.spool_max_bytes.set(max_bytes)
+        self.inflight.set_function(backlog)
+        self.spool_oldest_age.set_function(lambda: max(0.0, time.time() - t) if (t := oldest()) else 0.0)
+
+    def on_safe(self, policy: str, received: float, ack: Callable[[], None] | None) -> Callable[[], None]:
+        """Wrap ``ack`` (the acknowledgement owed to the site) to time the message's delivery first.
+
+        ``received`` is ``time.monotonic()`` at receipt. The uplink calls the result
+        exactly when the message is safe, so this is the one place that knows.
+        """
+        observe = self._delivery.get(policy)
+        if observe is None:
+            observe = self._delivery[policy] = self.delivery.labels(policy).observe
+
+        def safe() -> None:
+            observe(time.monotonic() - received)
+            if ack is not None:
+                ack()
+
+        return safe
 
     def observe(self, result: Forward | Reject, seconds: float, policy: str | None = None) -> None:
         """Count one processed message.
@@ -292,6 +375,32 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+def merge_pages(pages: dict[str, str], own: CollectorRegistry | None = None) -> bytes:
+    """One /metrics page from several workers' pages: each sample gains a ``worker`` label.
+
+    How ``gateway run --workers N`` offers one scrape target: the supervisor fetches
+    each worker's page (on a loopback port of its own) at scrape time and merges the
+    families, so counters stay per worker (``sum()`` them in queries) and a worker
+    restart is a counter reset Prometheus already handles. ``own`` adds the
+    supervisor's own metrics.
+    """
+    families: dict[str, Metric] = {}
+    for worker, text in pages.items():
+        for family in text_string_to_metric_families(text):
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+            merged.samples += [s._replace(labels={**s.labels, "worker": worker}) for s in family.samples]
+
+    class _Merged(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield from families.values()
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())
+    return (generate_latest(own) if own is not None else b"") + generate_latest(registry)
 
 
 # -- HTTP ----------------------------------------------------------------------------------

@@ -85,33 +85,35 @@ class Gateway:
             cmd += ["--workers", str(self.workers)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if wait_ready:
-            for i in range(self.workers):
-                wait_until(lambda i=i: self.ready(i), 20, f"gateway worker {i} /readyz\n{self.log_tail()}", 0.05)
+        if wait_ready:  # with --workers N the supervisor's /readyz is ready once every worker is
+            wait_until(self.ready, 20, f"gateway /readyz\n{self.log_tail()}", 0.05)
         return self
 
-    def http(self, path: str, worker: int = 0) -> tuple[int, str]:
+    def http(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port + worker}{path}", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
         except OSError:
             return 0, ""
 
-    def ready(self, worker: int = 0) -> bool:
+    def ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log_tail()}")
-        return self.http("/readyz", worker)[0] == 200
+        return self.http("/readyz")[0] == 200
 
-    def metrics(self, worker: int = 0) -> str:
-        return self.http("/metrics", worker)[1]
+    def metrics(self) -> str:
+        """The one /metrics page (with --workers N, the supervisor's merge: samples carry ``worker``)."""
+        return self.http("/metrics")[1]
 
-    def metric(self, name: str, worker: int = 0, **labels: str) -> float:
-        """Sum of the samples of ``name`` whose labels include ``labels``."""
+    def metric(self, name: str, worker: int | None = None, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels`` (and ``worker``, if given)."""
+        if worker is not None:
+            labels["worker"] = str(worker)
         total = 0.0
-        for line in self.metrics(worker).splitlines():
+        for line in self.metrics().splitlines():
             if line.startswith("#") or not line.startswith(name):
                 continue
             series, _, value = line.rpartition(" ")

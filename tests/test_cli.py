@@ -16,7 +16,7 @@ from gateway.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = str(ROOT / "rules" / "jimi-tracksolid.toml")
-TOPIC = "tracksolid/358756091234567/location"
+TOPIC = "tracksolid/358756091234562/location"
 
 
 def gateway(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
@@ -29,7 +29,7 @@ def gateway(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.
 def test_check_passes_on_bundled_policies():
     result = gateway("check", *map(str, sorted((ROOT / "rules").glob("*.toml"))))
     assert result.returncode == 0, result.stderr
-    assert "15/15 inline tests passed" in result.stdout
+    assert "17/17 inline tests passed" in result.stdout
 
 
 def test_check_exit_1_on_failing_test(tmp_path):
@@ -68,7 +68,7 @@ def test_minimise_stdin_to_stdout_and_reasons_to_stderr(tmp_path):
     result = gateway("minimise", "--test-keys", "--policy", POLICY, stdin=lines)
     assert result.returncode == 0
     out = [json.loads(x) for x in result.stdout.splitlines()]
-    assert out == [{"topic": "fleet/tracksolid/35875609-test.pc7c3bqlqvqjuqed/location",
+    assert out == [{"topic": "fleet/tracksolid/35875609-test.7eeittrju6t7rglj/location",
                     "payload": {"login_ip": "198.51.100.0"}}]
     errors = [json.loads(x) for x in result.stderr.splitlines()]
     assert [e["reason"] for e in errors] == ["no_route", "bad_wrapper"]
@@ -90,12 +90,12 @@ def test_minimise_without_keys_is_refused(monkeypatch):
 
 
 def test_explain_json_shape():
-    message = {"imei": "358756091234567", "login_ip": "203.0.113.77", "cells": [{"id": 1}, {"id": 2}]}
+    message = {"imei": "358756091234562", "login_ip": "203.0.113.77", "cells": [{"id": 1}, {"id": 2}]}
     result = gateway("explain", "--test-keys", "--json", "--policy", POLICY, "--topic", TOPIC, stdin=json.dumps(message))
     report = json.loads(result.stdout)
     assert {"input", "output", "dropped", "reason", "fields"} <= report.keys()
     assert report["input"] == message and report["dropped"] is False and report["reason"] is None
-    assert report["output"] == {"imei": "35875609-test.pc7c3bqlqvqjuqed", "login_ip": "203.0.113.0"}
+    assert report["output"] == {"imei": "35875609-test.7eeittrju6t7rglj", "login_ip": "203.0.113.0"}
     fields = {f["path"]: f for f in report["fields"]}
     assert set(fields) == {"imei", "login_ip", "cells[].id"}  # one entry per input path, [] for arrays
     assert fields["imei"]["action"] == "pseudonymise" and fields["imei"]["why"].startswith("Tracksolid 1.2")
@@ -114,7 +114,7 @@ def test_explain_shows_why_a_message_was_dropped():
 
 def test_bench_json(tmp_path):
     data = tmp_path / "m.jsonl"
-    data.write_text('{"imei":"358756091234567","latitude":12.9,"longitude":77.6,"login_ip":"10.1.2.3"}\n')
+    data.write_text('{"imei":"358756091234562","latitude":12.9,"longitude":77.6,"login_ip":"10.1.2.3"}\n')
     result = gateway("bench", "--policy", POLICY, "--topic", TOPIC, "--input", str(data), "--seconds", "0.2", "--json")
     report = json.loads(result.stdout)
     assert set(report) >= {"messages", "seconds", "msgs_per_s"}
@@ -148,9 +148,9 @@ def test_keygen_mode_rotate_and_reveal_round_trip(tmp_path):
 def test_keys_from_environment(tmp_path):
     keys = tmp_path / "keys.json"
     main(["keygen", str(keys)])
-    by_file = gateway("minimise", "--policy", POLICY, "--topic", TOPIC, stdin='{"imei": "358756091234567"}',
+    by_file = gateway("minimise", "--policy", POLICY, "--topic", TOPIC, stdin='{"imei": "358756091234562"}',
                       env={"GATEWAY_KEYS_FILE": str(keys), "GATEWAY_KEYS": ""})
-    by_json = gateway("minimise", "--policy", POLICY, "--topic", TOPIC, stdin='{"imei": "358756091234567"}',
+    by_json = gateway("minimise", "--policy", POLICY, "--topic", TOPIC, stdin='{"imei": "358756091234562"}',
                       env={"GATEWAY_KEYS_FILE": "", "GATEWAY_KEYS": keys.read_text()})
     assert by_file.stdout == by_json.stdout and by_file.stdout.startswith('{"imei":"35875609-k1.')
     secret = json.loads(keys.read_text())["keys"]["k1"]

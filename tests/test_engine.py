@@ -39,8 +39,10 @@ M_PER_DEG = 111_320.0
 
 
 
-def pseudonym(value, domain="default", rotate="never", epoch="0", length=16, kid="test"):
-    key = hkdf_sha256(TEST_SECRET, f"telemetry-gateway/v1|pseudonymise|{domain}|{rotate}|{epoch}".encode())
+def pseudonym(value, domain="default", rotate="never", epoch="0", length=16, kid="test", pack="t"):
+    """Independent HKDF + HMAC: keys per pack (``pack:<name>``) unless a link domain is given (``link:<name>``)."""
+    scope = pack if pack.startswith("link:") else f"pack:{pack}"
+    key = hkdf_sha256(TEST_SECRET, f"telemetry-gateway/v1|pseudonymise|{scope}|{domain}|{rotate}|{epoch}".encode())
     mac = hmac.new(key, str(value).encode(), hashlib.sha256).digest()
     return f"{kid}." + base64.b32encode(mac).decode().lower()[:length]
 
@@ -141,7 +143,7 @@ def test_fail_closed_transforms_every_declared_path_and_removes_the_rest():
         "amount": 250.5,
         "payment": {"upi_ref": "UPI/4123", "status": "ok", "payer": "x"},
         "cells": [{"cell_id": "404-45-1234", "rssi": -71, "extra": 1}, {"cell_id": 99, "rssi": -80}],
-        "tags": ["garage", "abc"],
+        "tags": ["garage-storage", "abc"],
         "lat": 12.971599,
         "lon": 77.594566,
         "password": "hunter2",
@@ -160,7 +162,7 @@ def test_fail_closed_transforms_every_declared_path_and_removes_the_rest():
         {"cell_id": pseudonym("404-45-1234", domain="cell"), "rssi": -71},
         {"cell_id": pseudonym("99", domain="cell"), "rssi": -80},
     ]
-    assert out["tags"] == ["**rage", "***"]
+    assert out["tags"] == ["**********rage", "***"]
     assert (out["lat"], out["lon"]) != (12.971599, 77.594566)
     assert haversine_m(12.971599, 77.594566, out["lat"], out["lon"]) <= 750
     assert b"hunter2" not in res.payload and b"490154203237518" not in res.payload
@@ -254,6 +256,13 @@ reason = "flagged"
         ({"debug": 0}, "debug_message", "debug"),
         ({"debug": False}, "debug_message", "debug"),
         ({"event": "heartbeat"}, "heartbeat", "event"),
+        # text compares folded: case, spaces, invisible characters and Unicode width do not matter
+        ({"event": "Heartbeat"}, "heartbeat", "event"),
+        ({"event": " HEART BEAT\t"}, "heartbeat", "event"),
+        ({"event": "\uff48\uff45\uff41\uff52\uff54beat"}, "heartbeat", "event"),  # fullwidth
+        ({"event": "heart\u200bbeat"}, "heartbeat", "event"),
+        ({"event": "HEARTBEAT\u00a0"}, "heartbeat", "event"),
+        ({"payment": {"status": "DECLINED"}}, "not_a_payment", "payment.status"),
         ({"payment": {"status": "declined"}}, "not_a_payment", "payment.status"),
         ({"payment": {"status": "cancelled"}}, "not_a_payment", "payment.status"),
         ({"flag": 1}, "flagged", "flag"),
@@ -271,7 +280,7 @@ def test_drop_when_rejects_with_the_policy_reason(msg, reason, rule):
     "msg, out",
     [
         ({"debug": None, "event": "tick"}, {"event": "tick"}),  # null is not present
-        ({"event": "Heartbeat"}, {"event": "Heartbeat"}),
+        ({"event": "Heart-beat"}, {"event": "Heart-beat"}),
         ({"payment": {"status": "ok"}}, {"payment": {"status": "ok"}}),
         ({"flag": True}, {}),  # true == 1 in Python, but not the same JSON value
         ({"flag": 1.0}, {}),
@@ -748,7 +757,7 @@ def test_nothing_transformed_or_undeclared_reaches_the_output_fail_closed(msg, d
         assert isinstance(res, Forward), res
         out = json.loads(res.payload)
         assert out["ok"] == "fine"
-        assert res.topic == f"cloud/{pseudonym(device, domain='device')}/up"
+        assert res.topic == f"cloud/{pseudonym(device, domain='device', pack='prop_drop')}/up"
     else:
         assert res.reason == "wrong_type" and res.detail in {"lat", "n"}
 

@@ -55,17 +55,27 @@ EARTH_R = 6_371_008.8
 
 
 
-def expected_pseudonym(value, *, secret=TEST_SECRET, kid="test", domain="default", rotate="never", epoch="0", length=16):
-    info = f"telemetry-gateway/v1|pseudonymise|{domain}|{rotate}|{epoch}".encode()
+def expected_pseudonym(
+    value, *, secret=TEST_SECRET, kid="test", domain="default", rotate="never", epoch="0", length=16, scope="pack:"
+):
+    info = f"telemetry-gateway/v1|pseudonymise|{scope}|{domain}|{rotate}|{epoch}".encode()
     key = hkdf_sha256(secret, info)
     mac = hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).digest()
     return f"{kid}." + base64.b32encode(mac).decode().lower()[:length]
 
 
 def independent_decrypt(token: str, secret: bytes = TEST_SECRET) -> str:
-    prefix, kid, data = token.split(".", 2)
-    assert prefix == "enc"
-    key = hkdf_sha256(secret, b"telemetry-gateway/v1|encrypt|aes-siv", 64)
+    """``enc.<kid>.<scope>.<domain>.<data>`` (key per pack or link domain, and domain), or the
+    older ``enc.<kid>.<data>`` (one key for everything)."""
+    parts = token.split(".")
+    assert parts[0] == "enc" and len(parts) in (3, 5)
+    data = parts[-1]
+    if len(parts) == 5:
+        scope = parts[2] if parts[2].startswith("link:") else f"pack:{parts[2]}"
+        info = f"telemetry-gateway/v1|encrypt|{scope}|{parts[3]}|aes-siv".encode()
+    else:
+        info = b"telemetry-gateway/v1|encrypt|aes-siv"
+    key = hkdf_sha256(secret, info, 64)
     sealed = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
     return AESSIV(key).decrypt(sealed, None).decode("utf-8")
 
@@ -203,22 +213,25 @@ def test_pseudonym_monthly_and_never_rotation():
 
 
 def test_pseudonym_keep_prefix():
-    fn = build(Pseudonymise, path="imei", keep_prefix=8)
+    fn = build(Pseudonymise, path="imei", keep_prefix=8, shape="imei")
     imei = "490154203237518"
     assert fn(imei) == "49015420-" + expected_pseudonym(imei)
     assert fn(int(imei)) == "49015420-" + expected_pseudonym(imei)
-    # a value no longer than the prefix is not kept at all
-    assert fn("49015420") == expected_pseudonym("49015420")
-    assert fn("4901") == expected_pseudonym("4901")
+    # a value that is not an IMEI keeps nothing: too short, a phone, a bad check digit, an e-mail
+    for other in ["49015420", "4901", "9876543210", "+919876543210", "490154203237519", "asha.rao@example.com",
+                  "４９０１５４２０３２３７５１８", "49015420323751８", " 490154203237518", "4901542032375180"]:
+        assert fn(other) == expected_pseudonym(other), other
 
 
 def test_pseudonym_keep_after():
-    fn = build(Pseudonymise, path="vpa", keep_after="@")
+    fn = build(Pseudonymise, path="vpa", keep_after="@", shape="vpa")
     assert fn("alice@okaxis") == expected_pseudonym("alice@okaxis") + "@okaxis"
-    # the last separator wins
-    assert fn("a@b@okicici") == expected_pseudonym("a@b@okicici") + "@okicici"
-    # no separator: a plain pseudonym
-    assert fn("alice") == expected_pseudonym("alice")
+    assert fn("9876543210@ybl") == expected_pseudonym("9876543210@ybl") + "@ybl"
+    # not a VPA with a bank handle of letters: the whole value is pseudonymised
+    for other in ["alice", "a@b@okicici", "okaxis@9876543210", "asha@example.com", "asha@ok axis",
+                  "upi://pay?pa=asha@okaxis&pn=Asha%20Rao&tn=call%20+919876543210", "asha@okaxis\n9876543210",
+                  "asha@ｏｋａｘｉｓ", "asha@", "@okaxis"]:
+        assert fn(other) == expected_pseudonym(other), other
 
 
 def test_pseudonym_never_contains_0_1_8_9():
@@ -244,10 +257,21 @@ def test_encrypt_round_trip_and_independent_decryption():
 
 
 def test_encrypt_is_deterministic_across_instances_and_distinct_per_value():
-    a, b = build(Encrypt, path="x"), build(Encrypt, path="y")
+    a, b = build(Encrypt, path="x"), build(Encrypt, path="x")
     assert a("ref-1") == b("ref-1") == a("ref-1")
     assert a("ref-1") != a("ref-2")
     assert a(5) == a("5")
+
+
+def test_encrypt_keys_are_per_field_unless_a_domain_is_shared():
+    x, y = build(Encrypt, path="x"), build(Encrypt, path="y.z[]")
+    assert x("+919876543210") != y("+919876543210")
+    assert y("+919876543210").startswith("enc.test..y_z.")  # no pack here: an empty scope label
+    shared = [build(Encrypt, path=p, domain="phone") for p in ("x", "y")]
+    assert shared[0]("+919876543210") == shared[1]("+919876543210")
+    for fn in (x, y, *shared):
+        assert reveal(Keyring.test(), fn("+919876543210")) == "+919876543210"
+        assert independent_decrypt(fn("+919876543210")) == "+919876543210"
 
 
 def test_reveal_with_wrong_key_or_unknown_kid_fails():
@@ -613,15 +637,21 @@ def test_bucket_time_invalid_is_removed_and_counted(bad):
     [
         ({}, "4111111111111111", "************1111"),
         ({}, 9876543210, "******3210"),
-        ({}, "abcde", "*bcde"),
+        ({}, "abcde", "*****"),  # fewer masked than kept: fully masked (4 of a 5-digit PIN would show)
+        ({}, "abcdefg", "*******"),
+        ({}, "abcdefgh", "****efgh"),
         ({}, "abcd", "****"),  # no longer than keep_last: fully masked
+        ({"keep_last": 8}, "12345678x@ex.com", "****************"),  # the tail would show an e-mail
+        ({"keep_last": 8}, "0123456789abcdefgh", "**********abcdefgh"),
         ({}, "ab", "**"),
         ({}, "", ""),
         ({"keep_last": 0}, "secret", "******"),
         ({"keep_last": 2, "char": "#"}, "98765", "###65"),
+        ({"keep_last": 2, "char": "#"}, "987", "###"),
         ({"keep_last": 8}, "12345678", "********"),
         ({}, "héllo wörld", "*******örld"),
-        ({}, "日本語テキスト", "***テキスト"),  # 7 characters: 3 masked, 4 kept
+        ({}, "日本語テキスト", "*******"),  # 7 characters: 3 masked < 4 kept
+        ({}, "日本語のテキスト", "****テキスト"),
         ({"keep_last": 1, "char": "•"}, "😀😀😀", "••😀"),
     ],
 )
@@ -683,6 +713,20 @@ def test_scrub_detector_subset():
         (Pseudonymise, {"length": "16"}),
         (Pseudonymise, {"keep_prefix": -1}),
         (Pseudonymise, {"keep_prefix": 2, "keep_after": "@"}),
+        (Pseudonymise, {"keep_prefix": 8}),  # an affix needs a declared shape
+        (Pseudonymise, {"keep_after": "@"}),
+        (Pseudonymise, {"keep_prefix": 9, "shape": "imei"}),  # more than the TAC
+        (Pseudonymise, {"keep_after": "-", "shape": "vpa"}),
+        (Pseudonymise, {"keep_prefix": 8, "shape": "vpa"}),
+        (Pseudonymise, {"keep_after": "@", "shape": "imei"}),
+        (Pseudonymise, {"shape": "imei"}),  # a shape without an affix
+        (Pseudonymise, {"on_mismatch": "reject"}),
+        (Pseudonymise, {"keep_after": "@", "shape": "vpa", "handles": ["OK AXIS"]}),
+        (Pseudonymise, {"keep_after": "@", "pattern": "([a-z"}),
+        (Pseudonymise, {"keep_after": "@", "pattern": "[a-z]+@[a-z]+", "shape": "vpa"}),
+        (Pseudonymise, {"link_domain": "Fleet Wide"}),
+        (Encrypt, {"domain": "not an identifier"}),
+        (Encrypt, {"link_domain": "-x"}),
         (Pseudonymise, {"domain": "a-b"}),
         (Pseudonymise, {"domain": ""}),
         (Pseudonymise, {"rotate": "hourly"}),
@@ -745,7 +789,7 @@ def test_bad_parameters_are_validation_errors(cls, params):
 @pytest.mark.parametrize(
     "cls, params",
     [
-        (Pseudonymise, {"op": "pseudonymise", "length": 8, "keep_after": "@", "rotate": "daily"}),
+        (Pseudonymise, {"op": "pseudonymise", "length": 8, "keep_after": "@", "shape": "vpa", "rotate": "daily"}),
         (TruncateIp, {"ipv4_prefix": 0, "ipv6_prefix": 128}),
         (Round, {"decimals": -9}),
         (Bucket, {"edges": [1.5]}),
@@ -860,7 +904,7 @@ def test_fused_generalise_and_replace_equal_the_transform(value):
 def test_fused_cached_transforms_equal_the_transform_hit_or_miss():
     e = env()
     cases = [
-        (build(Pseudonymise, e, path="d", keep_prefix=8), ["490154203237518", 490154203237518, "a", "490154203237518"]),
+        (build(Pseudonymise, e, path="d", keep_prefix=8, shape="imei"), ["490154203237518", 490154203237518, "a", "490154203237518"]),
         (build(Encrypt, e, path="d"), ["UPI/1", 7, "UPI/1"]),
         (build(TruncateIp, e, path="ip"), ["203.0.113.77", "::ffff:203.0.113.7", "not-an-ip", "203.0.113.77", "not-an-ip"]),
     ]

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import socket
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from brokers import Mosquitto
-from service_harness import ROOT, Gateway, Sink, free_port
+from service_harness import ROOT, Gateway, Publisher, Sink, free_port
 
 from devices.gt06 import simulator
 
 
-def test_trackers_over_gt06_arrive_minimised_at_the_cloud(tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]) -> None:
+def test_trackers_over_gt06_arrive_minimised_at_the_cloud(
+    tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]
+) -> None:
     local, cloud = broker_pair
     port = free_port()
     gw = Gateway(tmp_path / "gw", local.url, cloud.url, policies=[ROOT / "rules" / "jimi-tracksolid.toml"],
@@ -40,5 +47,58 @@ def test_trackers_over_gt06_arrive_minimised_at_the_cloud(tmp_path: Path, broker
         assert not any(i in page for i in imeis)
         assert gw.stop() == 0
     finally:
+        sink.close()
+        gw.close()
+
+
+def _flood_gt06(port: int, stop: threading.Event, sent: list[int]) -> None:
+    """Reconnect and send MiBs of start bytes and garbage until told to stop."""
+    rng = random.Random(7)
+    payloads = [b"\x78" * (1 << 20), rng.randbytes(1 << 20), b"\x79\x79\x00\x40" * (1 << 18)]
+    while not stop.is_set():
+        for data in payloads:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(data)
+                    sent[0] += len(data)
+            except OSError:
+                sent[0] += 0  # closed by the listener mid-flood: expected
+            if stop.is_set():
+                return
+
+
+@pytest.mark.slow
+def test_a_gt06_flood_does_not_stall_the_mqtt_pipeline(
+    tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]
+) -> None:
+    local, cloud = broker_pair
+    port = free_port()
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url, policies=[ROOT / "rules" / "jimi-tracksolid.toml"],
+                 extra=f'[ingest.gt06]\nlisten = "127.0.0.1:{port}"')
+    sink = Sink(cloud.url)
+    devices = Publisher(local.url)
+    stop, sent = threading.Event(), [0]
+    flooders = [threading.Thread(target=_flood_gt06, args=(port, stop, sent), daemon=True) for _ in range(2)]
+    try:
+        gw.start()
+        for t in flooders:
+            t.start()
+        worst = 0.0
+        for n in range(1, 31):  # one MQTT message at a time, each timed from publish to the cloud
+            body = json.dumps({"type": "heartbeat", "imei": "358756091234567", "voltage_level": n % 7}).encode()
+            began = time.monotonic()
+            devices.publish_all([("tracksolid/358756091234567/heartbeat", body)])
+            sink.wait_for(n, timeout=30)
+            worst = max(worst, time.monotonic() - began)
+        stop.set()
+        for t in flooders:
+            t.join(30)
+        assert sent[0] >= 4 << 20, sent  # the flood really ran alongside
+        assert worst < 2.0, worst  # a 2 MiB flood used to stall the pipeline for 13 s
+        assert gw.metric("gateway_gt06_events_total", event="too_many_errors") >= 2
+        assert gw.stop() == 0
+    finally:
+        stop.set()
+        devices.close()
         sink.close()
         gw.close()

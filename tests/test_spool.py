@@ -258,5 +258,5 @@ def test_canary_only_the_minimised_bytes_reach_disk(tmp_path: Path) -> None:
     # No way in but finished bytes: the public surface is exactly this.
     assert {n for n in dir(Spool) if not n.startswith("_")} == {
         "append", "append_many", "peek", "delete", "close", "depth", "bytes", "compact", "disk_bytes",
-        "quarantine", "quarantine_record", "quarantined", "resend", "purge", "quarantine_depth",
+        "quarantine", "quarantine_record", "quarantined", "resend", "purge", "quarantine_depth", "refresh",
     }

@@ -98,6 +98,9 @@ class BuildEnv:
     epochs: Epochs
     stats: Counter = field(default_factory=Counter)  # (rule label, event) -> count
     cache_size: int = 65536
+    pack: str = ""  # the policy's name: keys are per pack unless a link domain is declared
+    link_domain: str = ""  # the policy's declared linkage domain ("" = none)
+    field: str = ""  # the rule's field path, or "topic_<name>" for a topic level
 
 
 class BoundedCache(dict):

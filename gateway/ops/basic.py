@@ -7,7 +7,7 @@ from typing import Any, Literal
 import msgspec
 
 from gateway.ops.base import SCALAR, BuildEnv, FieldRule, Transform, fusable
-from gateway.ops.detect import DETECTORS
+from gateway.ops.detect import ALL, DETECTORS, find
 
 TYPES: dict[str, Any] = {
     "any": Any,
@@ -107,7 +107,10 @@ def _key(v: Any) -> str:
 
 class Mask(FieldRule, tag="mask"):
     """Keep only the last ``keep_last`` characters (``************1111``).
-    A value no longer than ``keep_last`` is masked entirely."""
+
+    The tail is kept only when at least as many characters are masked as kept and
+    the leak guard finds nothing in it; otherwise the value is masked entirely (so
+    ``keep_last = 4`` never shows 4 of a 5-digit PIN)."""
 
     accepts = str | int
     keep_last: int = 4
@@ -124,8 +127,8 @@ class Mask(FieldRule, tag="mask"):
 
         def mask(v: str | int) -> str:
             text = str(v)
-            if len(text) <= k:
+            if len(text) < 2 * k or not k or find(text[-k:], ALL):
                 return c * len(text)
-            return c * (len(text) - k) + (text[-k:] if k else "")
+            return c * (len(text) - k) + text[-k:]
 
         return mask

@@ -1,55 +1,252 @@
 """Detectors for identifiers hidden in free text, shared by ``scrub`` and the leak guard.
 
-Each family has its own compiled regex, run only when a byte-level gate says
+Text is first normalised (``normalise``): every Unicode decimal digit becomes its
+ASCII digit (fullwidth, Devanagari, Arabic-Indic ... every script Python knows),
+NFKC folds compatibility forms (fullwidth ``@`` and letters, circled digits), Unicode spaces become
+spaces and dashes ``-``, zero-width and other format characters and combining marks
+are removed, and ``%40``, ``&#64;`` and ``\\u0040`` escapes are decoded. A pure-ASCII
+string without an escape, the common case, is used as it is. Hits are mapped back to
+spans of the original text.
+
+Each family then has its own compiled regex, run only when a byte-level gate says
 the text could hold it (no ``@``: no e-mail or UPI VPA; fewer than 8 digits: no
 card, IMEI, UTR or phone). Most kept strings ("locked", "card") pass every gate
 in well under a microsecond, which is what lets the leak guard run on the hot
-path. Every pattern may only start at a word boundary (a look-behind), so a long
-crash log or base64 blob is scanned in linear time. Cheap checks (Luhn, digit
-counts, ``ipaddress``) then decide what a candidate is.
+path. Patterns start at a boundary (a look-behind) and use possessive repeats, so
+a long crash log or base64 blob is scanned in linear time; digit runs are split
+into identifiers group by group only up to a budget of characters per text, beyond
+which a single C-speed pattern marks every run of 10 or more digits (so 64 KiB of
+``12 12 12 ...`` costs about a millisecond, not a Python step per group). Cheap
+checks (Luhn, digit counts, ``ipaddress``) then decide what a candidate is.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
+import unicodedata
+from bisect import bisect_right
+from itertools import accumulate
 
 DETECTORS = ("secret", "email", "upi_vpa", "ip", "card", "imei", "utr", "phone")
-TOKENS = {name: f"[{name.upper()}]" for name in DETECTORS}
 ALL = frozenset(DETECTORS)
+# A pair of coordinates with PAIR_DECIMALS or more decimals is precise location. It is
+# not a selectable detector: scrub and the guard always look for it (the consent gate
+# must not be bypassed by writing a position as text).
+COORDINATE = "coordinate"
+PAIR_DECIMALS = 5
+TOKENS = {name: f"[{name.upper()}]" for name in (*DETECTORS, COORDINATE)}
+
+# -- normalisation ------------------------------------------------------------------------
+
+_DROP = frozenset(("Cf", "Mn", "Mc", "Me"))  # zero-width, joiners, bidi marks, soft hyphen, combining marks
+_SPACE = frozenset(("Zs", "Zl", "Zp"))
+
+
+def _fold(ch: str) -> str:
+    digit = unicodedata.decimal(ch, None)
+    if digit is not None:
+        return chr(48 + digit)
+    category = unicodedata.category(ch)
+    if category in _DROP:
+        return ""
+    if category in _SPACE or ch.isspace():
+        return " "
+    if category == "Pd" or ch == "\u2212":
+        return "-"
+    return ch
+
+
+def normal_char(ch: str) -> str:
+    """What one character reads as to the detectors: Arabic-Indic three -> ``"3"``, fullwidth
+    at sign -> ``"@"``, zero-width space -> ``""``, circled one -> ``"1"``."""
+    if ch.isascii():
+        return ch
+    folded = _fold(ch)
+    if folded != ch:
+        return folded
+    return "".join(map(_fold, unicodedata.normalize("NFKC", ch)))
+
+
+class _Table(dict):
+    """``str.translate`` table from a code point to what ``value`` makes of its normal form,
+    filled lazily and bounded, so no table of all of Unicode is built at import."""
+
+    def __init__(self, value) -> None:
+        super().__init__({cp: value(chr(cp)) for cp in range(128)})
+        self.value = value
+
+    def __missing__(self, cp: int) -> str:
+        out = self.value(normal_char(chr(cp)))
+        if len(self) < 65536:
+            self[cp] = out
+        return out
+
+
+_SENTINEL = "\uffff"  # in the one-for-one table: a character that normalises to 0 or 2+ characters
+_FULL = _Table(lambda n: n)
+_ONE = _Table(lambda n: n if len(n) == 1 and n != _SENTINEL else _SENTINEL)
+_LENGTH = _Table(lambda n: chr(len(n)))
+_ESCAPE = r"%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*+|&#(?:[0-9]{1,7}|[xX][0-9A-Fa-f]{1,6});|\\u[0-9A-Fa-f]{4}"
+_SPECIAL = re.compile(_ESCAPE + "|" + _SENTINEL)
+_ESCAPED = re.compile(_ESCAPE)
+
+
+def _unescape(s: str) -> str:
+    if s[0] == "%":
+        return bytes.fromhex(s.replace("%", "")).decode("utf-8", "replace")
+    if s[0] == "&":
+        n = int(s[3:-1], 16) if s[2] in "xX" else int(s[2:-1])
+        return chr(n) if n < 0x110000 else "\ufffd"
+    return chr(int(s[2:], 16))
+
+
+class Spans:
+    """Where each stretch of a normalised text came from (text with escapes): ``(norm_start,
+    orig_start, orig_end)``, ``orig_end`` None for a stretch copied character for character."""
+
+    def __init__(self) -> None:
+        self.norm: list[int] = []
+        self.segs: list[tuple[int, int | None]] = []
+
+    def add(self, norm_start: int, orig_start: int, orig_end: int | None) -> None:
+        self.norm.append(norm_start)
+        self.segs.append((orig_start, orig_end))
+
+    def original(self, start: int, end: int) -> tuple[int, int]:
+        """The span of the original text that normalised to ``norm[start:end]``."""
+        i = bisect_right(self.norm, start) - 1
+        o_start, o_end = self.segs[i]
+        a = o_start + (start - self.norm[i]) if o_end is None else o_start
+        j = bisect_right(self.norm, end - 1) - 1
+        o_start, o_end = self.segs[j]
+        b = o_start + (end - 1 - self.norm[j]) + 1 if o_end is None else o_end
+        return a, b
+
+
+class _Lengths:
+    """Spans of a text normalised character by character: built only when there is a hit, from
+    the normal form's length of each character (``str.translate`` and ``accumulate``, C speed)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.starts: list[int] | None = None
+
+    def original(self, start: int, end: int) -> tuple[int, int]:
+        if self.starts is None:
+            self.starts = list(accumulate(self.text.translate(_LENGTH).encode("latin-1"), initial=0))
+        return bisect_right(self.starts, start) - 1, bisect_right(self.starts, end - 1)
+
+
+def normalise(text: str) -> tuple[str, Spans | _Lengths | None]:
+    """The text the detectors read, and how to map its spans back (None: the same positions)."""
+    if text.isascii():
+        if ("%" not in text and "&#" not in text and "\\u" not in text) or not _ESCAPED.search(text):
+            return text, None
+        folded = text
+    else:
+        norm = text.translate(_FULL)
+        if not _ESCAPED.search(norm):
+            return norm, _Lengths(text)
+        folded = text.translate(_ONE)  # one character for one (or the sentinel)
+    spans = Spans()
+    pieces: list[str] = []
+    n = pos = 0
+    for m in _SPECIAL.finditer(folded):
+        a, b = m.span()
+        if a > pos:
+            spans.add(n, pos, None)
+            pieces.append(folded[pos:a])
+            n += a - pos
+        escape = m.group()
+        rep = normal_char(text[a]) if escape == _SENTINEL else "".join(map(normal_char, _unescape(escape)))
+        if rep:
+            spans.add(n, a, b)
+            pieces.append(rep)
+            n += len(rep)
+        pos = b
+    if pos < len(folded):
+        spans.add(n, pos, None)
+        pieces.append(folded[pos:])
+    if not spans.norm:
+        return "", None
+    return "".join(pieces), spans
+
+
+# -- patterns -----------------------------------------------------------------------------
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+# A keyword may carry a prefix (db_password, client-secret, x.api_key, refreshToken) but not
+# be the tail of a word (keypin, spinner); "pass" only with a prefix (DB_PASS).
+_KEYWORD = r"""(?:
+    (?<![A-Za-z0-9])(?i:password|passwd|passphrase|pwd|secret|token|api[_-]?key|access[_-]?key
+        |private[_-]?key|credentials?|upi[_-]?pin|pin|otp)
+  | (?<=[_.-])(?i:pass)
+  | (?<=[a-z0-9])(?:P(?:assword|asswd|assphrase|wd|in|ASSWORD|IN)|S(?:ecret|ECRET)|T(?:oken|OKEN)
+        |A(?:pi_?[Kk]ey|ccess_?[Kk]ey|PI_?KEY)|O(?:tp|TP)|C(?:redentials?|REDENTIALS?)|PrivateKey))
+  (?:[_.-]?(?i:key|code|value|hash))?"""
 _SECRET = re.compile(
-    r"""(?<![A-Za-z0-9_])(?:
-        (?i:bearer|basic)\s+(?=[A-Za-z0-9._~+/=-]*?(?:[0-9+/=]|[a-z][A-Z]))(?P<bearer>[A-Za-z0-9._~+/=-]{8,})
-      | (?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|upi[_-]?pin|pin|otp)
-        ["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}]+))
+    rf"""(?<![A-Za-z0-9])(?i:proxy-)?(?i:authorization)["']?\s*[=:]\s*["']?
+        (?:(?i:bearer|basic|token|digest|negotiate|ntlm|apikey|hmac|jwt)\s+)?(?P<auth>[^\s"',;&}}]+)
+  | (?<![A-Za-z0-9])(?i:bearer|basic|token)\s++(?=[A-Za-z0-9._~+/=-]*?(?:[0-9+/=]|[a-z][A-Z]))
+        (?P<bearer>[A-Za-z0-9._~+/=-]{{8,}})
+  | {_KEYWORD}["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}}]+)
   | (?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@""",
     re.VERBOSE,
 )
-_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp")
-_AT = re.compile(r"(?<![A-Za-z0-9._%+-])(?P<local>[A-Za-z0-9._%+-]++)@(?P<domain>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)")
-_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.])")
-_IPV6 = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\d{1,3}(?:\.\d{1,3}){3})?(?:%[\w.]+)?(?![\w:.])")
-_DIGITS = re.compile(
-    r"(?<![A-Za-z0-9+])(?<!\d[.,])(?>\+?(?:\(\d{1,5}\)[ -]?)?\d(?:\)?[ -]?\(?\d){5,}+\)?)(?![A-Za-z0-9])"
+_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|credential")
+_AT = re.compile(r"(?<![\w.%+-])(?P<local>[\w.%+-]++)@(?P<domain>[\w-]++(?:\.[\w-]++)*+)")
+# An IPv4 address may be followed by a full stop, a letter or other glue ("203.0.113.77.",
+# "198.51.100.23.jpg", "203.0.113.77abc"), not by another number ("1.2.3.4.5").
+_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", re.ASCII)
+_IPV6 = re.compile(
+    r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\d{1,3}(?:\.\d{1,3}){3})?(?:%[\w.]+)?"
+    r"(?![0-9A-Fa-f:]|\.\d)",
+    re.ASCII,
 )
-_DATE = re.compile(r"(?:19|20)\d\d-[01]\d-[0-3]\d|[0-3]\d-[01]\d-(?:19|20)\d\d")
-_GROUP = re.compile(r"\+?\(?\d+\)?")
+# A run of digit groups joined by single separators: spaces, tabs and dashes (strong), or
+# ".", "/" and "_" (weak, see _window). Letters may touch it ("card4111...", "tel98765...").
+_SEP = r"[ \t./_-]"
+_DIGITS = re.compile(
+    rf"(?<![0-9+])(?<!\d[.,])(?=\+?(?:\(\d{{1,5}}\)[ -]?)?(?:\d\)?{_SEP}?\(?){{5}}\d)"
+    rf"(?>\+?(?:\(\d{{1,5}}\)[ -]?)?\d++(?:\)?{_SEP}?\(?\d++)*+\)?)",
+    re.ASCII,
+)
+_COARSE = re.compile(
+    rf"(?<![0-9+])(?<!\d[.,])(?=\+?(?:\d[()]?{_SEP}?[()]?){{9}}\d)\+?\d++(?:[()]?{_SEP}?[()]?\d++)*+", re.ASCII
+)
+_DATE = re.compile(r"(?:19|20)\d\d([-/._])[01]\d\1[0-3]\d|[0-3]\d([-/._])[0-3]\d\2(?:19|20)\d\d", re.ASCII)
+_COMPACT_DATE = re.compile(r"(?:19|20)\d\d[01]\d[0-3]\d", re.ASCII)
+_GROUP = re.compile(r"\+?\(?\d+\)?", re.ASCII)
 _UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+# A hash or key in hex (a word of 32+ hex digits with a letter) is not a row of identifiers.
+_HEX_RUN = re.compile(r"[0-9A-Fa-f]{0,161}")
+_ALNUM = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_NUM = r"[-+]?\d{1,3}\.(\d++)(?:\s?°)?(?:\s?[NSEWnsew](?![A-Za-z]))?"
+_PAIR = re.compile(
+    rf"(?<![\d.]){_NUM}(?:\s*+[,;/|]\s*+|\s++)(?:(?i:lat|latitude|lon|lng|long|longitude)\s*+[:=]?\s*+)?{_NUM}(?!\d|\.\d)",
+    re.ASCII,
+)
+_PAIR_NUMBER = re.compile(r"[-+]?\d{1,3}\.\d+", re.ASCII)
 _DIGIT_BYTES = b"0123456789"
+_NOT_HEX = str.maketrans(dict.fromkeys("0123456789ABCDEFabcdef"))
 # A value that is exactly an ISO 8601 timestamp holds no identifier; timestamps
 # are the commonest kept strings with many digits, so they skip the scans.
-ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?)?(?:Z|[+-]\d\d:?\d\d)?")
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?)?(?:Z|[+-]\d\d:?\d\d)?", re.ASCII)
 # The same test without the regex engine (about 1 us a call here): an ASCII string whose
 # digits, all written as "0", give one of the finitely many shapes ISO_TIME accepts.
 ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_SECONDS = ["", ":00", *(":00." + "0" * k for k in range(1, 10))]
 ISO_SHAPES = frozenset(
     f"0000-00-00{time}{zone}".encode()
-    for time in ["", *(f"{sep}00:00{sec}" for sep in "T " for sec in ["", ":00", *(":00." + "0" * k for k in range(1, 10))])]
+    for time in ["", *(f"{sep}00:00{sec}" for sep in "T " for sec in _SECONDS)]
     for zone in ("", "Z", "+00:00", "-00:00", "+0000", "-0000")
 )
 assert all(ISO_TIME.fullmatch(shape.decode()) for shape in ISO_SHAPES)
+# Splitting digit runs group by group costs Python steps; beyond this many characters of
+# runs in one text, _COARSE marks the rest (every run of 10+ digits is a phone).
+RUN_BUDGET = 1024
 
 
 def iso_time(text: str) -> bool:
@@ -58,25 +255,17 @@ def iso_time(text: str) -> bool:
     return text.isascii() and len(text) <= 35 and text.encode().translate(ZERO_DIGITS) in ISO_SHAPES
 
 
+_DOUBLE = str.maketrans("0123456789", "0246813579")  # a digit doubled, its digits summed
+
+
 def luhn(digits: str) -> bool:
-    """Luhn check (payment cards, IMEIs) over a string of ASCII digits."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        x = ord(ch) - 48
-        if i & 1:
-            x *= 2
-            if x > 9:
-                x -= 9
-        total += x
-    return total % 10 == 0
-
-
-def classify_digits(run: str) -> str | None:
-    """What a run of digits (with optional ``+``, spaces, dashes, parentheses) is."""
-    if _DATE.match(run):  # "2026-11-23 10" in a log line is a timestamp, not a phone
-        return None
-    digits = "".join(ch for ch in run if ch.isdigit())
-    return _kind(digits, len(digits) == len(run), run.startswith("+"))
+    """Luhn check (payment cards, IMEIs) over a string of digits (any script)."""
+    if not digits.isascii():
+        digits = digits.translate(_ONE)
+    if not digits.isdigit():
+        return False
+    odd, even = digits[-1::-2], digits[-2::-2].translate(_DOUBLE)
+    return (sum(odd.encode()) + sum(even.encode()) - 48 * len(digits)) % 10 == 0
 
 
 def _kind(digits: str, contiguous: bool, plus: bool) -> str | None:
@@ -92,12 +281,29 @@ def _kind(digits: str, contiguous: bool, plus: bool) -> str | None:
     return None
 
 
-def classify_number(value: int) -> str | None:
-    """Identifiers a JSON integer can carry: a 12-digit UTR, a 15-digit IMEI or
-    a 16-19 digit card number (Luhn). 10, 13 and 14 digit numbers are left
-    alone: they are epoch seconds and milliseconds far more often."""
-    if -100_000_000_000 < value < 100_000_000_000:
+NUMBER_LIMIT = 100_000_000_000  # numbers below this (in magnitude) cannot be a UTR, IMEI or card
+_EXACT = 2**53  # beyond this a double does not hold every integer
+
+
+def classify_number(value: int | float) -> str | None:
+    """Identifiers a JSON number can carry: a 12-digit UTR, a 15-digit IMEI or a 16-19
+    digit card number (Luhn). 10, 13 and 14 digit numbers are left alone: they are epoch
+    seconds and milliseconds far more often.
+
+    A float is read as its integer part (``4111111111111111.0``, ``4.111111111111111e15``:
+    cJSON prints numbers so). A float of 15 integer digits is an IMEI even without a valid
+    check digit (a device id sent as a double), and one of 16-19 digits beyond 2**53, whose
+    last digits a double cannot hold, is a card."""
+    if -NUMBER_LIMIT < value < NUMBER_LIMIT:
         return None
+    if value.__class__ is not int:
+        if not math.isfinite(value):
+            return None
+        if _EXACT <= abs(value) < 10**19:
+            return "card"
+        value = int(value)
+        if 10**14 <= abs(value) < 10**15:
+            return "imei"
     digits = str(abs(value))
     n = len(digits)
     if n == 12:
@@ -107,37 +313,69 @@ def classify_number(value: int) -> str | None:
     return None
 
 
+def precise_pair(a: float, b: float) -> bool:
+    """Two numbers that read as a latitude and longitude, one with PAIR_DECIMALS+ decimals."""
+    return _coordinates(a, b) and max(_float_decimals(a), _float_decimals(b)) >= PAIR_DECIMALS
+
+
+def _coordinates(a: float, b: float) -> bool:
+    return abs(a) <= 180 and abs(b) <= 180 and min(abs(a), abs(b)) <= 90
+
+
+def _float_decimals(x: float) -> int:
+    text = repr(float(x))
+    mantissa, _, exponent = text.partition("e")
+    decimals = len(mantissa.partition(".")[2].rstrip("0"))
+    return max(0, decimals - int(exponent)) if exponent else decimals
+
+
 _RANK = {"card": 0, "imei": 0, "utr": 1, "phone": 2}
 
 
 def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
-    """Identifiers in a run of digit groups. The run is greedy across spaces and
-    dashes ("qty 2 4111 1111 1111 1111"), so when it is not one identifier as a
-    whole, sub-runs of whole groups are tried: Luhn-checked numbers first, then
-    UTRs, then phones, longer before shorter. A sub-run starts at a group of two
-    or more digits (or a "+"), never at a date, and holds at most 19 digits, so
-    the work is linear in the length of the run."""
+    """Identifiers in a run of digit groups: windows of whole groups, Luhn-checked numbers
+    first, then UTRs, then phones, longer before shorter. A window starts at a group of two
+    or more digits (or a "+", or the whole run), never at a date or after a decimal point,
+    and holds at most 19 digits, so the work is linear in the length of the run. A window
+    joined by a weak separator (".", "/", "_") uses that one separator throughout and has
+    3+ groups of 2+ digits ("4111.1111.1111.1111", "+91.98765.43210"; not "12.50 13.75",
+    "10.0.19045.3693", "3.14159265358979" or an IPv4 address)."""
     run = m.group()
-    kind = classify_digits(run)
-    if kind:
-        return [(m.start(), m.end(), kind)]
-    groups = [(g.start(), g.end(), "".join(ch for ch in g.group() if ch.isdigit())) for g in _GROUP.finditer(run)]
+    groups = []
+    for g in _GROUP.finditer(run):
+        text = g.group()
+        digits = text.strip("+()")
+        groups.append((g.start(), g.end(), digits, run[g.start() - 1] if g.start() else "", text))
     in_date = bytearray(len(run))
     for d in _DATE.finditer(run):
         in_date[d.start() : d.end()] = b"\x01" * (d.end() - d.start())
+    last = len(groups) - 1
     candidates = []
-    for i, (start, _, first_digits) in enumerate(groups):
-        if (len(first_digits) < 2 and run[start] != "+") or in_date[start]:
+    for i, (start, _, first, before, text) in enumerate(groups):
+        plus = text[0] == "+"
+        short = len(first) < 2 and not plus  # starts only the whole run
+        if (short and i) or in_date[start] or before == "." or (len(first) == 8 and _COMPACT_DATE.fullmatch(first)):
             continue
-        digits, best = "", None
+        digits, best, weak, strong = "", None, "", False
         for k in range(i, len(groups)):
-            digits += groups[k][2]
+            _, g_end, g_digits, g_before, _ = groups[k]
+            digits += g_digits
             if len(digits) > 19:
                 break
-            if len(digits) >= 8:
-                kind = _kind(digits, k == i and run[start].isdigit(), run[start] == "+")
-                if kind and (best is None or (_RANK[kind], start - groups[k][1]) < best[:2]):
-                    best = (_RANK[kind], start - groups[k][1], start, groups[k][1], kind)
+            if k > i:
+                if g_before in "./_":
+                    if strong or (weak and g_before != weak):
+                        break  # a weak window uses one separator throughout
+                    weak = g_before
+                elif weak:
+                    break
+                else:
+                    strong = True
+            if len(digits) < 8 or (short and k != last) or (weak and not _weak_ok(run, groups, i, k, plus)):
+                continue
+            kind = _kind(digits, k == i and not plus, plus)
+            if kind and (best is None or (_RANK[kind], start - g_end) < best[:2]):
+                best = (_RANK[kind], start - g_end, start, g_end, kind)
         if best is not None:
             candidates.append(best)
     hits: list[tuple[int, int, str]] = []
@@ -149,11 +387,35 @@ def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
     return sorted(hits)
 
 
+def _weak_ok(run: str, groups: list, i: int, k: int, plus: bool) -> bool:
+    if k - i < 2:
+        return False
+    sizes = [len(groups[j][2]) for j in range(i, k + 1)]
+    if min(sizes[1:]) < 2 or (sizes[0] < 2 and not plus):
+        return False
+    return not _IPV4.fullmatch(run[groups[i][0] : groups[k][1]].strip("()"))  # the ip detector's
+
+
+def _in_hash(text: str, start: int, end: int) -> bool:
+    """``text[start:end]`` lies inside a word of 32 to 160 hex digits with a letter (a hash, a key)."""
+    glued_left = start > 0 and text[start - 1] in _ALNUM
+    if not glued_left and (end == len(text) or text[end] not in _ALNUM):
+        return False  # a word of its own: all digits, so no hash
+    right = _HEX_RUN.match(text, end).end()
+    if right < len(text) and text[right] in _ALNUM:
+        return False  # part of a longer word, not (only) hex
+    left = start - len(_HEX_RUN.match(text[max(0, start - 160) : start][::-1]).group())
+    if left and text[left - 1] in _ALNUM:
+        return False
+    word = text[left:right]
+    return 32 <= len(word) <= 160 and not word.isdigit() and text[start:end].translate(_NOT_HEX) == ""
+
+
 def _at(m: re.Match) -> str | None:
     domain = m.group("domain")
     if "." in domain:
         tld = domain.rsplit(".", 1)[1]
-        return "email" if len(tld) >= 2 and tld.isalpha() else None
+        return "email" if (len(tld) >= 2 and tld.isalpha()) or tld.lower().startswith("xn--") else None
     return "upi_vpa" if len(domain) >= 2 and domain.isalpha() else None
 
 
@@ -165,8 +427,29 @@ def _ipv6(m: re.Match) -> str | None:
     return "ip"
 
 
+def _pair(m: re.Match) -> bool:
+    a, b = _PAIR_NUMBER.findall(m.group())[:2]
+    return max(len(m.group(1)), len(m.group(2))) >= PAIR_DECIMALS and _coordinates(float(a), float(b))
+
+
 def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]:
-    """``(detector, start, end)`` for every enabled identifier, in order, not overlapping."""
+    """``(detector, start, end)`` for every enabled identifier (and every precise coordinate
+    pair), in order, not overlapping, as spans of ``text``."""
+    norm, spans = normalise(text)
+    hits = _find(norm, enabled)
+    if spans is None or not hits:
+        return hits
+    out: list[tuple[str, int, int]] = []
+    for kind, start, end in hits:
+        a, b = spans.original(start, end)
+        if out and a < out[-1][2]:  # two hits inside one decoded escape
+            out[-1] = (out[-1][0], out[-1][1], max(b, out[-1][2]))
+        else:
+            out.append((kind, a, b))
+    return out
+
+
+def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
     if len(text) <= 35 and ISO_TIME.fullmatch(text):
         return []
     raw = text.encode("utf-8", "surrogatepass")
@@ -174,7 +457,7 @@ def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]
     hits: list[tuple[int, int, str]] = []
     if "secret" in enabled and (b"://" in raw or _SECRET_WORDS.search(raw.lower())):
         for m in _SECRET.finditer(text):
-            group = m.lastgroup if m.lastgroup == "userinfo" else "bearer" if m.group("bearer") is not None else "value"
+            group = m.lastgroup
             hits.append((m.start(group), m.end(group), "secret"))
     if b"@" in raw and not enabled.isdisjoint(("email", "upi_vpa")):
         for m in _AT.finditer(text):
@@ -187,12 +470,22 @@ def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]
         if raw.count(b":") >= 2:
             hits.extend((m.start(), m.end(), "ip") for m in _IPV6.finditer(text) if _ipv6(m))
     if digits >= 8:
-        # A UUID's groups are hex, and an all-digit one is not a UTR or phone.
-        uuids = [m.span() for m in _UUID.finditer(text)] if b"-" in raw else []
+        if raw.count(b".") >= 2:
+            hits.extend((m.start(), m.end(), COORDINATE) for m in _PAIR.finditer(text) if _pair(m))
+        # A UUID's groups are hex, and an all-digit one is not a UTR or phone; nor is a hash.
+        ignore = [m.span() for m in _UUID.finditer(text)] if b"-" in raw else []
+        found: list[tuple[int, int, str]] = []
+        budget = RUN_BUDGET
         for m in _DIGITS.finditer(text):
-            for hit in _digit_run(m):
-                if not any(a <= hit[0] and hit[1] <= b for a, b in uuids):
-                    hits.append(hit)
+            budget -= m.end() - m.start()
+            if budget < 0:  # the rest in one pass at C speed
+                kind = next((k for k in ("phone", "card", "imei", "utr") if k in enabled), "phone")
+                found.extend((c.start(), c.end(), kind) for c in _COARSE.finditer(text, m.start()))
+                break
+            found.extend(_digit_run(m))
+        for hit in found:
+            if not any(a <= hit[0] and hit[1] <= b for a, b in ignore) and not _in_hash(text, hit[0], hit[1]):
+                hits.append(hit)
     if not hits:
         return []
     # Earliest first, longest first at the same start; drop what an earlier hit covers.
@@ -200,7 +493,7 @@ def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]
     out: list[tuple[str, int, int]] = []
     end = -1
     for start, stop, kind in hits:
-        if start >= end and kind in enabled:
+        if start >= end and (kind in enabled or kind == COORDINATE):
             out.append((kind, start, stop))
             end = stop
     return out

@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import pairwise
 from typing import Literal
 
 from msgspec import UNSET
@@ -30,9 +31,9 @@ def _multiples(step: float, floor: bool, stats: Counter | None = None, label: st
     """Nearest (or floor) multiple of ``step`` with a clean repr: n * 0.5 gives 2.5, not 2.5000000001.
 
     Integer arithmetic on the scaled step instead of round(x, n), which is ~10x slower.
-    An integer input with an integral step stays an integer. A number too large for
-    a float (JSON allows 1e400-digit integers) is removed and counted as
-    ``invalid_number``."""
+    An integer input with an integral step stays an integer. A number whose multiple
+    does not fit a float (a 400-digit JSON integer; 1.7e308 rounded up to a step of 3)
+    is removed and counted as ``invalid_number``."""
     digits = _decimals_of(step)
     scale = 10**digits
     istep = round(step * scale)
@@ -49,13 +50,13 @@ def _multiples(step: float, floor: bool, stats: Counter | None = None, label: st
                     n += 1
             else:
                 n = round(q)
-        except OverflowError:  # an int beyond 1.8e308, or an infinite quotient
+            if integral and v.__class__ is int:
+                return n * istep
+            return n * istep / scale
+        except OverflowError:  # an int beyond 1.8e308, an infinite quotient, or a float multiple past the maximum
             if stats is not None:
                 stats[(label, "invalid_number")] += 1
             return UNSET
-        if integral and v.__class__ is int:
-            return n * istep
-        return n * istep / scale
 
     def fuse(p: str) -> tuple[str, list[str], dict] | None:
         # An int inline, in integers. Below 2**31 (and with a step below 2**21) the float
@@ -122,7 +123,7 @@ class Bucket(FieldRule, tag="bucket"):
             return _multiples(self.step, True, env.stats, self.label())
         edges = self.edges
         fmt = [_fmt(e) for e in edges]
-        labels = [f"<{fmt[0]}"] + [f"{a}-{b}" for a, b in zip(fmt, fmt[1:])] + [f">={fmt[-1]}"]
+        labels = [f"<{fmt[0]}"] + [f"{a}-{b}" for a, b in pairwise(fmt)] + [f">={fmt[-1]}"]
 
         def label_range(v: int | float):
             if v.__class__ is float and not math.isfinite(v):  # ints compare exactly, however large

@@ -22,10 +22,9 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from gateway.ops.base import BoundedCache
-from gateway.ops.detect import ISO_SHAPES, ZERO_DIGITS, classify_number, find
+from gateway.ops.detect import ISO_SHAPES, NUMBER_LIMIT, ZERO_DIGITS, classify_number, find
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step
 
-NUMBER_LIMIT = 100_000_000_000  # integers below this cannot be a UTR, IMEI or card number
 VERDICT_CACHE = 1024  # per kept string field: recent values the guard found clean
 VERDICT_MAX_LEN = 64  # only short values are remembered
 
@@ -51,7 +50,7 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
     """``run(payload, upstream, device, consents) -> Forward | Reject`` for a fail-closed plan.
 
     ``helpers`` come from gateway.pipeline: Forward, Reject, TooDeep, invalid,
-    sample_unknown, granted_of, condition, read, NO_CONSENT, EMPTY. Sets
+    sample_unknown, granted_of, holds, read, refused, AffixRefused, NO_CONSENT, EMPTY. Sets
     ``plan.tallies`` (the counts the generated code keeps in local cells).
 
     With the leak guard on, kept root ``integer`` fields are decoded by a second
@@ -91,7 +90,7 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
         if plan.conditions:
             lines += [
                 "for cond in conditions:",
-                "    if condition(cond.rule, read(obj, cond.steps, True)):",
+                "    if holds(cond, obj, True):",
                 "        stats[(cond.rule.path, cond.rule.reason)] += 1",
                 "        return Reject(cond.rule.reason, plan, cond.rule.path)",
             ]
@@ -109,6 +108,8 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
             *_indent(guard, 1),
             "except TooDeep:",
             "    return Reject('too_deep', plan)",
+            "except AffixRefused as exc:",
+            "    return refused(plan, exc.args[0])",
             "return tuple_new(Forward, (upstream, encode(obj), plan, unknown))",  # C-level NamedTuple build
         ]
 
@@ -317,10 +318,10 @@ def _guard(
             lines += string  # a str, None or UNSET (both false)
         elif kind == "integer":
             lines += ["if v.__class__ is int:", *_indent(integer, 1)]
-        elif kind == "number":
+        elif kind == "number":  # a float is checked like an int (4111111111111111.0 is a card)
             lines += ["if v.__class__ is int:", *_indent(integer, 1)]
-            if COORDINATE_KEYS.fullmatch(step.key):  # a float elsewhere cannot trip a detector
-                lines += ["elif v.__class__ is float:", *_indent(other, 1)]
+            as_float = other if COORDINATE_KEYS.fullmatch(step.key) else integer
+            lines += ["elif v.__class__ is float:", *_indent(as_float, 1)]
         else:
             lines += [
                 "c = v.__class__",

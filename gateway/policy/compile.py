@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -24,7 +24,7 @@ from gateway.ops.base import BuildEnv, Epochs, Rule, Transform
 from gateway.ops.detect import ALL, classify_number, find
 from gateway.ops.location import CoarsenLocation
 from gateway.policy.load import PolicyError, Source, locate
-from gateway.policy.model import DropWhen, Policy
+from gateway.policy.model import DropWhen, Match, Policy, fold
 from gateway.policy.topics import Template, TopicFilter, safe_level
 
 _SEGMENT = re.compile(r"([^.\[\]]+)(\[\])?")
@@ -80,6 +80,36 @@ class Node:
 class Condition:
     steps: list[Step]  # the path, root first
     rule: DropWhen
+    test: Any = None  # value -> bool, from rule (see matcher)
+    unless_steps: list[Step] | None = None
+    unless_test: Any = None
+
+
+def matcher(m: Match):
+    """``value -> bool`` for one ``drop_when`` test; text compared folded (see model.fold)."""
+    if m.present is not None:
+        want = m.present
+
+        def present(v: Any) -> bool:
+            if v.__class__ is msgspec.Raw:
+                v = msgspec.json.decode(v)
+            return (v is not UNSET and v is not None) == want
+
+        return present
+    values = [m.equals] if m.equals is not None else list(m.one_of or ())
+    texts = frozenset(fold(v) for v in values if isinstance(v, str))
+    others = [(v, type(v)) for v in values if not isinstance(v, str)]
+
+    def equal(v: Any) -> bool:
+        if v is UNSET or v is None:
+            return False
+        if v.__class__ is msgspec.Raw:
+            v = msgspec.json.decode(v)
+        if isinstance(v, str):
+            return fold(v) in texts
+        return any(v == o and type(v) is t for o, t in others)  # 1 is not true, nor 1.0
+
+    return equal
 
 
 @dataclass(eq=False)
@@ -153,7 +183,8 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
     def fail(message: str, where: str) -> PolicyError:
         return PolicyError(file, message, locate(text, where) if text else None, where)
 
-    env = BuildEnv(keyring, epochs, Counter(), cache_size)
+    meta = policy.policy
+    env = BuildEnv(keyring, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain)
     root = Node()
     paths: set[str] = set()
 
@@ -207,7 +238,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
             if rule.type != "boolean":  # a flag cannot carry an identifier
                 node.kept.append(step)
         else:
-            step.fn = rule.build(env)
+            step.fn = rule.build(replace(env, field=rule.path))
             node.leaves.append(step)
 
     def chain(path: str, where: str) -> list[Step]:
@@ -221,7 +252,12 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         paths.add(path)
         return out
 
-    conditions = [Condition(chain(c.path, f"drop_when[{i}]"), c) for i, c in enumerate(policy.drop_when)]
+    conditions = []
+    for i, c in enumerate(policy.drop_when):
+        cond = Condition(chain(c.path, f"drop_when[{i}]"), c, matcher(c))
+        if c.unless is not None:
+            cond.unless_steps, cond.unless_test = chain(c.unless.path, f"drop_when[{i}].unless"), matcher(c.unless)
+        conditions.append(cond)
 
     meta = policy.policy
     device_capture = device_steps = None
@@ -241,7 +277,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
     for name, rule in policy.route.capture.items():
         if getattr(rule, "path", ""):
             raise fail("a capture rule has no path (it applies to the topic level)", f"route.capture.{name}")
-    captures = {name: rule.build(env) for name, rule in policy.route.capture.items()}
+    captures = {name: rule.build(replace(env, field=f"topic_{name}")) for name, rule in policy.route.capture.items()}
     if meta.device:
         m = re.fullmatch(r"\{([a-z_][a-z0-9_]*)\}", meta.device)
         if m:

@@ -9,6 +9,7 @@ See docs/policy.md for the language.
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from typing import Any, Literal, Union
 
@@ -32,6 +33,7 @@ BUILT_IN_REASONS = {
     "missing_field": "a required field is missing or null",
     "too_deep": "nesting deeper than the policy's max_depth",
     "leak": "the leak guard found an identifier in what would be forwarded",
+    "bad_shape": "a value lacks the shape its rule needs to keep part of it in clear (on_mismatch = \"reject\")",
 }
 
 
@@ -51,6 +53,8 @@ class Meta(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # most this many decimals. Default: the coarsest location rule's precision, else 3.
     coordinate_decimals: int | None = None
     retention: str = ""  # e.g. "P90D": forwarded as a user property for the cloud side
+    # Pseudonym and encryption keys are per pack; packs naming the same link_domain share them.
+    link_domain: str = ""
 
     def __post_init__(self) -> None:
         if not LABEL.fullmatch(self.name.replace("-", "_")):
@@ -61,6 +65,8 @@ class Meta(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_depth must be between 1 and 64")
         if self.device is not None and not re.fullmatch(r"\{[a-z_][a-z0-9_]*\}|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*", self.device):
             raise ValueError('device is "{capture}" (a topic level) or a dotted payload path such as "imei"')
+        if self.link_domain and not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", self.link_domain):
+            raise ValueError("link_domain must match [a-z][a-z0-9_-]* (at most 63 characters)")
 
 
 class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -75,25 +81,46 @@ class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("expiry_s must be between 1 and 4294967295 seconds")
 
 
-class DropWhen(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Drop the whole message when a field is present, equals a value, or is one of several."""
+def fold(text: str) -> str:
+    """Text as ``drop_when`` compares it: NFKC, case-folded, without white space or invisible
+    (control and format) characters, so ``"PIN"``, ``" pin "``, fullwidth ``"\\uff30in"`` and
+    ``"p\\u200bin"`` are one."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf"))
+
+
+class Match(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A test on one field: present, equal to a value, or one of several.
+
+    Text is compared normalised (Unicode NFKC, case-folded, without spaces or
+    invisible characters), so ``"QR"``, ``" qr "`` and fullwidth ``"\\uff51\\uff52"`` all equal ``"qr"``."""
 
     path: str
-    reason: str
     present: bool | None = None
     equals: SCALAR | None = None
     one_of: list[SCALAR] | None = None
-    why: str = ""
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.present, self.equals, self.one_of)) != 1:
             raise ValueError("set exactly one of present, equals or one_of")
+        if "[]" in self.path:
+            raise ValueError("drop_when paths cannot go through arrays")
+
+
+class DropWhen(Match, kw_only=True, forbid_unknown_fields=True):
+    """Drop the whole message when a field is present, equals a value, or is one of several,
+    ``unless`` another field passes its test (an allow-list: a missing or null field never does)."""
+
+    reason: str
+    unless: Match | None = None
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not LABEL.fullmatch(self.reason):
             raise ValueError("reason must match [a-z][a-z0-9_]* (it is a metric label)")
         if self.reason in BUILT_IN_REASONS:
             raise ValueError(f"reason {self.reason!r} is a built-in rejection reason; choose another name")
-        if "[]" in self.path:
-            raise ValueError("drop_when paths cannot go through arrays")
 
 
 class Test(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

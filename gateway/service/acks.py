@@ -13,6 +13,10 @@ PR #346 unmerged). It wraps a paho-mqtt 2.x client in the private attribute
 ``manual_ack_set(on)`` and ``ack(mid, qos)``. ``aiomqtt.Message.mid`` is paho's
 ``MQTTMessage.mid``, the packet id the PUBACK must carry.
 
+The gateway's own client (gateway/service/client.py) reads PUBLISH packets itself, so
+paho never acknowledges them; `acker` then returns its ``puback``. Manual acks are still
+switched on in paho, for whatever paho does deliver.
+
 This module is the only place that touches that private attribute. If an aiomqtt
 upgrade renames it or paho drops the methods, these functions raise
 `ManualAckUnsupported` (and the broker tests fail) rather than silently running
@@ -27,6 +31,8 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+
+from gateway.service.client import Client
 
 __all__ = ["ManualAckUnsupported", "ack", "acker", "enable_manual_acks"]
 
@@ -97,6 +103,8 @@ def acker(client: aiomqtt.Client) -> Callable[[int], None]:
     """
     if client not in _manual:
         raise RuntimeError("enable_manual_acks() was not called for this client: paho already acknowledged it")
+    if isinstance(client, Client):
+        return client.puback  # four bytes into its write buffer (the gateway's client parses PUBLISH itself)
     send = _paho(client).ack
 
     def ack_mid(mid: int) -> None:

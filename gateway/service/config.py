@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.ingest.gt06.limits import Limits
+from gateway.service.consent import ConsentKeyError, public_key
 
 __all__ = ["Config", "ConfigError", "Endpoint", "load_config"]
 
@@ -46,15 +49,24 @@ class Endpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_inflight: int = 1000  # unacknowledged QoS 1 messages in flight on this connection
 
     def __post_init__(self) -> None:
+        # No message here quotes the url: a url that breaks a rule may hold a secret.
         parts = urlsplit(self.url)
         if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError("url must start with mqtt:// or mqtts://")
-        if parts.username is not None or parts.password is not None:
+        if "@" in self.url or parts.username is not None or parts.password is not None:
             raise ValueError("url must not carry credentials: use username/password_env/password_file")
+        if "?" in self.url or "#" in self.url or parts.query or parts.fragment:
+            raise ValueError(
+                "url must not have a query or fragment (credentials go in username/password_env/password_file)"
+            )
         if not parts.hostname:
             raise ValueError("url has no host")
         if parts.path not in ("", "/"):
             raise ValueError("url must not have a path")
+        try:
+            parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+        except ValueError:
+            raise ValueError("url has an invalid port") from None
         if self.password_env and self.password_file:
             raise ValueError("set password_env or password_file, not both")
         if bool(self.cert_file) != bool(self.key_file):
@@ -123,12 +135,12 @@ class Spool(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class Metrics(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:9108"  # "" turns the HTTP endpoint off
 
-    def address(self, worker: int = 0) -> tuple[str, int] | None:
-        """Host and port for worker ``worker`` (each worker listens on port + index)."""
+    def address(self) -> tuple[str, int] | None:
+        """Host and port of /metrics (with --workers N, the supervisor's; it merges the workers' pages)."""
         if not self.listen:
             return None
         host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port) + worker if int(port) else 0
+        return host.strip("[]") or "127.0.0.1", int(port)
 
     def __post_init__(self) -> None:
         if self.listen:
@@ -143,12 +155,38 @@ class Log(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Consent(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    # Retained messages on the local broker; payload "1"/"true"/"granted" grants, "0"/"false"/"" revokes.
-    topic: str = "consent/{device}/{purpose}"  # "" turns consent tracking off
+    """Signed consent records on the local broker (see gateway/service/consent.py)."""
+
+    topic: str = "consent/{device}/{purpose}"  # retained records; "" turns consent tracking off
+    public_keys: list[str] = msgspec.field(default_factory=list)  # base64 Ed25519 keys of the consent issuer(s)
+    public_keys_file: str = ""  # or a file of them, one per line
+    max_entries: int = 100_000  # grants held at once; more are refused (counted "full"), revocations always apply
+    max_clock_skew_s: int = 300  # a record issued further in the future than this is refused
 
     def __post_init__(self) -> None:
         if self.topic and ("{device}" not in self.topic or "{purpose}" not in self.topic):
             raise ValueError("topic must contain {device} and {purpose} levels")
+        if not 1 <= self.max_entries <= 10_000_000:
+            raise ValueError("max_entries must be between 1 and 10000000")
+        if not 0 <= self.max_clock_skew_s <= 86400:
+            raise ValueError("max_clock_skew_s must be between 0 and 86400")
+
+    def verify_keys(self) -> list[Ed25519PublicKey]:
+        """The issuers' public keys; a ConfigError names the key that is wrong."""
+        texts = [("consent.public_keys", t) for t in self.public_keys]
+        if self.public_keys_file:
+            try:
+                lines = Path(self.public_keys_file).read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"consent.public_keys_file {self.public_keys_file}: {exc.strerror}") from None
+            texts += [("consent.public_keys_file", x) for x in lines if x.strip() and not x.startswith("#")]
+        keys = []
+        for n, (where, text) in enumerate(texts):
+            try:
+                keys.append(public_key(text))
+            except ConsentKeyError as exc:
+                raise ConfigError(f"{where}: entry {n + 1}: {exc}") from None
+        return keys
 
 
 class Reconnect(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -168,6 +206,7 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     listen: str = ""  # e.g. "0.0.0.0:5023"; "" = off
     max_connections: int = _LIMITS.max_connections
+    max_connections_per_peer: int = _LIMITS.max_connections_per_peer
     max_buffer: int = _LIMITS.max_buffer
     idle_timeout_s: float = _LIMITS.idle_timeout
     login_timeout_s: float = _LIMITS.login_timeout
@@ -176,6 +215,7 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_bad_frames: int = _LIMITS.max_bad_frames
     allowed_imeis: list[str] | None = None  # None: any device that logs in
     allowed_imeis_file: str = ""  # or one IMEI per line
+    accept_bad_crc: bool = _LIMITS.accept_bad_crc  # for tracker models that miscompute the CRC
 
     def __post_init__(self) -> None:
         if self.listen:
@@ -184,16 +224,21 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError('listen must be "host:port"')
         if self.allowed_imeis is not None and self.allowed_imeis_file:
             raise ValueError("set allowed_imeis or allowed_imeis_file, not both")
+        self._limits(None)  # out-of-range limits are a config error, not a failure at start
 
     def address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
 
     def limits(self) -> Limits:
+        return self._limits(self.allow_list())
+
+    def _limits(self, allowed: frozenset[str] | None) -> Limits:
         return Limits(
-            max_connections=self.max_connections, max_buffer=self.max_buffer, idle_timeout=self.idle_timeout_s,
-            login_timeout=self.login_timeout_s, max_frames_per_second=self.max_frames_per_second,
-            frame_burst=self.frame_burst, max_bad_frames=self.max_bad_frames, allowed_imeis=self.allow_list(),
+            max_connections=self.max_connections, max_connections_per_peer=self.max_connections_per_peer,
+            max_buffer=self.max_buffer, idle_timeout=self.idle_timeout_s, login_timeout=self.login_timeout_s,
+            max_frames_per_second=self.max_frames_per_second, frame_burst=self.frame_burst,
+            max_bad_frames=self.max_bad_frames, allowed_imeis=allowed, accept_bad_crc=self.accept_bad_crc,
         )
 
     def allow_list(self) -> frozenset[str] | None:
@@ -211,6 +256,16 @@ class Ingest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gt06: Gt06 = msgspec.field(default_factory=Gt06)
 
 
+class Keys(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Key rotation without a flag day."""
+
+    transition_s: float = 0.0  # after `keygen --rotate`: also send each device's previous-key pseudonym this long
+
+    def __post_init__(self) -> None:
+        if self.transition_s < 0:
+            raise ValueError("keys.transition_s must be >= 0")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     local: Endpoint
     cloud: Endpoint
@@ -219,7 +274,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shadow_policies: list[str] = []  # candidate packs run beside the active ones; forward nothing, count differences
     keys_file: str = ""  # default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS
     group: str = ""  # shared-subscription group: "" = plain subscriptions (one gateway per site)
-    dead_letter: str = ""  # local topic prefix for rejected raw messages ("" = off)
+    dead_letter: str = ""  # local topic prefix for sealed dead letters ("" = off)
     shutdown_timeout_s: float = 10.0  # SIGTERM: wait this long for cloud acks, then spool
     spool: Spool = msgspec.field(default_factory=Spool)
     metrics: Metrics = msgspec.field(default_factory=Metrics)
@@ -227,6 +282,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     consent: Consent = msgspec.field(default_factory=Consent)
     reconnect: Reconnect = msgspec.field(default_factory=Reconnect)
     ingest: Ingest = msgspec.field(default_factory=Ingest)
+    keys: Keys = msgspec.field(default_factory=Keys)
     path: str = ""  # set by load_config: the file it came from
 
     def __post_init__(self) -> None:
@@ -251,24 +307,57 @@ def _resolve(base: Path, value: str) -> str:
     return str((base / value).resolve()) if value and not os.path.isabs(value) else value
 
 
+def locate_key(text: str, dotted: str, exact: bool = False) -> int | None:
+    """Line of ``dotted`` (``cloud.url``, ``ingest.gt06.listen``) in config TOML, else of its
+    nearest enclosing table or key that is set (``[cloud]``), for errors a person can act on."""
+    best, best_len = None, -1
+    table = ""
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith(("'", '"')) else raw.strip()
+        if m := re.fullmatch(r"\[\[?\s*([^\]]+?)\s*\]\]?", line):
+            table, full = m.group(1).replace(" ", ""), m.group(1).replace(" ", "")
+        elif m := re.match(r"([A-Za-z0-9_.\- \"']+?)\s*=", line):
+            full = ".".join(filter(None, (table, m.group(1).replace(" ", "").replace('"', "").replace("'", ""))))
+        else:
+            continue
+        if full == dotted:
+            return n
+        if dotted.startswith(full + ".") and len(full) > best_len:
+            best, best_len = n, len(full)
+    return None if exact else best
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate ``path``; relative file names are relative to its folder."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError(f"{path}:{m.group(1)}: TOML syntax: {exc}" if m else f"{path}: TOML syntax: {exc}") from None
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        message, _, at = str(exc).partition(" - at `")
+        key = re.sub(r"\[\d+\]", "", at.rstrip("`").removeprefix("$").removeprefix("."))
+        unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+        target = ".".join(filter(None, (key, unknown.group(1) if unknown else "")))
+        named = re.match(r"([a-z_]+) ", message)  # a check in __post_init__ names its key first
+        candidate = ".".join(filter(None, (target, named.group(1) if named else "")))
+        if named and locate_key(text, candidate, exact=True):
+            target = candidate
+        line = locate_key(text, target)
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: {target + ': ' if target else ''}{message}") from None
     for side, ep in (("local", cfg.local), ("cloud", cfg.cloud)):
-        if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure and side == "cloud":
+        if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure:
             raise ConfigError(
-                f"{path}: [cloud] url is plaintext mqtt:// to a non-loopback host; "
-                "use mqtts:// or set allow_insecure = true"
+                f"{path}:{locate_key(text, f'{side}.url')}: [{side}] url is plaintext mqtt:// to a non-loopback host; "
+                f"use mqtts:// or set allow_insecure = true in [{side}]"
             )
     base = path.resolve().parent
     for ep in (cfg.local, cfg.cloud):
@@ -280,5 +369,33 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     cfg.keys_file = _resolve(base, cfg.keys_file)
     cfg.spool.path = _resolve(base, cfg.spool.path)
     cfg.ingest.gt06.allowed_imeis_file = _resolve(base, cfg.ingest.gt06.allowed_imeis_file)
+    cfg.consent.public_keys_file = _resolve(base, cfg.consent.public_keys_file)
+    cfg.consent.verify_keys()
     cfg.path = str(path.resolve())
     return cfg
+
+
+# What SIGHUP may change in a running gateway (a key, or a table whose every key may change).
+# Everything else (broker URLs and credentials, client ids, group, spool, metrics, listeners)
+# is bound to connections, files or sockets opened at start: changing it needs a restart.
+LIVE_KEYS = frozenset({
+    "policies", "shadow_policies", "trusted_policy_keys", "keys_file", "dead_letter", "shutdown_timeout_s",
+    "consent", "log", "reconnect", "keys", "ingest.gt06.allowed_imeis", "ingest.gt06.allowed_imeis_file",
+})
+
+
+def restart_keys(running: Config, new: Config) -> list[str]:
+    """The dotted keys whose change ``new`` asks for but only a restart can apply."""
+    changed: list[str] = []
+
+    def walk(a: object, b: object, prefix: str) -> None:
+        if prefix in LIVE_KEYS or prefix == "path":
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        elif a != b:
+            changed.append(prefix)
+
+    walk(msgspec.to_builtins(running), msgspec.to_builtins(new), "")
+    return changed

@@ -246,6 +246,7 @@ class Uplink:
                 self._go_offline()
                 return
             self.metrics.uplink_acked.inc()
+            self.metrics.last_forward.set(time.time())
             self._done(window.pop(mid))
             overflow = self._overflow
             while overflow and self.direct and len(window) < self._limit:
@@ -263,6 +264,7 @@ class Uplink:
                 self._refused[sid] = failed
             else:
                 self.metrics.uplink_acked.inc()
+                self.metrics.last_forward.set(time.time())
                 self._drained.append(sid)
             if not self._draining:
                 self._drain_event.set()
@@ -284,7 +286,9 @@ class Uplink:
     def flush(self) -> None:
         """Commit pending (and previously held) items to the spool in one transaction."""
         self._flush_scheduled = False
-        items = [i for i in self._held + self._pending if i.gen == 0 or i.gen == self.local_gen]
+        items = [i for i in self._held if i.gen == 0 or i.gen == self.local_gen]
+        held = len(items)
+        items += [i for i in self._pending if i.gen == 0 or i.gen == self.local_gen]
         self._pending.clear()
         self._held = []
         if not items:
@@ -310,7 +314,8 @@ class Uplink:
             self._done(item)
         if stored < len(items):
             self._held = items[stored:]
-            self.metrics.spool_refused.inc(len(items) - stored)
+            # Count each message once: held items (first in ``items``) were counted when first refused.
+            self.metrics.spool_refused.inc(len(items) - max(stored, held))
             if not self._full_logged:
                 self._full_logged = True
                 log.warning("spool_full", held=len(self._held), spool_bytes=self.spool.bytes,

@@ -18,18 +18,19 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.ingest.gt06 import listener as gt06_listener
 from gateway.keys import KeyFileError, Keyring
+from gateway.ops.base import BoundedCache
 from gateway.pipeline import Engine, Forward, Reject
 from gateway.policy import signing
 from gateway.policy.check import run_tests
@@ -37,12 +38,13 @@ from gateway.policy.compile import Plan
 from gateway.policy.load import PolicyError, Source, load
 from gateway.service.acks import acker, enable_manual_acks
 from gateway.service.client import Client
-from gateway.service.config import Config
+from gateway.service.config import Config, ConfigError, load_config, restart_keys
 from gateway.service.consent import Consents
+from gateway.service.deadletter import Sealer, check_prefix
 from gateway.service.shadow import Shadow, ShadowMetrics
 from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
 from gateway.spool import Spool
-from gateway.telemetry import Metrics, _package_version, get_logger, serve
+from gateway.telemetry import Metrics, _package_version, configure_logging, get_logger, serve
 
 __all__ = ["Worker", "build_engine"]
 
@@ -93,15 +95,20 @@ class Worker:
         self.engine: Engine | None = None
         self.shadow: Shadow | None = None
         self._shadow_metrics: ShadowMetrics | None = None
-        self.consents = Consents(cfg.consent.topic) if cfg.consent.topic else None
+        self.consents = _consents(cfg)
         self.local: Client | None = None
         self.gen = 0
         self._ack: Any = None
         self._stopping = False
         self._stop = asyncio.Event()
         self._prov: dict[int, Provenance] = {}
+        self._prev_prov = BoundedCache(4096)  # (plan, previous pseudonym) -> provenance, during a key transition
+        self._transition_until = 0.0
         self._subscribed: set[str] = set()
         self._reject_logged: set[tuple[str, str]] = set()
+        self._consent_logged: set[str] = set()
+        self._sealer: Sealer | None = None
+        self._trackers: Any = None  # the GT06 listener (worker 0, when configured)
         self.uplink: Uplink | None = None
         self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
 
@@ -110,14 +117,20 @@ class Worker:
     async def run(self) -> int:
         cfg = self.cfg
         self.engine, shadow = build_engines(cfg)
+        self._sealer = _dead_letters(cfg, self.engine, self.consents)
         self._set_shadow(shadow)
         self.metrics.register_engine(self.engine)
         spool_path = cfg.spool.path if self.index == 0 else _indexed(cfg.spool.path, self.index)
         Path(spool_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         spool = Spool(spool_path, cfg.spool.max_bytes)
         self.uplink = Uplink(cfg.cloud, self.cloud_id, spool, self.metrics, cfg.reconnect)
+        self.metrics.config_reload_success.set(1)
+        self.metrics.config_reload_time.set(time.time())
+        self.metrics.watch(
+            lambda: self.uplink.backlog if self.uplink else 0, partial(_oldest, spool), cfg.spool.max_bytes
+        )
         http = None
-        address = cfg.metrics.address(self.index)
+        address = cfg.metrics.address()
         if address is not None:
             http = serve(self.metrics, address[0], address[1], ready=self.ready, detail=self.ready_detail)
         loop = asyncio.get_running_loop()
@@ -127,17 +140,17 @@ class Worker:
         log.info(
             "gateway_started", worker=self.index, version=_package_version(), spool=spool_path,
             spool_depth=spool.depth, policies=[p.name for p in self.engine.plans],
-            local=cfg.local.url, cloud=cfg.cloud.url,
+            local=cfg.local.url, cloud=cfg.cloud.url, key_id=self.engine.keyring.active,
         )
         up = asyncio.create_task(self.uplink.run(), name="uplink")
         # The cloud first: a backlog waiting at the local broker then goes straight up
         # instead of through the spool. Not forever: an absent cloud is what the spool is for.
         await wait_first(self.uplink.first_attempt.wait(), self._stop.wait(), timeout=15)
         down = asyncio.create_task(self._local_loop(), name="local")
-        trackers = None
+        trackers = self._trackers = None
         try:
             if cfg.ingest.gt06.listen and self.index == 0:
-                trackers = await self._start_gt06()
+                trackers = self._trackers = await self._start_gt06()
             await self._stop.wait()
         finally:
             if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
@@ -194,6 +207,7 @@ class Worker:
 
     async def _on_tracker_message(self, topic: str, payload: bytes) -> None:
         """A decoded GT06 frame: same engine and uplink as MQTT; the tracker's ACK waits until it is safe."""
+        received = time.monotonic()
         t0 = time.perf_counter()
         result = self._process(topic, payload)
         self.metrics.observe(result, time.perf_counter() - t0)
@@ -203,7 +217,7 @@ class Worker:
             self._rejected(result, topic, payload)
             return  # acknowledged to the tracker: resending would not change the verdict
         safe = asyncio.get_running_loop().create_future()
-        self._forward(result, partial(safe.set_result, None), 0)
+        self._forward(result, partial(safe.set_result, None), 0, received, topic)
         await safe
 
     # -- local side ------------------------------------------------------------------------
@@ -284,12 +298,16 @@ class Worker:
         await client.subscribe([(s, SubscribeOptions(qos=1)) for s in sorted(wanted)])
         self._subscribed = wanted
 
-    async def _resubscribe(self) -> None:
+    async def _resubscribe(self, consent_again: bool = False) -> None:
+        """Subscribe to what the reloaded config names, drop the rest. ``consent_again``:
+        the consent table was rebuilt, so subscribe to its topic again for the retained records."""
         client = self.local
         if client is None:
             return  # the next connection subscribes to the new set
         wanted = self._filters()
         gone, new = self._subscribed - wanted, wanted - self._subscribed
+        if consent_again and self.consents is not None:
+            new.add(self.consents.subscription)
         if new:
             await client.subscribe([(s, SubscribeOptions(qos=1)) for s in sorted(new)])
         if gone:
@@ -298,43 +316,68 @@ class Worker:
 
     # -- the per-message path --------------------------------------------------------------
 
-    def _on_message(self, message: paho.MQTTMessage) -> None:
+    def _on_message(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool) -> None:
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
-        topic = message.topic
-        qos = message.qos
-        ack = partial(self._ack, message.mid) if qos else None
+        ack = partial(self._ack, mid) if qos else None
         consents = self.consents
         if consents is not None and consents.matches(topic):
-            self.metrics.consent_updates.labels(consents.update(topic, message.payload)).inc()
+            result = consents.update(topic, payload)
+            self.metrics.consent_updates.labels(result).inc()
+            self.metrics.consent_entries.set(len(consents))
+            if result in ("unauthenticated", "full") and result not in self._consent_logged:
+                self._consent_logged.add(result)  # once each: the counter has the rest
+                log.warning("consent_ignored", reason=result, entries=len(consents),
+                            note="further records ignored for this reason are only counted")
             if ack:
                 ack()
             return
-        if message.dup:
+        if dup:
             self.metrics.redelivered.inc()
         uplink = self.uplink
         if not qos and uplink.backlog > self._qos0_limit:
             self.metrics.dropped.labels("none", "overload").inc()  # QoS 0: at most once, by the sender's choice
             return
+        received = time.monotonic()
         t0 = time.perf_counter()
-        result = self._process(topic, message.payload)
+        result = self._process(topic, payload)
         self.metrics.observe(result, time.perf_counter() - t0)
         if self.shadow is not None:
-            self.shadow.observe(topic, message.payload, result, time.time(), self._consent_table())
+            self.shadow.observe(topic, payload, result, time.time(), self._consent_table())
         if result.__class__ is Forward:
-            self._forward(result, ack, self.gen)
+            self._forward(result, ack, self.gen, received, topic)
             return
-        self._rejected(result, topic, message.payload)
+        self._rejected(result, topic, payload)
         if ack:
             ack()
 
-    def _forward(self, result: Forward, ack: Callable[[], None] | None, gen: int) -> None:
-        """Hand a minimised message to the uplink with its policy's provenance (built once per plan)."""
+    def _forward(
+        self, result: Forward, ack: Callable[[], None] | None, gen: int, received: float, topic: str = ""
+    ) -> None:
+        """Hand a minimised message to the uplink with its policy's provenance (built once per plan);
+        its acknowledgement also times the delivery (``received``: ``time.monotonic()`` at receipt).
+        During a key transition the provenance also names the device's previous-key pseudonym."""
         plan = result.plan
         prov = self._prov.get(id(plan))
         if prov is None:
             prov = self._prov[id(plan)] = _provenance(plan)
-        self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, ack, gen))
+        if self._transition_until and topic and time.time() < self._transition_until:
+            previous = self.engine.previous_device(topic)
+            if previous is not None:
+                key = (id(plan), previous)
+                prov = self._prev_prov.get(key) or self._prev_prov.put(key, _provenance(plan, previous))
+        safe = self.metrics.on_safe(plan.name, received, ack)
+        self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, safe, gen))
+
+    def _set_transition(self, engine: Engine) -> None:
+        """After a key rotation, for ``[keys] transition_s``: forwarded messages also carry the device's
+        pseudonym under the previous key (``previous_device``), so the cloud can link old and new once."""
+        ring, span = engine.keyring, self.cfg.keys.transition_s
+        self._transition_until = ring.rotated_at + span if ring.in_transition(time.time(), span) else 0.0
+        self._prev_prov.clear()
+        if self._transition_until:
+            log.info("key_transition", key_id=ring.active, previous_key_id=ring.previous,
+                     until=datetime.fromtimestamp(self._transition_until, UTC).isoformat(timespec="seconds"))
 
     def _consent_table(self) -> Mapping[str, frozenset[str]]:
         return self.consents.table if self.consents is not None else {}
@@ -346,14 +389,19 @@ class Worker:
         if self._shadow_metrics is None:
             self._shadow_metrics = ShadowMetrics(self.metrics.registry)
         self.shadow = Shadow(engine, self._shadow_metrics)
-        log.info("shadow_policies", policies=self.shadow.policies, note="evaluated beside the active ones, forwarded never")
+        log.info("shadow_policies", policies=self.shadow.policies,
+                 note="evaluated beside the active ones, never forwarded")
 
     def _process(self, topic: str, payload: bytes) -> Forward | Reject:
         """The engine, fenced: a bug must cost one message (counted), not a reconnect loop
         in which the broker redelivers the same message for ever."""
         consents = self.consents
+        now = time.time()
+        if consents is not None and consents.next_expiry <= now:
+            self.metrics.consent_updates.labels("expired").inc(consents.expire(now))
+            self.metrics.consent_entries.set(len(consents))
         try:
-            return self.engine.process(topic, payload, time.time(), consents.table if consents else {})
+            return self.engine.process(topic, payload, now, consents.table if consents else {})
         except Exception as exc:
             # The exception's text could quote the payload: only its class is logged.
             log.error("engine_error", error=exc.__class__.__name__, action="message dropped and counted")
@@ -365,37 +413,92 @@ class Worker:
             self._reject_logged.add((name, result.reason))
             log.warning("message_rejected", policy=name, reason=result.reason, rule=result.rule,
                         note="further rejections of this kind are only counted")
-        dl = self.cfg.dead_letter
-        if dl and self.local is not None:
+        dl, sealer = self.cfg.dead_letter, self._sealer
+        if dl and sealer is not None:
+            client = self.local
             props = Properties(PacketTypes.PUBLISH)
-            props.UserProperty = [("reason", result.reason), ("policy", name), ("rule", result.rule), ("topic", topic)]
-            # Raw, but only back to the local broker, where it already was.
-            if self.local.publish_nowait(f"{dl}/{result.reason}", payload, 1, props) is not None:
+            props.UserProperty = [("reason", result.reason), ("policy", name), ("rule", result.rule)]
+            # Sealed for the key holder: the raw payload and topic are personal data.
+            letter = sealer.seal(topic, payload, result.reason, name, result.rule)
+            if client is not None and client.publish_nowait(f"{dl}/{result.reason}", letter, 1, props) is not None:
                 self.metrics.dead_lettered.inc()
+            else:
+                self.metrics.dead_letters_unsent.inc()  # the local broker is away; the rejection is counted
 
     # -- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> None:
-        """SIGHUP: adopt new policies and keys only if they pass ``gateway check``."""
+        """SIGHUP: re-read config.toml, then the policies and keys it names; apply all of it or nothing.
+
+        What is bound to a connection, file or socket opened at start (see LIVE_KEYS in
+        config.py) is refused, naming the key, and the running config stays in force.
+        """
+        blocked: list[str] = []
         try:
-            engine, shadow = build_engines(self.cfg)
-        except (PolicyError, KeyFileError, PolicySetError, OSError) as exc:
+            new = load_config(self.cfg.path) if self.cfg.path else self.cfg
+            blocked = restart_keys(self.cfg, new)
+            if blocked:
+                raise ConfigError(f"{', '.join(blocked)}: cannot change while running; restart to apply")
+            engine, shadow = build_engines(new)
+            consents = self.consents if new.consent == self.cfg.consent else _consents(new)
+            sealer = _dead_letters(new, engine, consents)
+            limits = new.ingest.gt06.limits() if self._trackers is not None else None
+        except (ConfigError, PolicyError, KeyFileError, PolicySetError, OSError, ValueError) as exc:
             self.metrics.policy_reloads.labels("refused").inc()
-            log.error("policy_reload_refused", error=str(exc), action="keeping the running policies")
+            self.metrics.config_reload_success.set(0)
+            event = "config_reload_refused" if blocked or isinstance(exc, ConfigError) else "policy_reload_refused"
+            log.error(event, error=str(exc), keys=blocked, action="keeping the running config")
             return
+        old, self.cfg = self.cfg, new
         self.engine = engine
+        self._sealer = sealer
         self._set_shadow(shadow)
         self._prov.clear()
+        self._set_transition(engine)
         self.metrics.register_engine(engine)
+        consents_changed = consents is not self.consents
+        self.consents = consents
+        if self.uplink is not None:
+            self.uplink.reconnect = new.reconnect
+        if limits is not None:
+            gt06_listener.update_limits(self._trackers, limits)
+        if new.log != old.log:
+            configure_logging(json={"auto": None, "json": True, "console": False}[new.log.format], level=new.log.level)
         self.metrics.policy_reloads.labels("ok").inc()
-        log.info("policy_reloaded", policies=[f"{p.name}@{p.policy.policy.version}" for p in engine.plans])
+        self.metrics.config_reload_success.set(1)
+        self.metrics.config_reload_time.set(time.time())
+        log.info("policy_reloaded", policies=[f"{p.name}@{p.policy.policy.version}" for p in engine.plans],
+                 key_id=engine.keyring.active)
         try:
-            await self._resubscribe()
+            await self._resubscribe(consents_changed)
         except aiomqtt.MqttError as exc:
             log.warning("resubscribe_failed", error=describe(exc), action="the next connection subscribes")
 
 
-def _provenance(plan: Plan) -> Provenance:
+def _dead_letters(cfg: Config, engine: Engine, consents: Consents | None) -> Sealer | None:
+    """The sealer for dead letters, or None when off; a ConfigError if the gateway would read its own."""
+    if not cfg.dead_letter:
+        return None
+    filters = [(f"policy {plan.name!r}", f.subscription) for plan in engine.plans for f in plan.filters]
+    if consents is not None:
+        filters.append(("consent.topic", consents.subscription))
+    problem = check_prefix(cfg.dead_letter, filters)
+    if problem:
+        raise ConfigError(problem)
+    return Sealer(engine.keyring)
+
+
+def _consents(cfg: Config) -> Consents | None:
+    c = cfg.consent
+    if not c.topic:
+        return None
+    keys = c.verify_keys()
+    if not keys:
+        log.warning("consent_without_keys", action="every consent record is ignored until consent.public_keys is set")
+    return Consents(c.topic, keys, c.max_entries, c.max_clock_skew_s)
+
+
+def _provenance(plan: Plan, previous_device: str = "") -> Provenance:
     meta = plan.policy.policy
     user = [
         ("policy", meta.name),
@@ -405,7 +508,18 @@ def _provenance(plan: Plan) -> Provenance:
     ]
     if meta.retention:
         user.append(("retention", meta.retention))
+    if previous_device:  # key transition: the cloud may link the device's old and new pseudonym once
+        user.append(("previous_device", previous_device))
     return provenance(user, plan.policy.route.expiry_s)
+
+
+def _oldest(spool: Spool) -> float | None:
+    """When the oldest spooled message was written, for the age gauge (None: empty or closed)."""
+    try:
+        entries = spool.peek(1)
+    except Exception:  # closed at shutdown while a scrape runs
+        return None
+    return entries[0].created if entries else None
 
 
 def _indexed(path: str, index: int) -> str:

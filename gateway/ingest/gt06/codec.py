@@ -11,7 +11,7 @@ long frames. LEN counts PROTO through CRC; the CRC-ITU covers LEN through SERIAL
 from __future__ import annotations
 
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ __all__ = [
     "Frame",
     "FrameError",
     "Framer",
+    "UncheckedFrame",
     "ack_for",
     "build_frame",
     "crc_itu",
@@ -151,28 +152,42 @@ def _check_integrity(frame: bytes) -> None:
         raise FrameError("bad_crc", f"frame of {len(frame)} bytes")
 
 
-def _find_start(buf: bytearray) -> int:
-    """Index of the first start marker; a trailing lone 78/79 is kept as a possible marker half."""
-    found = [i for i in (buf.find(SHORT_START), buf.find(LONG_START)) if i >= 0]
-    if found:
-        return min(found)
-    return len(buf) - 1 if buf and buf[-1] in (0x78, 0x79) else len(buf)
+def _find_start(buf: bytearray, begin: int = 0) -> int:
+    """Index of the first start marker from ``begin`` (C-speed ``find``); a trailing lone 78/79 is
+    kept as a possible marker half, anything else before the marker is garbage."""
+    short = buf.find(SHORT_START, begin)
+    long = buf.find(LONG_START, begin, short + 1 if short >= 0 else len(buf))
+    if long >= 0:
+        return long
+    if short >= 0:
+        return short
+    return len(buf) - 1 if len(buf) > begin and buf[-1] in (0x78, 0x79) else len(buf)
+
+
+class UncheckedFrame(bytes):
+    """A frame whose CRC did not match, passed on because the framer was told to accept those."""
 
 
 class Framer:
     """Splits a TCP byte stream into raw frames, whatever the read boundaries.
 
     Frames are checked for length, stop bytes and CRC here: a start marker inside garbage then
-    cannot swallow the real frames after it, because a rejected candidate only costs one byte
-    before scanning resumes. Every rejected candidate is reported, each run of other garbage
-    once; memory stays bounded by ``max_buffer`` however large a single read is.
+    cannot swallow the real frames after it, because after a rejected candidate scanning resumes
+    at the next start marker past its first byte (found with ``bytes.find``, in C). Every rejected
+    candidate is reported, each run of other garbage once; memory stays bounded by
+    ``max_buffer`` however large a single read is. ``items`` yields as it goes, so a consumer
+    that stops (a connection over its bad-frame budget) does no more work on the rest.
+
+    ``strict_crc=False`` passes frames with the right length and stop bytes but a wrong CRC as
+    ``UncheckedFrame``, for tracker models that miscompute it.
     """
 
-    def __init__(self, max_frame: int = 1024, max_buffer: int = 4096) -> None:
+    def __init__(self, max_frame: int = 1024, max_buffer: int = 4096, strict_crc: bool = True) -> None:
         if not _MIN_FRAME <= max_frame <= max_buffer:
             raise ValueError(f"need {_MIN_FRAME} <= max_frame <= max_buffer")
         self._max_frame = max_frame
         self._max_buffer = max_buffer
+        self._strict_crc = strict_crc
         self._buf = bytearray()
         self._bad_run_reported = False
 
@@ -182,39 +197,39 @@ class Framer:
 
     def feed(self, data: bytes) -> list[bytes | FrameError]:
         """Add received bytes; return the frames and errors they completed, in stream order."""
-        out: list[bytes | FrameError] = []
+        return list(self.items(data))
+
+    def items(self, data: bytes) -> Iterator[bytes | FrameError]:
+        """Add received bytes; yield the frames and errors they complete, in stream order."""
         rest = memoryview(data)
         while True:
             room = self._max_buffer - len(self._buf)
             self._buf += rest[:room]
             rest = rest[room:]
-            self._drain(out)
+            yield from self._drain()
             if not rest:
-                return out
+                return
 
-    def _drain(self, out: list[bytes | FrameError]) -> None:
+    def _drain(self) -> Iterator[bytes | FrameError]:
+        buf = self._buf
         while True:
-            self._skip_garbage(out)
+            start = _find_start(buf)
+            if start:
+                del buf[:start]
+                if not self._bad_run_reported:
+                    self._bad_run_reported = True
+                    yield FrameError("garbage", f"{start} bytes without a start marker")
             try:
                 frame = self._take_frame()
             except FrameError as exc:
-                out.append(exc)
-                self._bad_run_reported = True  # the rest of the rejected bytes is the same fault
-                del self._buf[:1]  # the next real marker may lie inside the rejected bytes
+                self._bad_run_reported = True  # the bytes up to the next marker are the same fault
+                del buf[: _find_start(buf, 1)]  # the next real marker may lie inside the rejected bytes
+                yield exc
                 continue
             if frame is None:
                 return
             self._bad_run_reported = False
-            out.append(frame)
-
-    def _skip_garbage(self, out: list[bytes | FrameError]) -> None:
-        start = _find_start(self._buf)
-        if not start:
-            return
-        del self._buf[:start]
-        if not self._bad_run_reported:
-            self._bad_run_reported = True
-            out.append(FrameError("garbage", f"{start} bytes without a start marker"))
+            yield frame
 
     def _take_frame(self) -> bytes | None:
         """Cut the frame at the head of the buffer; None while it is incomplete."""
@@ -226,7 +241,13 @@ class Framer:
         if len(self._buf) < size:
             return None
         frame = bytes(self._buf[:size])
-        _check_integrity(frame)
+        try:
+            _check_integrity(frame)
+        except FrameError as exc:
+            if self._strict_crc or exc.reason != "bad_crc":
+                raise
+            del self._buf[:size]
+            return UncheckedFrame(frame)
         del self._buf[:size]
         return frame
 
@@ -388,8 +409,8 @@ _DECODERS: dict[int, tuple[str, Callable[[_Reader], Fields]]] = {
 }
 
 
-def decode_frame(raw: bytes) -> Frame:
-    """Decode exactly one raw frame (start marker through 0D 0A).
+def decode_frame(raw: bytes, strict_crc: bool = True) -> Frame:
+    """Decode exactly one raw frame (start marker through 0D 0A); ``strict_crc=False`` skips the CRC.
 
     Unknown protocol numbers give a frame of type "unknown" rather than an error: the caller
     counts and skips them without dropping the connection. Bytes after the fields a protocol
@@ -399,7 +420,10 @@ def decode_frame(raw: bytes) -> Frame:
     if size != len(raw):
         header = "incomplete" if size is None else f"announces {size}"
         raise FrameError("bad_length", f"{len(raw)} bytes, header {header}")
-    _check_integrity(raw)
+    if strict_crc:
+        _check_integrity(raw)
+    elif raw[-2:] != STOP:
+        raise FrameError("bad_stop", f"frame of {len(raw)} bytes")
     width = 1 if raw[:2] == SHORT_START else 2
     protocol = raw[2 + width]
     kind, decode = _DECODERS.get(protocol, ("unknown", _no_fields))

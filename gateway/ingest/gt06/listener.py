@@ -22,18 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import resource
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
-from gateway.ingest.gt06.codec import PROTO_TIME_REQUEST, FrameError, Framer, ack_for, decode_frame, time_reply
+from gateway.ingest.gt06.codec import (
+    PROTO_TIME_REQUEST,
+    FrameError,
+    Framer,
+    UncheckedFrame,
+    ack_for,
+    decode_frame,
+    time_reply,
+)
 from gateway.ingest.gt06.limits import Limits
 from gateway.ingest.gt06.record import to_message
 from gateway.telemetry import get_logger
 
-__all__ = ["GAUGES", "Counters", "Handler", "Limits", "serve", "stop"]
+__all__ = ["GAUGES", "Counters", "FileLimitError", "Handler", "Limits", "ensure_file_limit", "serve", "stop"]
 
 Handler = Callable[[str, bytes], Awaitable[None]]
 
@@ -51,6 +60,7 @@ class Counters(msgspec.Struct, kw_only=True):
     connections: int = 0  # accepted
     open_connections: int = 0  # gauge: connections now open
     over_limit: int = 0  # refused: max_connections reached
+    peer_limited: int = 0  # refused: max_connections_per_peer reached for the peer's address
     logins: int = 0  # logins accepted and acknowledged
     rejected_imei: int = 0  # logins refused by the allow-list
     frames: int = 0  # frames that passed framing and CRC
@@ -63,10 +73,11 @@ class Counters(msgspec.Struct, kw_only=True):
     bad_length: int = 0
     bad_stop: int = 0
     bad_crc: int = 0
+    bad_crc_accepted: int = 0  # frames passed despite a wrong CRC (accept_bad_crc)
     bad_content: int = 0  # valid frame, impossible fields (BCD, date, coordinates)
     oversize: int = 0  # a frame announced larger than max_buffer
     login_timeout: int = 0  # closed: no login within login_timeout (includes silent ones)
-    idle_closed: int = 0  # closed: nothing received for idle_timeout
+    idle_closed: int = 0  # closed: no valid frame for idle_timeout after login
     rate_limited: int = 0  # times a connection was paused by the frame rate limit
     too_many_errors: int = 0  # closed: more than max_bad_frames errors
     handler_errors: int = 0  # handler raised; connection closed, frame not acknowledged
@@ -77,6 +88,7 @@ class Counters(msgspec.Struct, kw_only=True):
 
 
 GAUGES = frozenset({"open_connections"})
+_ITEMS_PER_TURN = 32  # frames or errors one connection handles before other tasks get a turn
 _ERROR_REASONS = frozenset({"garbage", "bad_length", "bad_stop", "bad_crc", "bad_content", "oversize"})
 
 
@@ -107,19 +119,26 @@ class _Connection:
     """One tracker: framing, login state, deadlines and rate budget."""
 
     def __init__(
-        self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self,
+        listener: _Listener,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str | None,
     ) -> None:
         self.listener = listener
-        self.limits = listener.limits
+        self.limits = limits = listener.limits
         self.counters = listener.counters
         self.reader = reader
         self.writer = writer
-        self.framer = Framer(max_frame=self.limits.max_buffer, max_buffer=self.limits.max_buffer)
+        self.peer = peer
+        self.framer = Framer(
+            max_frame=limits.max_buffer, max_buffer=limits.max_buffer, strict_crc=not limits.accept_bad_crc
+        )
         self.imei: str | None = None
         self.errors = 0
         self.loop = asyncio.get_running_loop()
-        self.login_deadline = self.loop.time() + self.limits.login_timeout
-        self.tokens = float(self.limits.frame_burst)
+        self.deadline = self.loop.time() + limits.login_timeout  # login, then idle: see _alive
+        self.tokens = float(limits.frame_burst)
         self.refilled = self.loop.time()
 
     async def run(self) -> None:
@@ -127,20 +146,24 @@ class _Connection:
             data = await self._read()
             if not data:
                 return  # the tracker closed; frames before its EOF were all handled
-            for item in self.framer.feed(data):
+            for work, item in enumerate(self.framer.items(data), 1):  # stops where the bad-frame budget closes us
                 await self._throttle()
                 if isinstance(item, FrameError):
                     self._error(item)
                 else:
                     await self._frame(item)
+                if work % _ITEMS_PER_TURN == 0:
+                    await asyncio.sleep(0)  # let the other trackers and the MQTT side run
             async with asyncio.timeout(self.limits.idle_timeout):
                 await self.writer.drain()  # a tracker that never reads its ACKs is dropped
+            await asyncio.sleep(0)  # a read returns at once while bytes are queued: one read per turn
+
+    def _alive(self) -> None:
+        """A valid frame from a logged-in tracker: it may stay ``idle_timeout`` longer."""
+        self.deadline = self.loop.time() + self.limits.idle_timeout
 
     async def _read(self) -> bytes:
-        if self.imei is None:
-            deadline, reason = self.login_deadline, "login_timeout"
-        else:
-            deadline, reason = self.loop.time() + self.limits.idle_timeout, "idle_closed"
+        deadline, reason = self.deadline, "login_timeout" if self.imei is None else "idle_closed"
         try:
             async with asyncio.timeout_at(deadline):
                 return await self.reader.read(self.limits.max_buffer)
@@ -168,12 +191,16 @@ class _Connection:
 
     async def _frame(self, raw: bytes) -> None:
         try:
-            frame = decode_frame(raw)
+            frame = decode_frame(raw, strict_crc=not isinstance(raw, UncheckedFrame))
         except FrameError as exc:
             self._error(exc)
             return
         counters = self.counters
         counters.frames += 1
+        if isinstance(raw, UncheckedFrame):
+            counters.bad_crc_accepted += 1
+        if self.imei is not None:
+            self._alive()
         if frame.type == "unknown" and frame.protocol != PROTO_TIME_REQUEST:
             counters.unknown_protocol += 1
             return
@@ -192,7 +219,7 @@ class _Connection:
             return
         else:
             imei = self.imei
-        message = to_message(frame, imei, _peer_ip(self.writer) if frame.type == "login" else None)
+        message = to_message(frame, imei, self.peer if frame.type == "login" else None)
         if message is not None:
             try:
                 await self.listener.handler(*message)
@@ -203,6 +230,7 @@ class _Connection:
             counters.messages += 1
         if frame.type == "login":
             self.imei = imei
+            self._alive()
             counters.logins += 1
         ack = ack_for(frame)
         if ack is not None:
@@ -218,6 +246,7 @@ class _Listener:
         self.limits = limits
         self.counters = counters
         self.open: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        self.per_peer: dict[str | None, int] = {}  # open connections by peer address (never logged)
 
     async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         counters = self.counters
@@ -225,13 +254,20 @@ class _Listener:
             counters.over_limit += 1
             writer.transport.abort()
             return
+        peer = _peer_ip(writer)
+        from_peer = self.per_peer.get(peer, 0)
+        if from_peer >= self.limits.max_connections_per_peer:
+            counters.peer_limited += 1
+            writer.transport.abort()
+            return
+        self.per_peer[peer] = from_peer + 1
         counters.connections += 1
         counters.open_connections += 1
         task = asyncio.current_task()
         assert task is not None
         self.open[task] = writer
         try:
-            await _Connection(self, reader, writer).run()
+            await _Connection(self, reader, writer, peer).run()
         except _Closed as closed:
             if closed.reason:
                 setattr(counters, closed.reason, getattr(counters, closed.reason) + 1)
@@ -245,10 +281,40 @@ class _Listener:
         finally:
             counters.open_connections -= 1
             del self.open[task]
+            left = self.per_peer.pop(peer) - 1
+            if left:
+                self.per_peer[peer] = left
             if writer.transport.get_write_buffer_size():
                 writer.transport.abort()  # a peer that does not read must not hold the socket
             else:
                 writer.close()  # graceful: the ACKs already written still reach the tracker
+
+
+FILES_RESERVED = 256  # brokers, spool, metrics, logs, policy reloads: files the rest of the process needs
+
+
+class FileLimitError(OSError):
+    """``max_connections`` does not fit the process's open-file limit (RLIMIT_NOFILE)."""
+
+
+def ensure_file_limit(max_connections: int) -> int:
+    """Make room for ``max_connections`` sockets: raise the soft open-file limit up to the hard one.
+
+    Without this, connection number ~1000 fails in ``accept`` with EMFILE, which asyncio logs
+    and retries, while the broker and spool of the same process start failing too. Returns the
+    soft limit now in force; raises ``FileLimitError`` if even the hard limit is too low.
+    """
+    needed = max_connections + FILES_RESERVED
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard == resource.RLIM_INFINITY or hard >= needed:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+            return needed
+        raise FileLimitError(
+            f"gt06 max_connections {max_connections} needs {needed} open files but the process may open "
+            f"at most {hard}: raise the limit (ulimit -n, systemd LimitNOFILE=) or lower max_connections"
+        )
+    return soft
 
 
 _LISTENERS: weakref.WeakKeyDictionary[asyncio.Server, _Listener] = weakref.WeakKeyDictionary()
@@ -266,6 +332,7 @@ async def serve(
     ``counters`` is updated in place; pass the object the exporter reads. Stop with ``stop``.
     """
     limits = limits or Limits()
+    ensure_file_limit(limits.max_connections)
     listener = _Listener(handler, limits, counters if counters is not None else Counters())
     server = await asyncio.start_server(
         listener.accept,
@@ -277,6 +344,13 @@ async def serve(
     _LISTENERS[server] = listener
     log.info("gt06 listening", port=server.sockets[0].getsockname()[1])
     return server
+
+
+def update_limits(server: asyncio.Server, limits: Limits) -> None:
+    """A reload (e.g. a new IMEI allow-list): connections accepted from now on use ``limits``."""
+    listener = _LISTENERS.get(server)
+    if listener is not None:
+        listener.limits = limits
 
 
 async def stop(server: asyncio.Server, grace: float = 5.0) -> None:
