@@ -195,6 +195,31 @@ def test_site_conf_has_the_recommended_settings() -> None:
     assert "deploy/mosquitto/site.conf" in ops
 
 
+def test_kubernetes_pod_broker_conf_runs_in_real_mosquitto(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "tracker-sidecar.yaml").read_text()))
+    conf = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["mosquitto.conf"]
+    port = free_port()
+    (tmp_path / "data").mkdir()
+    conf = (conf.replace("listener 1883", f"listener {port} 127.0.0.1").replace("/mosquitto/data/", f"{tmp_path}/data/")
+            + f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
+    (tmp_path / "m.conf").write_text(conf)
+    proc = subprocess.Popen([find_mosquitto(), "-c", str(tmp_path / "m.conf")], stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "log").open("wb"))
+    try:
+        def listening() -> bool:
+            assert proc.poll() is None, (tmp_path / "log").read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+        wait_until(listening, 20, "the pod's broker listening")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert (tmp_path / "data" / "mosquitto.db").exists()  # persistence works as configured
+
+
 def _client(port: int, user: str, password: str, received: list | None = None) -> paho.Client:
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{time.monotonic_ns()}",
                     protocol=paho.MQTTv5)

@@ -41,6 +41,7 @@ from gateway.service.client import Client
 from gateway.service.config import Config, ConfigError, load_config, restart_keys
 from gateway.service.consent import Consents
 from gateway.service.deadletter import Sealer, check_prefix
+from gateway.service.sessions import Sweeper, local_ids, read_record, record_path, write_record
 from gateway.service.shadow import Shadow, ShadowMetrics
 from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
 from gateway.spool import Spool
@@ -88,6 +89,7 @@ class Worker:
     def __init__(self, cfg: Config, index: int = 0, workers: int = 1) -> None:
         self.cfg = cfg
         self.index = index
+        self.workers = workers
         suffix = f"-{index}" if workers > 1 else ""
         self.local_id = cfg.local.client_id + suffix
         self.cloud_id = cfg.cloud.client_id + suffix
@@ -147,6 +149,7 @@ class Worker:
         # instead of through the spool. Not forever: an absent cloud is what the spool is for.
         await wait_first(self.uplink.first_attempt.wait(), self._stop.wait(), timeout=15)
         down = asyncio.create_task(self._local_loop(), name="local")
+        sweep = asyncio.create_task(self._sweep_stale_sessions(), name="sweep") if self.index == 0 else None
         trackers = self._trackers = None
         try:
             if cfg.ingest.gt06.listen and self.index == 0:
@@ -155,6 +158,9 @@ class Worker:
         finally:
             if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
                 await gt06_listener.stop(trackers)
+            if sweep is not None:  # what it has not acknowledged stays in the old session, swept next time
+                sweep.cancel()
+                await asyncio.gather(sweep, return_exceptions=True)
             await self._shutdown(down, up)
             spool.close()
             if http is not None:
@@ -260,6 +266,38 @@ class Worker:
                 log.warning("local_disconnected", error=describe(exc))
             await asyncio.sleep(backoff.next_delay())
 
+    async def _sweep_stale_sessions(self) -> None:
+        """Worker 0: take what waits in the sessions of local client ids no longer in use, then end them."""
+        ep = self.cfg.local
+        path, broker = record_path(self.cfg.spool.path), f"{ep.host}:{ep.port}"
+        current = local_ids(ep.client_id, self.workers)
+        filters = self._filters()
+        filters |= {f.split("/", 2)[2] if f.startswith("$share/") else f for f in filters}  # with or without a group
+        rec = read_record(path, broker)
+        stale = [i for i in rec.ids if i not in current]
+        old_filters = set(rec.filters) if stale else set()
+        write_record(path, broker, current + stale, filters | old_filters)
+        if not stale:
+            return
+        sweeper = Sweeper(ep, self._take, lambda: filters | old_filters)
+        backoff = Backoff(self.cfg.reconnect)
+        while stale:
+            client_id = stale[0]
+            log.info("session_sweep_started", client_id=client_id, reason="client id no longer in use")
+            try:
+                taken = await sweeper.sweep(client_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("session_sweep_failed", client_id=client_id, error=describe(exc),
+                            action="retrying; the session keeps its messages meanwhile")
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            stale.pop(0)
+            write_record(path, broker, current + stale, filters | (old_filters if stale else set()))
+            log.info("session_swept", client_id=client_id, messages=taken)
+
     def _local_client(self) -> Client:
         ep = self.cfg.local
         user, password = ep.credentials()
@@ -317,9 +355,14 @@ class Worker:
     # -- the per-message path --------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool) -> None:
+        self._take(topic, payload, qos, mid, dup, self._ack, self.gen)
+
+    def _take(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool, acker: Callable[[int], None],
+              gen: int = 0) -> None:
+        """One message from a local session (``acker`` acknowledges it there; ``gen`` its connection, 0: any)."""
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
-        ack = partial(self._ack, mid) if qos else None
+        ack = partial(acker, mid) if qos else None
         consents = self.consents
         if consents is not None and consents.matches(topic):
             result = consents.update(topic, payload)
@@ -345,7 +388,7 @@ class Worker:
         if self.shadow is not None:
             self.shadow.observe(topic, payload, result, time.time(), self._consent_table())
         if result.__class__ is Forward:
-            self._forward(result, ack, self.gen, received, topic)
+            self._forward(result, ack, gen, received, topic)
             return
         self._rejected(result, topic, payload)
         if ack:
