@@ -67,7 +67,20 @@ def build_engines(cfg: Config) -> tuple[Engine, Engine | None]:
     trusted = signing.trusted(cfg.trusted_policy_keys) if cfg.trusted_policy_keys else None
     active = Engine(_checked(cfg.policies, trusted), keyring)
     shadow = Engine(_checked(cfg.shadow_policies, trusted), keyring) if cfg.shadow_policies else None
+    _check_dead_letter(cfg, active)
     return active, shadow
+
+
+def _check_dead_letter(cfg: Config, engine: Engine) -> None:
+    """A ConfigError if the gateway would consume its own dead letters (a policy's or the consent topic)."""
+    if not cfg.dead_letter:
+        return
+    filters = [(f"policy {plan.name!r}", f.subscription) for plan in engine.plans for f in plan.filters]
+    if cfg.consent.topic:
+        filters.append(("consent.topic", Consents(cfg.consent.topic).subscription))
+    problem = check_prefix(cfg.dead_letter, filters)
+    if problem:
+        raise ConfigError(problem)
 
 
 def build_engine(cfg: Config) -> Engine:
@@ -119,7 +132,7 @@ class Worker:
     async def run(self) -> int:
         cfg = self.cfg
         self.engine, shadow = build_engines(cfg)
-        self._sealer = _dead_letters(cfg, self.engine, self.consents)
+        self._sealer = _dead_letters(cfg, self.engine)
         self._set_shadow(shadow)
         self.metrics.register_engine(self.engine)
         spool_path = cfg.spool.path if self.index == 0 else _indexed(cfg.spool.path, self.index)
@@ -484,7 +497,7 @@ class Worker:
                 raise ConfigError(f"{', '.join(blocked)}: cannot change while running; restart to apply")
             engine, shadow = build_engines(new)
             consents = self.consents if new.consent == self.cfg.consent else _consents(new)
-            sealer = _dead_letters(new, engine, consents)
+            sealer = _dead_letters(new, engine)
             limits = new.ingest.gt06.limits() if self._trackers is not None else None
         except (ConfigError, PolicyError, KeyFileError, PolicySetError, OSError, ValueError) as exc:
             self.metrics.policy_reloads.labels("refused").inc()
@@ -518,17 +531,9 @@ class Worker:
             log.warning("resubscribe_failed", error=describe(exc), action="the next connection subscribes")
 
 
-def _dead_letters(cfg: Config, engine: Engine, consents: Consents | None) -> Sealer | None:
-    """The sealer for dead letters, or None when off; a ConfigError if the gateway would read its own."""
-    if not cfg.dead_letter:
-        return None
-    filters = [(f"policy {plan.name!r}", f.subscription) for plan in engine.plans for f in plan.filters]
-    if consents is not None:
-        filters.append(("consent.topic", consents.subscription))
-    problem = check_prefix(cfg.dead_letter, filters)
-    if problem:
-        raise ConfigError(problem)
-    return Sealer(engine.keyring)
+def _dead_letters(cfg: Config, engine: Engine) -> Sealer | None:
+    """The sealer for dead letters, or None when off (the prefix was checked by build_engines)."""
+    return Sealer(engine.keyring) if cfg.dead_letter else None
 
 
 def _consents(cfg: Config) -> Consents | None:
