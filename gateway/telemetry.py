@@ -226,6 +226,12 @@ class Metrics:
         self.spool_bytes = Gauge("gateway_spool_bytes", "Bytes waiting in the spool", registry=r)
         self.connected = Gauge("gateway_connected", "1 while connected to the broker", ["side"], registry=r)
         self.reconnects = PromCounter("gateway_reconnects_total", "Broker reconnections", ["side"], registry=r)
+        self.session_sweeps = PromCounter(
+            "gateway_session_sweeps_total", "Old local sessions swept at start (result: ok|failed)", ["result"],
+            registry=r,
+        )
+        for result in ("ok", "failed"):
+            self.session_sweeps.labels(result)
         self.config_reload_success = Gauge(
             "gateway_config_last_reload_success", "1 if the last config load (start or SIGHUP) was applied", registry=r
         )

@@ -302,6 +302,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.metrics.session_sweeps.labels("failed").inc()
                 log.warning("session_sweep_failed", client_id=client_id, error=describe(exc),
                             action="retrying; the session keeps its messages meanwhile")
                 await asyncio.sleep(backoff.next_delay())
@@ -309,6 +310,7 @@ class Worker:
             backoff.reset()
             stale.pop(0)
             write_record(path, broker, current + stale, filters | (old_filters if stale else set()))
+            self.metrics.session_sweeps.labels("ok").inc()
             log.info("session_swept", client_id=client_id, messages=taken)
 
     def _local_client(self) -> Client:
