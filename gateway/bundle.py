@@ -33,7 +33,7 @@ def sample_config() -> str:
 
 def _site_config() -> str:
     """The sample, with the key file and spool inside the site folder (paths are relative to the config)."""
-    text = sample_config()
+    text = "# Written by `gateway init`: file names below are relative to this folder.\n" + sample_config()
     text = re.sub(r'(?m)^keys_file = .*$', 'keys_file = "keys.json"            # mode 0600; rotate with: '
                   'gateway keygen --rotate keys.json', text)
     text = re.sub(r'(?m)^path = "[^"]*spool\.db".*$', 'path = "spool/spool.db"           # minimised messages only',

@@ -37,6 +37,7 @@ from gateway.keys import Keyring
 from gateway.pipeline import Engine, Forward
 from gateway.policy.check import AnyDevice, decode_output
 from gateway.policy.load import load
+from gateway.service.deadletter import open_letter
 
 SHOW = 4  # messages per system in the before/after view
 WAIT = 5.0  # seconds for one message to come out the other side
@@ -158,7 +159,7 @@ async def _live(count: int, tty: bool) -> int:
                 elif out.topic.value.startswith("gateway/dead-letter/"):
                     props = dict(out.properties.UserProperty) if out.properties else {}
                     rule = f" by rule {props['rule']}" if props.get("rule") else ""
-                    print(_colour(f"   DROPPED: {props.get('reason', '?')}{rule} (raw copy on the site broker's "
+                    print(_colour(f"   DROPPED: {props.get('reason', '?')}{rule} (sealed copy on the site broker's "
                                   "dead-letter topic only)", "33", tty))
                 else:
                     print(_colour(f"   out  {out.topic.value}", "32", tty))
@@ -191,7 +192,7 @@ async def _live(count: int, tty: bool) -> int:
         deadline = time.monotonic() + 30
         while up.queue.qsize() < forwarded and time.monotonic() < deadline:  # the cloud view catches up
             await asyncio.sleep(0.1)
-        removed = _removed(samples, _collect(up.queue), _collect(dead.queue))
+        removed = _removed(samples, _collect(up.queue), _collect(dead.queue), Keyring.from_file(keys))
         trackers = await gt06_sim.run("127.0.0.1", gt06_port, devices=20, count=10, seed=9)
         sent += sum(trackers.sent.values())
         await _settle(metrics_port, before, sent)
@@ -266,14 +267,15 @@ def _policy(message: aiomqtt.Message) -> str:
     return props.get("policy", "")
 
 
-def _removed(samples: dict[str, list], upstream: list[aiomqtt.Message], dead: list[aiomqtt.Message]) -> Counter:
+def _removed(samples: dict[str, list], upstream: list[aiomqtt.Message], dead: list[aiomqtt.Message],
+             keyring: Keyring) -> Counter:
     """Fields removed per policy: fields the devices sent in the messages that were forwarded,
     minus the fields the cloud received. Counted by the demo from both ends, not by the gateway."""
     sent_in: Counter = Counter({name: sum(_leaves(msgspec.json.decode(x.payload)) for x in xs) for name, xs in samples.items()})
-    for m in dead:  # dropped whole: not part of what was forwarded
+    for m in dead:  # dropped whole, not part of what was forwarded; opened with the site key as an operator would
         try:
-            sent_in[_policy(m)] -= _leaves(msgspec.json.decode(m.payload))
-        except msgspec.DecodeError:
+            sent_in[_policy(m)] -= _leaves(msgspec.json.decode(open_letter(keyring, m.payload).payload))
+        except (msgspec.DecodeError, ValueError):
             pass
     received: Counter = Counter()
     for m in upstream:

@@ -217,11 +217,27 @@ class Metrics:
             "gateway_spool_oldest_age_seconds", "Age of the oldest message waiting in the spool (0 when empty)",
             registry=r,
         )
+        self.spool_max_bytes = Gauge(
+            "gateway_spool_max_bytes", "The spool's capacity ([spool] max_bytes), for spool_bytes / max_bytes",
+            registry=r,
+        )
         self.key = Info("gateway_key", "The active key's id (never key material)", registry=r)
         self.spool_depth = Gauge("gateway_spool_depth", "Messages waiting in the spool", registry=r)
         self.spool_bytes = Gauge("gateway_spool_bytes", "Bytes waiting in the spool", registry=r)
         self.connected = Gauge("gateway_connected", "1 while connected to the broker", ["side"], registry=r)
         self.reconnects = PromCounter("gateway_reconnects_total", "Broker reconnections", ["side"], registry=r)
+        self.session_sweeps = PromCounter(
+            "gateway_session_sweeps_total", "Old local sessions swept at start (result: ok|failed)", ["result"],
+            registry=r,
+        )
+        for result in ("ok", "failed"):
+            self.session_sweeps.labels(result)
+        self.config_reload_success = Gauge(
+            "gateway_config_last_reload_success", "1 if the last config load (start or SIGHUP) was applied", registry=r
+        )
+        self.config_reload_time = Gauge(
+            "gateway_config_last_reload_timestamp_seconds", "When the config in force was loaded (Unix time)", registry=r
+        )
         self.policy_reloads = PromCounter(
             "gateway_policy_reloads_total", "Policy reloads by result (ok|refused)", ["result"], registry=r
         )
@@ -234,7 +250,19 @@ class Metrics:
             "gateway_uplink_acked_total", "Messages the cloud broker acknowledged (PUBACK)", registry=r
         )
         self.cloud_refused = PromCounter(
-            "gateway_cloud_refused_total", "Messages the cloud broker refused (PUBACK reason >= 0x80); kept", registry=r
+            "gateway_cloud_refused_total",
+            "Publishes the cloud refused (PUBACK reason >= 0x80, e.g. 0x87 not authorised); retried, then quarantined",
+            ["reason"], registry=r,
+        )
+        self.spool_errors = PromCounter(
+            "gateway_spool_errors_total", "Spool operations that failed (disk full, I/O, busy, corrupt), by op",
+            ["op"], registry=r,
+        )
+        for op in ("append", "delete", "peek", "compact", "quarantine", "drain"):
+            self.spool_errors.labels(op)
+        self.spool_quarantined = Gauge(
+            "gateway_spool_quarantined", "Messages in the spool's quarantine (refused by the cloud; gateway spool list)",
+            registry=r,
         )
         self.spooled = PromCounter("gateway_spooled_total", "Messages written to the spool", registry=r)
         self.spool_refused = PromCounter(
@@ -305,8 +333,9 @@ class Metrics:
         kids = sorted({plan.key_id for plan in engine.plans})
         self.key.info({"key_id": ",".join(kids)})
 
-    def watch(self, backlog: Callable[[], int], oldest: Callable[[], float | None]) -> None:
+    def watch(self, backlog: Callable[[], int], oldest: Callable[[], float | None], max_bytes: int = 0) -> None:
         """Read the uplink's backlog and the spool's oldest entry (its ``time.time()``) at scrape time."""
+        self.spool_max_bytes.set(max_bytes)
         self.inflight.set_function(backlog)
         self.spool_oldest_age.set_function(lambda: max(0.0, time.time() - t) if (t := oldest()) else 0.0)
 
@@ -393,7 +422,8 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve(
-    metrics: Metrics, host: str = "127.0.0.1", port: int = 9464, ready: Callable[[], bool] = lambda: True
+    metrics: Metrics, host: str = "127.0.0.1", port: int = 9464, ready: Callable[[], bool] = lambda: True,
+    detail: Callable[[], str] = lambda: "",
 ) -> ThreadingHTTPServer:
     """Serve /metrics, /healthz and /readyz from a daemon thread; ``server.shutdown()`` stops it.
 
@@ -411,8 +441,9 @@ def serve(
             elif path == "/healthz":
                 self._reply(200, b"ok\n")
             elif path == "/readyz":
-                ok = ready()
-                self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                ok = ready()  # ``detail``: lines for an operator (e.g. the spool's state), no message data
+                body = ("ready\n" if ok else "not ready\n") + detail()
+                self._reply(200 if ok else 503, body.encode())
             else:
                 self._reply(404, b"not found\n")
 

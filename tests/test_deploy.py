@@ -71,7 +71,7 @@ def test_systemd_unit_is_hardened() -> None:
     d = unit_directives()
     for key, value in {
         "DynamicUser": "yes", "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-        "PrivateTmp": "yes", "StateDirectory": "telemetry-gateway", "RestartPreventExitStatus": "2",
+        "PrivateTmp": "yes", "StateDirectory": "telemetry-gateway", "RestartPreventExitStatus": "2 78",
         "ExecReload": "/bin/kill -HUP $MAINPID", "KillSignal": "SIGTERM", "CapabilityBoundingSet": "",
     }.items():
         assert d.get(key) == [value], key
@@ -193,6 +193,31 @@ def test_site_conf_has_the_recommended_settings() -> None:
         assert re.search(rf"^{re.escape(line)}\b", conf, re.M), line
     ops = (ROOT / "docs" / "operations.md").read_text()
     assert "deploy/mosquitto/site.conf" in ops
+
+
+def test_kubernetes_pod_broker_conf_runs_in_real_mosquitto(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "tracker-sidecar.yaml").read_text()))
+    conf = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["mosquitto.conf"]
+    port = free_port()
+    (tmp_path / "data").mkdir()
+    conf = (conf.replace("listener 1883", f"listener {port} 127.0.0.1").replace("/mosquitto/data/", f"{tmp_path}/data/")
+            + f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
+    (tmp_path / "m.conf").write_text(conf)
+    proc = subprocess.Popen([find_mosquitto(), "-c", str(tmp_path / "m.conf")], stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "log").open("wb"))
+    try:
+        def listening() -> bool:
+            assert proc.poll() is None, (tmp_path / "log").read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+        wait_until(listening, 20, "the pod's broker listening")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert (tmp_path / "data" / "mosquitto.db").exists()  # persistence works as configured
 
 
 def _client(port: int, user: str, password: str, received: list | None = None) -> paho.Client:

@@ -44,7 +44,8 @@ def test_init_writes_a_site_folder_that_loads(tmp_path: Path) -> None:
     assert cfg.keys_file == str((site / "keys.json").resolve())
     assert Path(cfg.spool.path).is_relative_to(site.resolve())
     assert all(Path(p).is_relative_to(site.resolve()) and Path(p).exists() for p in cfg.policies)
-    assert len(cfg.policies) == len(packs())
+    assert {Path(p).name for p in cfg.policies} <= {p.name for p in packs()}
+    assert (site / "config.toml").read_text().startswith("# Written by `gateway init`")
     with pytest.raises(InitError, match="refusing to overwrite"):
         init_site(site)  # keys must never be replaced by a second init
 

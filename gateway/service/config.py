@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -255,6 +256,16 @@ class Ingest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gt06: Gt06 = msgspec.field(default_factory=Gt06)
 
 
+class Keys(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Key rotation without a flag day."""
+
+    transition_s: float = 0.0  # after `keygen --rotate`: also send each device's previous-key pseudonym this long
+
+    def __post_init__(self) -> None:
+        if self.transition_s < 0:
+            raise ValueError("keys.transition_s must be >= 0")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     local: Endpoint
     cloud: Endpoint
@@ -263,7 +274,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shadow_policies: list[str] = []  # candidate packs run beside the active ones; forward nothing, count differences
     keys_file: str = ""  # default: $GATEWAY_KEYS_FILE or $GATEWAY_KEYS
     group: str = ""  # shared-subscription group: "" = plain subscriptions (one gateway per site)
-    dead_letter: str = ""  # local topic prefix for rejected raw messages ("" = off)
+    dead_letter: str = ""  # local topic prefix for sealed dead letters ("" = off)
     shutdown_timeout_s: float = 10.0  # SIGTERM: wait this long for cloud acks, then spool
     spool: Spool = msgspec.field(default_factory=Spool)
     metrics: Metrics = msgspec.field(default_factory=Metrics)
@@ -271,6 +282,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     consent: Consent = msgspec.field(default_factory=Consent)
     reconnect: Reconnect = msgspec.field(default_factory=Reconnect)
     ingest: Ingest = msgspec.field(default_factory=Ingest)
+    keys: Keys = msgspec.field(default_factory=Keys)
     path: str = ""  # set by load_config: the file it came from
 
     def __post_init__(self) -> None:
@@ -295,23 +307,56 @@ def _resolve(base: Path, value: str) -> str:
     return str((base / value).resolve()) if value and not os.path.isabs(value) else value
 
 
+def locate_key(text: str, dotted: str, exact: bool = False) -> int | None:
+    """Line of ``dotted`` (``cloud.url``, ``ingest.gt06.listen``) in config TOML, else of its
+    nearest enclosing table or key that is set (``[cloud]``), for errors a person can act on."""
+    best, best_len = None, -1
+    table = ""
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith(("'", '"')) else raw.strip()
+        if m := re.fullmatch(r"\[\[?\s*([^\]]+?)\s*\]\]?", line):
+            table, full = m.group(1).replace(" ", ""), m.group(1).replace(" ", "")
+        elif m := re.match(r"([A-Za-z0-9_.\- \"']+?)\s*=", line):
+            full = ".".join(filter(None, (table, m.group(1).replace(" ", "").replace('"', "").replace("'", ""))))
+        else:
+            continue
+        if full == dotted:
+            return n
+        if dotted.startswith(full + ".") and len(full) > best_len:
+            best, best_len = n, len(full)
+    return None if exact else best
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate ``path``; relative file names are relative to its folder."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = tomllib.loads(text)
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError(f"{path}:{m.group(1)}: TOML syntax: {exc}" if m else f"{path}: TOML syntax: {exc}") from None
     try:
         cfg = msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        message, _, at = str(exc).partition(" - at `")
+        key = re.sub(r"\[\d+\]", "", at.rstrip("`").removeprefix("$").removeprefix("."))
+        unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+        target = ".".join(filter(None, (key, unknown.group(1) if unknown else "")))
+        named = re.match(r"([a-z_]+) ", message)  # a check in __post_init__ names its key first
+        candidate = ".".join(filter(None, (target, named.group(1) if named else "")))
+        if named and locate_key(text, candidate, exact=True):
+            target = candidate
+        line = locate_key(text, target)
+        raise ConfigError(f"{path}{f':{line}' if line else ''}: {target + ': ' if target else ''}{message}") from None
     for side, ep in (("local", cfg.local), ("cloud", cfg.cloud)):
         if not ep.tls and not _is_loopback(ep.host) and not ep.allow_insecure:
             raise ConfigError(
-                f"{path}: [{side}] url is plaintext mqtt:// to a non-loopback host; "
+                f"{path}:{locate_key(text, f'{side}.url')}: [{side}] url is plaintext mqtt:// to a non-loopback host; "
                 f"use mqtts:// or set allow_insecure = true in [{side}]"
             )
     base = path.resolve().parent
@@ -328,3 +373,29 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     cfg.consent.verify_keys()
     cfg.path = str(path.resolve())
     return cfg
+
+
+# What SIGHUP may change in a running gateway (a key, or a table whose every key may change).
+# Everything else (broker URLs and credentials, client ids, group, spool, metrics, listeners)
+# is bound to connections, files or sockets opened at start: changing it needs a restart.
+LIVE_KEYS = frozenset({
+    "policies", "shadow_policies", "trusted_policy_keys", "keys_file", "dead_letter", "shutdown_timeout_s",
+    "consent", "log", "reconnect", "keys", "ingest.gt06.allowed_imeis", "ingest.gt06.allowed_imeis_file",
+})
+
+
+def restart_keys(running: Config, new: Config) -> list[str]:
+    """The dotted keys whose change ``new`` asks for but only a restart can apply."""
+    changed: list[str] = []
+
+    def walk(a: object, b: object, prefix: str) -> None:
+        if prefix in LIVE_KEYS or prefix == "path":
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        elif a != b:
+            changed.append(prefix)
+
+    walk(msgspec.to_builtins(running), msgspec.to_builtins(new), "")
+    return changed

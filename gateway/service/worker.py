@@ -18,6 +18,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.ingest.gt06 import listener as gt06_listener
 from gateway.keys import KeyFileError, Keyring
+from gateway.ops.base import BoundedCache
 from gateway.pipeline import Engine, Forward, Reject
 from gateway.policy import signing
 from gateway.policy.check import run_tests
@@ -36,13 +38,14 @@ from gateway.policy.compile import Plan
 from gateway.policy.load import PolicyError, Source, load
 from gateway.service.acks import acker, enable_manual_acks
 from gateway.service.client import Client
-from gateway.service.config import Config, ConfigError
+from gateway.service.config import Config, ConfigError, load_config, restart_keys
 from gateway.service.consent import Consents
 from gateway.service.deadletter import Sealer, check_prefix
+from gateway.service.sessions import Sweeper, local_ids, read_record, record_path, write_record
 from gateway.service.shadow import Shadow, ShadowMetrics
 from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
 from gateway.spool import Spool
-from gateway.telemetry import Metrics, _package_version, get_logger, serve
+from gateway.telemetry import Metrics, _package_version, configure_logging, get_logger, serve
 
 __all__ = ["Worker", "build_engine"]
 
@@ -64,7 +67,20 @@ def build_engines(cfg: Config) -> tuple[Engine, Engine | None]:
     trusted = signing.trusted(cfg.trusted_policy_keys) if cfg.trusted_policy_keys else None
     active = Engine(_checked(cfg.policies, trusted), keyring)
     shadow = Engine(_checked(cfg.shadow_policies, trusted), keyring) if cfg.shadow_policies else None
+    _check_dead_letter(cfg, active)
     return active, shadow
+
+
+def _check_dead_letter(cfg: Config, engine: Engine) -> None:
+    """A ConfigError if the gateway would consume its own dead letters (a policy's or the consent topic)."""
+    if not cfg.dead_letter:
+        return
+    filters = [(f"policy {plan.name!r}", f.subscription) for plan in engine.plans for f in plan.filters]
+    if cfg.consent.topic:
+        filters.append(("consent.topic", Consents(cfg.consent.topic).subscription))
+    problem = check_prefix(cfg.dead_letter, filters)
+    if problem:
+        raise ConfigError(problem)
 
 
 def build_engine(cfg: Config) -> Engine:
@@ -86,6 +102,7 @@ class Worker:
     def __init__(self, cfg: Config, index: int = 0, workers: int = 1) -> None:
         self.cfg = cfg
         self.index = index
+        self.workers = workers
         suffix = f"-{index}" if workers > 1 else ""
         self.local_id = cfg.local.client_id + suffix
         self.cloud_id = cfg.cloud.client_id + suffix
@@ -100,10 +117,13 @@ class Worker:
         self._stopping = False
         self._stop = asyncio.Event()
         self._prov: dict[int, Provenance] = {}
+        self._prev_prov = BoundedCache(4096)  # (plan, previous pseudonym) -> provenance, during a key transition
+        self._transition_until = 0.0
         self._subscribed: set[str] = set()
         self._reject_logged: set[tuple[str, str]] = set()
         self._consent_logged: set[str] = set()
         self._sealer: Sealer | None = None
+        self._trackers: Any = None  # the GT06 listener (worker 0, when configured)
         self.uplink: Uplink | None = None
         self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
 
@@ -112,18 +132,22 @@ class Worker:
     async def run(self) -> int:
         cfg = self.cfg
         self.engine, shadow = build_engines(cfg)
-        self._sealer = _dead_letters(cfg, self.engine, self.consents)
+        self._sealer = _dead_letters(cfg, self.engine)
         self._set_shadow(shadow)
         self.metrics.register_engine(self.engine)
         spool_path = cfg.spool.path if self.index == 0 else _indexed(cfg.spool.path, self.index)
         Path(spool_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         spool = Spool(spool_path, cfg.spool.max_bytes)
         self.uplink = Uplink(cfg.cloud, self.cloud_id, spool, self.metrics, cfg.reconnect)
-        self.metrics.watch(lambda: self.uplink.backlog if self.uplink else 0, partial(_oldest, spool))
+        self.metrics.config_reload_success.set(1)
+        self.metrics.config_reload_time.set(time.time())
+        self.metrics.watch(
+            lambda: self.uplink.backlog if self.uplink else 0, partial(_oldest, spool), cfg.spool.max_bytes
+        )
         http = None
         address = cfg.metrics.address()
         if address is not None:
-            http = serve(self.metrics, address[0], address[1], ready=self.ready)
+            http = serve(self.metrics, address[0], address[1], ready=self.ready, detail=self.ready_detail)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -131,21 +155,25 @@ class Worker:
         log.info(
             "gateway_started", worker=self.index, version=_package_version(), spool=spool_path,
             spool_depth=spool.depth, policies=[p.name for p in self.engine.plans],
-            local=cfg.local.url, cloud=cfg.cloud.url,
+            local=cfg.local.url, cloud=cfg.cloud.url, key_id=self.engine.keyring.active,
         )
         up = asyncio.create_task(self.uplink.run(), name="uplink")
         # The cloud first: a backlog waiting at the local broker then goes straight up
         # instead of through the spool. Not forever: an absent cloud is what the spool is for.
         await wait_first(self.uplink.first_attempt.wait(), self._stop.wait(), timeout=15)
         down = asyncio.create_task(self._local_loop(), name="local")
-        trackers = None
+        sweep = asyncio.create_task(self._sweep_stale_sessions(), name="sweep") if self.index == 0 else None
+        trackers = self._trackers = None
         try:
             if cfg.ingest.gt06.listen and self.index == 0:
-                trackers = await self._start_gt06()
+                trackers = self._trackers = await self._start_gt06()
             await self._stop.wait()
         finally:
             if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
                 await gt06_listener.stop(trackers)
+            if sweep is not None:  # what it has not acknowledged stays in the old session, swept next time
+                sweep.cancel()
+                await asyncio.gather(sweep, return_exceptions=True)
             await self._shutdown(down, up)
             spool.close()
             if http is not None:
@@ -170,14 +198,19 @@ class Worker:
         await asyncio.wait_for(asyncio.gather(up, return_exceptions=True), timeout=15)
 
     def ready(self) -> bool:
-        """Ready: the local side is connected, and the cloud is connected or the spool accepts."""
+        """Ready: the local side is connected, the spool can write, and the cloud is connected or the spool accepts."""
         up = self.uplink
         return (
             self.local is not None
             and not self.local.is_disconnected
             and up is not None
+            and up.spool_writable
             and (up.connected or up.accepting)
         )
+
+    def ready_detail(self) -> str:
+        """/readyz body lines: a spool that cannot write, quarantined messages (see docs/operations.md)."""
+        return self.uplink.readiness()[1] if self.uplink is not None else ""
 
     # -- GT06 trackers over TCP -------------------------------------------------------------
 
@@ -203,7 +236,7 @@ class Worker:
             self._rejected(result, topic, payload)
             return  # acknowledged to the tracker: resending would not change the verdict
         safe = asyncio.get_running_loop().create_future()
-        self._forward(result, partial(safe.set_result, None), 0, received)
+        self._forward(result, partial(safe.set_result, None), 0, received, topic)
         await safe
 
     # -- local side ------------------------------------------------------------------------
@@ -221,6 +254,7 @@ class Worker:
                 assert self.uplink is not None
                 self.uplink.local_gen = self.gen
                 self._ack = acker(client)
+                self.uplink.pressure = client.pause_reading  # backpressure: see Uplink._check_pressure
                 async with client:
                     self.local = client
                     self.metrics.connected.labels("local").set(1)
@@ -228,6 +262,7 @@ class Worker:
                         self.metrics.reconnects.labels("local").inc()
                     connected_once = True
                     backoff.reset()
+                    client.pause_reading(self.uplink.paused)  # as it stands after an earlier connection
                     await self._subscribe(client)
                     log.info("local_connected", host=self.cfg.local.host, port=self.cfg.local.port,
                              subscriptions=len(self._subscribed))
@@ -243,6 +278,40 @@ class Worker:
                 self.metrics.connected.labels("local").set(0)
                 log.warning("local_disconnected", error=describe(exc))
             await asyncio.sleep(backoff.next_delay())
+
+    async def _sweep_stale_sessions(self) -> None:
+        """Worker 0: take what waits in the sessions of local client ids no longer in use, then end them."""
+        ep = self.cfg.local
+        path, broker = record_path(self.cfg.spool.path), f"{ep.host}:{ep.port}"
+        current = local_ids(ep.client_id, self.workers)
+        filters = self._filters()
+        filters |= {f.split("/", 2)[2] if f.startswith("$share/") else f for f in filters}  # with or without a group
+        rec = read_record(path, broker)
+        stale = [i for i in rec.ids if i not in current]
+        old_filters = set(rec.filters) if stale else set()
+        write_record(path, broker, current + stale, filters | old_filters)
+        if not stale:
+            return
+        sweeper = Sweeper(ep, self._take, lambda: filters | old_filters)
+        backoff = Backoff(self.cfg.reconnect)
+        while stale:
+            client_id = stale[0]
+            log.info("session_sweep_started", client_id=client_id, reason="client id no longer in use")
+            try:
+                taken = await sweeper.sweep(client_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.session_sweeps.labels("failed").inc()
+                log.warning("session_sweep_failed", client_id=client_id, error=describe(exc),
+                            action="retrying; the session keeps its messages meanwhile")
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            stale.pop(0)
+            write_record(path, broker, current + stale, filters | (old_filters if stale else set()))
+            self.metrics.session_sweeps.labels("ok").inc()
+            log.info("session_swept", client_id=client_id, messages=taken)
 
     def _local_client(self) -> Client:
         ep = self.cfg.local
@@ -282,12 +351,16 @@ class Worker:
         await client.subscribe([(s, SubscribeOptions(qos=1)) for s in sorted(wanted)])
         self._subscribed = wanted
 
-    async def _resubscribe(self) -> None:
+    async def _resubscribe(self, consent_again: bool = False) -> None:
+        """Subscribe to what the reloaded config names, drop the rest. ``consent_again``:
+        the consent table was rebuilt, so subscribe to its topic again for the retained records."""
         client = self.local
         if client is None:
             return  # the next connection subscribes to the new set
         wanted = self._filters()
         gone, new = self._subscribed - wanted, wanted - self._subscribed
+        if consent_again and self.consents is not None:
+            new.add(self.consents.subscription)
         if new:
             await client.subscribe([(s, SubscribeOptions(qos=1)) for s in sorted(new)])
         if gone:
@@ -297,9 +370,14 @@ class Worker:
     # -- the per-message path --------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool) -> None:
+        self._take(topic, payload, qos, mid, dup, self._ack, self.gen)
+
+    def _take(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool, acker: Callable[[int], None],
+              gen: int = 0) -> None:
+        """One message from a local session (``acker`` acknowledges it there; ``gen`` its connection, 0: any)."""
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
-        ack = partial(self._ack, mid) if qos else None
+        ack = partial(acker, mid) if qos else None
         consents = self.consents
         if consents is not None and consents.matches(topic):
             result = consents.update(topic, payload)
@@ -325,21 +403,39 @@ class Worker:
         if self.shadow is not None:
             self.shadow.observe(topic, payload, result, time.time(), self._consent_table())
         if result.__class__ is Forward:
-            self._forward(result, ack, self.gen, received)
+            self._forward(result, ack, gen, received, topic)
             return
         self._rejected(result, topic, payload)
         if ack:
             ack()
 
-    def _forward(self, result: Forward, ack: Callable[[], None] | None, gen: int, received: float) -> None:
+    def _forward(
+        self, result: Forward, ack: Callable[[], None] | None, gen: int, received: float, topic: str = ""
+    ) -> None:
         """Hand a minimised message to the uplink with its policy's provenance (built once per plan);
-        its acknowledgement also times the delivery (``received``: ``time.monotonic()`` at receipt)."""
+        its acknowledgement also times the delivery (``received``: ``time.monotonic()`` at receipt).
+        During a key transition the provenance also names the device's previous-key pseudonym."""
         plan = result.plan
         prov = self._prov.get(id(plan))
         if prov is None:
             prov = self._prov[id(plan)] = _provenance(plan)
+        if self._transition_until and topic and time.time() < self._transition_until:
+            previous = self.engine.previous_device(topic)
+            if previous is not None:
+                key = (id(plan), previous)
+                prov = self._prev_prov.get(key) or self._prev_prov.put(key, _provenance(plan, previous))
         safe = self.metrics.on_safe(plan.name, received, ack)
         self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, safe, gen))
+
+    def _set_transition(self, engine: Engine) -> None:
+        """After a key rotation, for ``[keys] transition_s``: forwarded messages also carry the device's
+        pseudonym under the previous key (``previous_device``), so the cloud can link old and new once."""
+        ring, span = engine.keyring, self.cfg.keys.transition_s
+        self._transition_until = ring.rotated_at + span if ring.in_transition(time.time(), span) else 0.0
+        self._prev_prov.clear()
+        if self._transition_until:
+            log.info("key_transition", key_id=ring.active, previous_key_id=ring.previous,
+                     until=datetime.fromtimestamp(self._transition_until, UTC).isoformat(timespec="seconds"))
 
     def _consent_table(self) -> Mapping[str, frozenset[str]]:
         return self.consents.table if self.consents is not None else {}
@@ -351,7 +447,8 @@ class Worker:
         if self._shadow_metrics is None:
             self._shadow_metrics = ShadowMetrics(self.metrics.registry)
         self.shadow = Shadow(engine, self._shadow_metrics)
-        log.info("shadow_policies", policies=self.shadow.policies, note="evaluated beside the active ones, forwarded never")
+        log.info("shadow_policies", policies=self.shadow.policies,
+                 note="evaluated beside the active ones, never forwarded")
 
     def _process(self, topic: str, payload: bytes) -> Forward | Reject:
         """The engine, fenced: a bug must cost one message (counted), not a reconnect loop
@@ -389,36 +486,56 @@ class Worker:
     # -- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> None:
-        """SIGHUP: adopt new policies and keys only if they pass ``gateway check``."""
+        """SIGHUP: re-read config.toml, then the policies and keys it names; apply all of it or nothing.
+
+        What is bound to a connection, file or socket opened at start (see LIVE_KEYS in
+        config.py) is refused, naming the key, and the running config stays in force.
+        """
+        blocked: list[str] = []
         try:
-            engine, shadow = build_engines(self.cfg)
-        except (PolicyError, KeyFileError, PolicySetError, OSError) as exc:
+            new = load_config(self.cfg.path) if self.cfg.path else self.cfg
+            blocked = restart_keys(self.cfg, new)
+            if blocked:
+                raise ConfigError(f"{', '.join(blocked)}: cannot change while running; restart to apply")
+            engine, shadow = build_engines(new)
+            consents = self.consents if new.consent == self.cfg.consent else _consents(new)
+            sealer = _dead_letters(new, engine)
+            limits = new.ingest.gt06.limits() if self._trackers is not None else None
+        except (ConfigError, PolicyError, KeyFileError, PolicySetError, OSError, ValueError) as exc:
             self.metrics.policy_reloads.labels("refused").inc()
-            log.error("policy_reload_refused", error=str(exc), action="keeping the running policies")
+            self.metrics.config_reload_success.set(0)
+            event = "config_reload_refused" if blocked or isinstance(exc, ConfigError) else "policy_reload_refused"
+            log.error(event, error=str(exc), keys=blocked, action="keeping the running config")
             return
+        old, self.cfg = self.cfg, new
         self.engine = engine
+        self._sealer = sealer
         self._set_shadow(shadow)
         self._prov.clear()
+        self._set_transition(engine)
         self.metrics.register_engine(engine)
+        consents_changed = consents is not self.consents
+        self.consents = consents
+        if self.uplink is not None:
+            self.uplink.reconnect = new.reconnect
+        if limits is not None:
+            gt06_listener.update_limits(self._trackers, limits)
+        if new.log != old.log:
+            configure_logging(json={"auto": None, "json": True, "console": False}[new.log.format], level=new.log.level)
         self.metrics.policy_reloads.labels("ok").inc()
-        log.info("policy_reloaded", policies=[f"{p.name}@{p.policy.policy.version}" for p in engine.plans])
+        self.metrics.config_reload_success.set(1)
+        self.metrics.config_reload_time.set(time.time())
+        log.info("policy_reloaded", policies=[f"{p.name}@{p.policy.policy.version}" for p in engine.plans],
+                 key_id=engine.keyring.active)
         try:
-            await self._resubscribe()
+            await self._resubscribe(consents_changed)
         except aiomqtt.MqttError as exc:
             log.warning("resubscribe_failed", error=describe(exc), action="the next connection subscribes")
 
 
-def _dead_letters(cfg: Config, engine: Engine, consents: Consents | None) -> Sealer | None:
-    """The sealer for dead letters, or None when off; a ConfigError if the gateway would read its own."""
-    if not cfg.dead_letter:
-        return None
-    filters = [(f"policy {plan.name!r}", f.subscription) for plan in engine.plans for f in plan.filters]
-    if consents is not None:
-        filters.append(("consent.topic", consents.subscription))
-    problem = check_prefix(cfg.dead_letter, filters)
-    if problem:
-        raise ConfigError(problem)
-    return Sealer(engine.keyring)
+def _dead_letters(cfg: Config, engine: Engine) -> Sealer | None:
+    """The sealer for dead letters, or None when off (the prefix was checked by build_engines)."""
+    return Sealer(engine.keyring) if cfg.dead_letter else None
 
 
 def _consents(cfg: Config) -> Consents | None:
@@ -431,7 +548,7 @@ def _consents(cfg: Config) -> Consents | None:
     return Consents(c.topic, keys, c.max_entries, c.max_clock_skew_s)
 
 
-def _provenance(plan: Plan) -> Provenance:
+def _provenance(plan: Plan, previous_device: str = "") -> Provenance:
     meta = plan.policy.policy
     user = [
         ("policy", meta.name),
@@ -441,6 +558,8 @@ def _provenance(plan: Plan) -> Provenance:
     ]
     if meta.retention:
         user.append(("retention", meta.retention))
+    if previous_device:  # key transition: the cloud may link the device's old and new pseudonym once
+        user.append(("previous_device", previous_device))
     return provenance(user, plan.policy.route.expiry_s)
 
 
