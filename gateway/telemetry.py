@@ -250,7 +250,19 @@ class Metrics:
             "gateway_uplink_acked_total", "Messages the cloud broker acknowledged (PUBACK)", registry=r
         )
         self.cloud_refused = PromCounter(
-            "gateway_cloud_refused_total", "Messages the cloud broker refused (PUBACK reason >= 0x80); kept", registry=r
+            "gateway_cloud_refused_total",
+            "Publishes the cloud refused (PUBACK reason >= 0x80, e.g. 0x87 not authorised); retried, then quarantined",
+            ["reason"], registry=r,
+        )
+        self.spool_errors = PromCounter(
+            "gateway_spool_errors_total", "Spool operations that failed (disk full, I/O, busy, corrupt), by op",
+            ["op"], registry=r,
+        )
+        for op in ("append", "delete", "peek", "compact", "quarantine", "drain"):
+            self.spool_errors.labels(op)
+        self.spool_quarantined = Gauge(
+            "gateway_spool_quarantined", "Messages in the spool's quarantine (refused by the cloud; gateway spool list)",
+            registry=r,
         )
         self.spooled = PromCounter("gateway_spooled_total", "Messages written to the spool", registry=r)
         self.spool_refused = PromCounter(
@@ -414,7 +426,8 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve(
-    metrics: Metrics, host: str = "127.0.0.1", port: int = 9464, ready: Callable[[], bool] = lambda: True
+    metrics: Metrics, host: str = "127.0.0.1", port: int = 9464, ready: Callable[[], bool] = lambda: True,
+    detail: Callable[[], str] = lambda: "",
 ) -> ThreadingHTTPServer:
     """Serve /metrics, /healthz and /readyz from a daemon thread; ``server.shutdown()`` stops it.
 
@@ -432,8 +445,9 @@ def serve(
             elif path == "/healthz":
                 self._reply(200, b"ok\n")
             elif path == "/readyz":
-                ok = ready()
-                self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                ok = ready()  # ``detail``: lines for an operator (e.g. the spool's state), no message data
+                body = ("ready\n" if ok else "not ready\n") + detail()
+                self._reply(200 if ok else 503, body.encode())
             else:
                 self._reply(404, b"not found\n")
 

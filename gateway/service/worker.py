@@ -149,7 +149,7 @@ class Worker:
         http = None
         address = cfg.metrics.address()
         if address is not None:
-            http = serve(self.metrics, address[0], address[1], ready=self.ready)
+            http = serve(self.metrics, address[0], address[1], ready=self.ready, detail=self.ready_detail)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -205,14 +205,19 @@ class Worker:
         await asyncio.wait_for(asyncio.gather(up, return_exceptions=True), timeout=15)
 
     def ready(self) -> bool:
-        """Ready: the local side is connected, and the cloud is connected or the spool accepts."""
+        """Ready: the local side is connected, the spool can write, and the cloud is connected or the spool accepts."""
         up = self.uplink
         return (
             self.local is not None
             and not self.local.is_disconnected
             and up is not None
+            and up.spool_writable
             and (up.connected or up.accepting)
         )
+
+    def ready_detail(self) -> str:
+        """/readyz body lines: a spool that cannot write, quarantined messages (see docs/operations.md)."""
+        return self.uplink.readiness()[1] if self.uplink is not None else ""
 
     # -- GT06 trackers over TCP -------------------------------------------------------------
 
@@ -266,6 +271,7 @@ class Worker:
                 assert self.uplink is not None
                 self.uplink.local_gen = self.gen
                 self._ack = acker(client)
+                self.uplink.pressure = client.pause_reading  # backpressure: see Uplink._check_pressure
                 async with client:
                     self.local = client
                     self.metrics.connected.labels("local").set(1)
@@ -273,6 +279,7 @@ class Worker:
                         self.metrics.reconnects.labels("local").inc()
                     connected_once = True
                     backoff.reset()
+                    client.pause_reading(self.uplink.paused)  # as it stands after an earlier connection
                     await self._subscribe(client)
                     log.info("local_connected", host=self.cfg.local.host, port=self.cfg.local.port,
                              subscriptions=len(self._subscribed))
