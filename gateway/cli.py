@@ -268,6 +268,9 @@ def cmd_reveal(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    if args.protocol == "jt808":
+        from gateway.ingest.jt808.describe import decode_hex_command as jt808
+        return jt808(args.hex, sys.stdout)
     from gateway.ingest.gt06.describe import decode_hex_command
 
     return decode_hex_command(args.hex, sys.stdout)
@@ -509,6 +512,65 @@ def _epilog(examples: list[str], exits: str) -> str:
     return "examples:\n" + "".join(f"  {e}\n" for e in examples) + "\n" + exits
 
 
+def cmd_spool(args: argparse.Namespace) -> int:
+    """``gateway spool list|resend|purge``: the quarantine of messages the cloud refused.
+
+    list and purge work while the gateway runs (SQLite serialises the writes, and
+    the gateway recounts the quarantine); resend moves rows into the spool the running
+    gateway counts, so it is refused until the gateway (that worker) is stopped."""
+    from gateway.service.config import ConfigError, load_config
+    from gateway.service.worker import _indexed
+    from gateway.spool import Spool, SpoolError
+
+    try:
+        cfg = load_config(args.config)
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"gateway spool: {args.config}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    path = cfg.spool.path if args.worker == 0 else _indexed(cfg.spool.path, args.worker)
+    if not Path(path).exists():
+        print(f"gateway spool: no spool file at {path}", file=sys.stderr)
+        return EXIT_INVALID
+    ids = args.id or None
+    if args.action in ("resend", "purge") and ids is None and not args.all:
+        print(f"gateway spool {args.action}: name messages with --id ID (repeatable) or take all with --all",
+              file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        spool = Spool(path, cfg.spool.max_bytes, exclusive=args.action == "resend")
+    except SpoolError as exc:
+        hint = "; stop the gateway first (resend changes the spool it is draining)" if exc.kind == "busy" else ""
+        print(f"gateway spool: {exc}{hint}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        if args.action == "list":
+            rows = spool.quarantined(args.limit)
+            for q in rows:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(q.quarantined))
+                if args.json:
+                    out = {"id": q.id, "quarantined": when, "reason": f"0x{q.reason:02x}", "policy": q.device,
+                           "topic": q.topic, "qos": q.qos, "bytes": len(q.payload)}
+                    if args.payload:
+                        out["payload"] = q.payload.decode("utf-8", "replace")
+                    print(json.dumps(out))
+                else:
+                    print(f"{q.id}\t{when}\t0x{q.reason:02x}\t{q.device}\t{q.topic}\t{len(q.payload)} bytes"
+                          + (f"\t{q.payload.decode('utf-8', 'replace')}" if args.payload else ""))
+            if not args.json:
+                print(f"{spool.quarantine_depth} quarantined; {spool.depth} waiting in the spool", file=sys.stderr)
+        elif args.action == "resend":
+            print(f"moved {spool.resend(ids)} message(s) back to the spool; the gateway sends them when started",
+                  file=sys.stderr)
+        else:
+            print(f"purged {spool.purge(ids)} message(s) from the quarantine", file=sys.stderr)
+    except SpoolError as exc:
+        print(f"gateway spool: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        spool.close()
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gateway", description="Telemetry data-minimisation gateway.",
@@ -607,6 +669,23 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", required=True, metavar="FILE", help="Ed25519 private key from keygen --signing")
     sp.set_defaults(func=cmd_sign)
 
+    sp = add("spool", "list, resend or purge the messages the cloud refused (the spool's quarantine)",
+             ["gateway spool list --config site/config.toml",
+              "gateway spool purge --config site/config.toml --id 3 --id 4",
+              "gateway spool resend --config site/config.toml --all   # with the gateway stopped"],
+             "exit codes: 0 done; 1 the spool is busy (resend while the gateway runs) or failed; "
+             "2 bad config, no spool file, or no --id/--all")
+    sp.add_argument("action", choices=("list", "resend", "purge"))
+    sp.add_argument("--config", required=True, metavar="FILE", help="the gateway's config.toml")
+    sp.add_argument("--worker", type=int, default=0, help="worker index (each worker has its own spool; default 0)")
+    sp.add_argument("--id", type=int, action="append", default=[], metavar="ID",
+                    help="a quarantined message (repeatable)")
+    sp.add_argument("--all", action="store_true", help="resend/purge every quarantined message")
+    sp.add_argument("--limit", type=int, default=1000, help="list at most this many (default 1000)")
+    sp.add_argument("--payload", action="store_true", help="list: show the (minimised) payloads too")
+    sp.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    sp.set_defaults(func=cmd_spool)
+
     sp = add("reveal", "decrypt enc.<kid>.<scope>.<domain>.<data> values (key holders only)",
              ["gateway reveal --keys keys.json enc.k1.AbC...", "gateway reveal --keys keys.json < values.txt"],
              "exit codes: 0 all revealed; 1 a value cannot be revealed; 2 the key file is invalid")
@@ -646,9 +725,10 @@ def parser() -> argparse.ArgumentParser:
     op.set_defaults(func=cmd_deadletter)
 
     sp = add("decode", "decode device frames, e.g. gateway decode gt06 HEX",
-             ["gateway decode gt06 78780D01012345678901234500018CDD0D0A"],
+             ["gateway decode gt06 78780D01012345678901234500018CDD0D0A",
+              "gateway decode jt808 7e0002000004304832546500b7ca7e"],
              "exit codes: 0 every frame decoded; 1 a frame is invalid")
-    sp.add_argument("protocol", choices=("gt06",), help="frame protocol")
+    sp.add_argument("protocol", choices=("gt06", "jt808"), help="frame protocol")
     sp.add_argument("hex", nargs="+", metavar="HEX", help="frames as hex")
     sp.set_defaults(func=cmd_decode)
 

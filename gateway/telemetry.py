@@ -466,6 +466,12 @@ class Metrics:
         self.spool_bytes = Gauge("gateway_spool_bytes", "Bytes waiting in the spool", registry=r)
         self.connected = Gauge("gateway_connected", "1 while connected to the broker", ["side"], registry=r)
         self.reconnects = PromCounter("gateway_reconnects_total", "Broker reconnections", ["side"], registry=r)
+        self.session_sweeps = PromCounter(
+            "gateway_session_sweeps_total", "Old local sessions swept at start (result: ok|failed)", ["result"],
+            registry=r,
+        )
+        for result in ("ok", "failed"):
+            self.session_sweeps.labels(result)
         self.config_reload_success = Gauge(
             "gateway_config_last_reload_success", "1 if the last config load (start or SIGHUP) was applied", registry=r
         )
@@ -484,7 +490,19 @@ class Metrics:
             "gateway_uplink_acked_total", "Messages the cloud broker acknowledged (PUBACK)", registry=r
         )
         self.cloud_refused = PromCounter(
-            "gateway_cloud_refused_total", "Messages the cloud broker refused (PUBACK reason >= 0x80); kept", registry=r
+            "gateway_cloud_refused_total",
+            "Publishes the cloud refused (PUBACK reason >= 0x80, e.g. 0x87 not authorised); retried, then quarantined",
+            ["reason"], registry=r,
+        )
+        self.spool_errors = PromCounter(
+            "gateway_spool_errors_total", "Spool operations that failed (disk full, I/O, busy, corrupt), by op",
+            ["op"], registry=r,
+        )
+        for op in ("append", "delete", "peek", "compact", "quarantine", "drain"):
+            self.spool_errors.labels(op)
+        self.spool_quarantined = Gauge(
+            "gateway_spool_quarantined", "Messages in the spool's quarantine (refused by the cloud; gateway spool list)",
+            registry=r,
         )
         self.spooled = PromCounter("gateway_spooled_total", "Messages written to the spool", registry=r)
         self.spool_refused = PromCounter(
@@ -537,21 +555,25 @@ class Metrics:
 
     def register_gt06(self, counters: Any) -> None:
         """Export a GT06 listener's counters, read through their ``snapshot()`` at scrape time."""
-        r = self.registry
+        self.register_ingest("gt06", "GT06 listener", "tracker", counters)
 
-        class _Gt06(Collector):
+    def register_ingest(self, name: str, what: str, device: str, counters: Any) -> None:
+        """Export a tracker listener's counters as ``gateway_<name>_events{event}`` and
+        ``gateway_<name>_connections`` (open now), read through ``snapshot()`` at scrape time."""
+
+        class _Ingest(Collector):
             def collect(self) -> Iterator[Metric]:
                 values = counters.snapshot()
                 open_now = values.pop("open_connections")
                 events = CounterMetricFamily(
-                    "gateway_gt06_events", "GT06 listener events (connections, frames, bad input)", labels=["event"]
+                    f"gateway_{name}_events", f"{what} events (connections, frames, bad input)", labels=["event"]
                 )
-                for name, value in values.items():
-                    events.add_metric([name], value)
+                for event, value in values.items():
+                    events.add_metric([event], value)
                 yield events
-                yield GaugeMetricFamily("gateway_gt06_connections", "Open tracker connections", open_now)
+                yield GaugeMetricFamily(f"gateway_{name}_connections", f"Open {device} connections", open_now)
 
-        r.register(_Gt06())
+        self.registry.register(_Ingest())
 
     def register_engine(self, engine: Engine) -> None:
         """Export ``engine``'s plans; call again with the new engine after a hot reload."""
@@ -742,6 +764,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 9464,
     ready: Callable[[], bool] = lambda: True,
+    detail: Callable[[], str] = lambda: "",
     *,
     max_connections: int = HTTP_MAX_CONNECTIONS,
     timeout_s: float = HTTP_TIMEOUT_S,
@@ -766,8 +789,9 @@ def serve(
             elif path == "/healthz":
                 self._reply(200, b"ok\n")
             elif path == "/readyz":
-                ok = ready()
-                self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                ok = ready()  # ``detail``: lines for an operator (e.g. the spool's state), no message data
+                body = ("ready\n" if ok else "not ready\n") + detail()
+                self._reply(200 if ok else 503, body.encode())
             else:
                 self._reply(404, b"not found\n")
 

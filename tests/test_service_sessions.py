@@ -93,7 +93,7 @@ def test_changing_the_client_id_loses_nothing(tmp_path: Path, broker_pair: tuple
         # every (device, seq) arrived; the old session's backlog and the new traffic may interleave
         seqs = {(t, b["seq"]) for t, b in received(sink)}
         assert len(seqs) == 2000 and {s for _, s in seqs} == set(range(200))
-        wait_until(lambda: "session_swept" in gw.log_text(), 30, "the old session swept")
+        wait_until(lambda: gw.metric("gateway_session_sweeps_total", result="ok") == 1, 30, "the old session swept")
         record = json.loads((tmp_path / "gw" / "spool.db.sessions.json").read_text())
         assert record["ids"] == ["gw-local-2"]
         assert gw.stop() == 0

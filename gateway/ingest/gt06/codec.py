@@ -211,8 +211,11 @@ class Framer:
     def _take_frame(self) -> bytes | None:
         """Cut the frame at the head of the buffer; None while it is incomplete."""
         buf = self._buf
-        if len(buf) >= 4 and buf[:2] == SHORT_START and buf[3] in WIFI_COUNTED:
-            return self._take_wifi()
+        if buf[:2] == SHORT_START:
+            if len(buf) < 4:
+                return None  # the protocol byte decides how LEN is read (a Wi-Fi count or a length)
+            if buf[3] in WIFI_COUNTED:
+                return self._take_wifi()
         size = _frame_size(buf)
         if size is None:
             return None
