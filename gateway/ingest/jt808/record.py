@@ -5,7 +5,8 @@ Jimi IoT's 4G trackers speak JT/T 808 as well as GT06; both end up as the same r
 stands (the pack pseudonymises it whole: it is no IMEI, so no prefix is kept). A position with
 alarm bits set becomes an ``alarm`` record (the first alarm kind), others ``location``.
 Cells and Wi-Fi access points are carried as the pack's ``mcc``/``mnc``/``lac``/``cell_id``
-(the strongest, first-listed cell) and ``wifi_aps``; the pack decides what leaves the site.
+(the first-listed, serving cell), ``cells`` (every cell listed) and ``wifi_aps``; the pack
+decides what leaves the site (MCC/MNC only, without location consent).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def position(terminal: str, p: Position) -> tuple[str, bytes]:
     if p.alarms:
         message = tracksolid.Alarm(imei=terminal, alarm=p.alarms[0], **fields)
     else:
-        message = tracksolid.Location(imei=terminal, wifi_aps=p.wifi or None, **fields)
+        cells = [tracksolid.Cell(mcc=c.mcc, mnc=c.mnc, lac=c.lac, cell_id=c.cell_id) for c in p.cells] or None
+        message = tracksolid.Location(imei=terminal, wifi_aps=p.wifi or None, cells=cells, **fields)
     return tracksolid.topic(terminal, message.__struct_config__.tag), tracksolid.encode(message)
 
 
