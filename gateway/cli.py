@@ -339,6 +339,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     except InitError as exc:
         print(f"gateway init: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    except OSError as exc:  # not a folder, not writable
+        print(f"gateway init: {exc.strerror or exc}: {exc.filename or args.folder}", file=sys.stderr)
+        return EXIT_FAIL
     for path in written:
         print(path)
     folder = Path(args.folder)
@@ -760,7 +763,8 @@ def parser() -> argparse.ArgumentParser:
     sp = add("init", "write a working site folder: config.toml, rules/ (the bundled packs), keys.json (0600)",
              ["gateway init /etc/gateway && gateway check /etc/gateway/rules/*.toml",
               "gateway init --systemd /etc/telemetry-gateway    # for deploy/systemd/telemetry-gateway.service"],
-             "exit codes: 0 written; 1 the folder already has a config, key file or pack (nothing is overwritten)")
+             "exit codes: 0 written; 1 the folder already has a config, key file or pack (nothing is overwritten), "
+             "or cannot be written")
     sp.add_argument("folder", metavar="DIR", help="site folder (created if missing)")
     sp.add_argument("--systemd", action="store_true",
                     help="lay the config out for deploy/systemd: keys as a credential, spool in the "

@@ -648,7 +648,11 @@ def merge_pages(pages: dict[str, str], own: CollectorRegistry | None = None) -> 
     """
     families: dict[str, Metric] = {}
     for worker, text in pages.items():
-        for family in text_string_to_metric_families(text):
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except ValueError:  # a truncated page (the worker died mid-answer): left out of this scrape
+            continue
+        for family in parsed:
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
