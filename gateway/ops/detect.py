@@ -220,7 +220,7 @@ _IPV6 = re.compile(
     re.ASCII,
 )
 # A run of digit groups joined by single separators: spaces, tabs and dashes (strong), or
-# ".", "/" and "_" (weak, see _window). Letters may touch it ("card4111...", "tel98765...").
+# ".", "/" and "_" (weak, see _digit_run). Letters may touch it ("card4111...", "tel98765...").
 _SEP = r"[ \t./_-]"
 # The pattern starts with a digit class so that the regex engine skips other characters at
 # C speed; a "+" or "(" just before the first digit is added by _digit_runs. A run holds 10
