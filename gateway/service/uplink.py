@@ -48,7 +48,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.service.client import Client
-from gateway.service.config import Endpoint, Reconnect
+from gateway.service.config import ConfigError, Endpoint, Reconnect
 from gateway.spool import Spool, SpoolError
 from gateway.telemetry import Metrics, get_logger
 
@@ -583,10 +583,11 @@ def topic_pattern(topic: str) -> str:
 def describe(exc: BaseException | None) -> str:
     """An error for a log line: its class, plus the text of connection errors only.
 
-    MQTT and socket errors say things like "Connection refused"; any other exception's
-    text could quote a topic or payload, so only its class is logged."""
+    MQTT and socket errors say things like "Connection refused", and a ConfigError names
+    a key and a file or variable (a password file removed while running); any other
+    exception's text could quote a topic or payload, so only its class is logged."""
     if exc is None:
         return ""
-    if isinstance(exc, (aiomqtt.MqttError, OSError)):
+    if isinstance(exc, (aiomqtt.MqttError, OSError, ConfigError)):
         return f"{exc.__class__.__name__}: {exc}"
     return exc.__class__.__name__
