@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.keys import KeyFileError, Keyring, keygen
+from gateway.keys import KeyFileError, Keyring, keygen, retire
 from gateway.pipeline import Engine, Forward
 from gateway.policy.check import decode_output, run_tests
 from gateway.policy.load import PolicyError, load
@@ -214,6 +214,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if not args.path:
         print("gateway keygen: give a key file path (or --signing FILE)", file=sys.stderr)
         return EXIT_INVALID
+    if args.retire:
+        if args.rotate or args.id:
+            print("gateway keygen: --retire ID takes only the key file", file=sys.stderr)
+            return EXIT_INVALID
+        retire(args.path, args.retire)
+        print(f"retired key {args.retire!r} from {args.path}: values it made can no longer be revealed",
+              file=sys.stderr)
+        return EXIT_OK
     kid = keygen(args.path, args.id, args.rotate)
     print(f"{'added' if args.rotate else 'wrote'} key {kid!r} to {args.path} (mode 0600); it is now the active key",
           file=sys.stderr)
@@ -455,13 +463,14 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add("keygen", "write a new key file (0600), or a policy-signing key pair",
              ["gateway keygen /etc/gateway/keys.json", "gateway keygen --rotate /etc/gateway/keys.json",
-              "gateway keygen --signing /secure/reviewer.key"],
+              "gateway keygen --retire k1 /etc/gateway/keys.json", "gateway keygen --signing /secure/reviewer.key"],
              "exit codes: 0 written; 2 the file exists (without --rotate) or cannot be read or written")
     sp.add_argument("path", nargs="?", metavar="PATH", help="key file to write")
     sp.add_argument("--signing", metavar="FILE",
                     help="instead: write an Ed25519 policy-signing key pair FILE, FILE.pub")
     sp.add_argument("--id", help="key id ([a-z0-9]{1,16}); default k1, or k<N> with --rotate")
     sp.add_argument("--rotate", action="store_true", help="add a new active key to an existing file")
+    sp.add_argument("--retire", metavar="ID", help="remove key ID from the file (refused while it is active)")
     sp.set_defaults(func=cmd_keygen)
 
     sp = add("sign", "sign policy packs (writes POLICY.sig beside each)",

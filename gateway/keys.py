@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import stat
+import time
 from pathlib import Path
 
 import msgspec
@@ -44,23 +45,31 @@ def _weakness(secret: bytes) -> str | None:
     return None
 
 
-class _KeyFile(msgspec.Struct, forbid_unknown_fields=True):
+class _KeyFile(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     active: str
     keys: dict[str, str]
+    previous: str = ""  # the key that was active before the last rotation ("" = none)
+    rotated_at: float = 0.0  # when it was rotated (Unix time): starts the pseudonym transition
 
 
 class Keyring:
     """Master secrets by key id, with HKDF subkeys per purpose."""
 
-    def __init__(self, active: str, secrets_by_id: dict[str, bytes]):
+    def __init__(
+        self, active: str, secrets_by_id: dict[str, bytes], previous: str = "", rotated_at: float = 0.0
+    ) -> None:
         if active not in secrets_by_id:
             raise KeyFileError(f"active key id {active!r} is not in the key file")
+        if previous and (previous not in secrets_by_id or previous == active):
+            previous = ""  # retired, or no longer a different key: no transition
         for kid, secret in secrets_by_id.items():
             if not KEY_ID.fullmatch(kid):
                 raise KeyFileError(f"key id {kid!r} must match [a-z0-9]{{1,16}}")
             if len(secret) < 32:
                 raise KeyFileError(f"key {kid!r} is shorter than 32 bytes")
         self.active = active
+        self.previous = previous
+        self.rotated_at = rotated_at
         self._secrets = dict(secrets_by_id)
 
     def __repr__(self) -> str:  # never show secrets, even in a traceback
@@ -69,6 +78,16 @@ class Keyring:
     @property
     def ids(self) -> list[str]:
         return sorted(self._secrets)
+
+    def in_transition(self, now: float, transition_s: float) -> bool:
+        """Whether ``now`` is within ``transition_s`` of the last rotation (and its old key is still here)."""
+        return bool(self.previous) and transition_s > 0 and now < self.rotated_at + transition_s
+
+    def as_previous(self) -> Keyring:
+        """The same secrets with the previous key active: what made pseudonyms before the rotation."""
+        if not self.previous:
+            raise KeyFileError("no previous key: the key file was not rotated, or the old key is retired")
+        return Keyring(self.previous, self._secrets)
 
     def derive(self, purpose: str, length: int = 32, kid: str | None = None) -> bytes:
         """Subkey for ``purpose`` (e.g. ``pseudonymise|device|2026-11``)."""
@@ -98,7 +117,7 @@ class Keyring:
             weak = _weakness(secret)
             if weak:
                 raise KeyFileError(f"key {kid!r} in {source} {weak}; create real keys with `gateway keygen`")
-        return cls(parsed.active, decoded)
+        return cls(parsed.active, decoded, parsed.previous, parsed.rotated_at)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Keyring:
@@ -133,31 +152,57 @@ class Keyring:
 
     def to_json(self) -> bytes:
         keys = {k: base64.b64encode(v).decode() for k, v in sorted(self._secrets.items())}
-        return msgspec.json.format(msgspec.json.encode(_KeyFile(self.active, keys))) + b"\n"
+        doc = _KeyFile(self.active, keys, self.previous, self.rotated_at)
+        return msgspec.json.format(msgspec.json.encode(doc)) + b"\n"
 
 
 def keygen(path: str | os.PathLike, key_id: str | None = None, rotate: bool = False) -> str:
-    """Write a new key (0600). With ``rotate``, add it to an existing file and make it active."""
+    """Write a new key (0600). With ``rotate``, add it to an existing file and make it active
+    (the old active key is recorded as ``previous``, with the time, for the pseudonym transition)."""
     path = Path(path)
     if rotate:
         ring = Keyring.from_file(path)
-        kid = key_id or f"k{len(ring.ids) + 1}"
+        kid = key_id or _next_id(ring.ids)
         if kid in ring.ids:
             raise KeyFileError(f"key id {kid!r} already exists in {str(path)!r}")
-        ring = Keyring(kid, {**ring._secrets, kid: secrets.token_bytes(32)})
+        ring = Keyring(kid, {**ring._secrets, kid: secrets.token_bytes(32)}, ring.active, time.time())
     else:
         kid = key_id or "k1"
         ring = Keyring(kid, {kid: secrets.token_bytes(32)})
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # e.g. .gateway/ of the sample config
-    data = ring.to_json()
+    _write(path, ring.to_json(), replace=rotate)
+    return kid
+
+
+def retire(path: str | os.PathLike, key_id: str) -> None:
+    """Remove ``key_id`` from a key file (refused while it is active). Values it made can no longer
+    be revealed, and its pseudonyms no longer computed: retire a key once nothing needs them."""
+    path = Path(path)
+    ring = Keyring.from_file(path)
+    if key_id not in ring.ids:
+        raise KeyFileError(f"key id {key_id!r} is not in {str(path)!r}")
+    if key_id == ring.active:
+        raise KeyFileError(f"key id {key_id!r} is the active key of {str(path)!r}; rotate first, then retire it")
+    rest = {k: v for k, v in ring._secrets.items() if k != key_id}
+    _write(path, Keyring(ring.active, rest, ring.previous, ring.rotated_at).to_json(), replace=True)
+
+
+def _next_id(ids: list[str]) -> str:
+    """``k<N+1>`` past the highest ``k<N>`` (a retired id is never reused)."""
+    numbers = [int(i[1:]) for i in ids if re.fullmatch(r"k\d{1,15}", i)]
+    return f"k{max(numbers, default=len(ids)) + 1}"
+
+
+def _write(path: Path, data: bytes, replace: bool) -> None:
+    """Write a key file (0600): a new one exclusively, or a replacement through a temporary file."""
     # O_EXCL: never overwrite an existing key file, nor write through a file or link someone
     # planted at the temporary name; O_NOFOLLOW: never follow a symbolic link there either.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    tmp = path.with_name(path.name + ".tmp") if rotate else path
+    tmp = path.with_name(path.name + ".tmp") if replace else path
     try:
         fd = os.open(tmp, flags, 0o600)
     except FileExistsError:
-        if rotate:
+        if replace:
             raise KeyFileError(
                 f"{str(tmp)!r} exists (an interrupted rotation?); check and remove it, then retry"
             ) from None
@@ -170,10 +215,9 @@ def keygen(path: str | os.PathLike, key_id: str | None = None, rotate: bool = Fa
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if rotate:
+        if replace:
             os.replace(tmp, path)
     except BaseException:
-        if rotate:
+        if replace:
             tmp.unlink(missing_ok=True)
         raise
-    return kid

@@ -10,6 +10,7 @@ label and at most a path or detector name taken from the policy.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, NamedTuple
@@ -18,9 +19,9 @@ import msgspec
 from msgspec import UNSET
 
 from gateway.keys import Keyring
-from gateway.ops.base import BoundedCache, Epochs
+from gateway.ops.base import BoundedCache, BuildEnv, Epochs
 from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, find, precise_pair
-from gateway.ops.identity import AffixRefused
+from gateway.ops.identity import AffixRefused, Pseudonymise
 from gateway.policy import codegen
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step, compile_policy
 from gateway.policy.load import Source
@@ -82,6 +83,8 @@ class Engine:
         self._refresh = [step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")]
         self._routes = BoundedCache(cache_size)
         self._generation = self.epochs.generation
+        self._previous = _previous_devices(self.plans, keyring, self.epochs, cache_size)
+        self._previous_by_topic = BoundedCache(cache_size)
 
     def route(self, topic: str) -> tuple[Plan, dict[str, str]] | None:
         """The first plan (in configuration order) whose filters match ``topic``."""
@@ -127,7 +130,27 @@ class Engine:
             return _rejecter(upstream if upstream is not None else Reject("bad_topic", plan)), None, None
         return plan.run, upstream, device
 
+    def previous_device(self, topic: str) -> str | None:
+        """The device's pseudonym under the key that was active before the last rotation, for
+        ``topic``'s plan (``None``: no previous key, or the plan's device is no pseudonymised
+        topic level). Call after ``process`` for the same topic, which keeps the epoch current."""
+        if not self._previous:
+            return None
+        hit = self._previous_by_topic.get(topic, UNSET)
+        if hit is not UNSET:
+            return hit
+        plan, _, device = self._resolve(topic)
+        fn = self._previous.get(plan.name) if plan is not None else None
+        value = None
+        if fn is not None and device is not None:
+            try:
+                value = fn(device)
+            except AffixRefused:
+                value = None
+        return self._previous_by_topic.put(topic, value)
+
     def _rollover(self) -> None:
+        self._previous_by_topic.clear()
         self._routes.clear()  # pseudonyms in cached topics rolled over
         for refresh in self._refresh:
             refresh()
@@ -147,6 +170,23 @@ class Engine:
             entry = self._routes.put(topic, self._entry(topic))
         run, upstream, device = entry
         return run(payload, upstream, device, consents)
+
+
+def _previous_devices(plans: list[Plan], keyring: Keyring, epochs: Epochs, cache_size: int) -> dict[str, Any]:
+    """Per plan whose device is a pseudonymised topic level: that pseudonymiser under the previous key."""
+    if not keyring.previous:
+        return {}
+    previous = keyring.as_previous()
+    out = {}
+    for plan in plans:
+        name = plan.device_capture
+        rule = plan.policy.route.capture.get(name) if name else None
+        if isinstance(rule, Pseudonymise):
+            meta = plan.policy.policy
+            env = BuildEnv(previous, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain,
+                           field=f"topic_{name}")
+            out[plan.name] = rule.build(env)
+    return out
 
 
 def _rejecter(reject: Reject):

@@ -217,6 +217,10 @@ class Metrics:
             "gateway_spool_oldest_age_seconds", "Age of the oldest message waiting in the spool (0 when empty)",
             registry=r,
         )
+        self.spool_max_bytes = Gauge(
+            "gateway_spool_max_bytes", "The spool's capacity ([spool] max_bytes), for spool_bytes / max_bytes",
+            registry=r,
+        )
         self.key = Info("gateway_key", "The active key's id (never key material)", registry=r)
         self.spool_depth = Gauge("gateway_spool_depth", "Messages waiting in the spool", registry=r)
         self.spool_bytes = Gauge("gateway_spool_bytes", "Bytes waiting in the spool", registry=r)
@@ -311,8 +315,9 @@ class Metrics:
         kids = sorted({plan.key_id for plan in engine.plans})
         self.key.info({"key_id": ",".join(kids)})
 
-    def watch(self, backlog: Callable[[], int], oldest: Callable[[], float | None]) -> None:
+    def watch(self, backlog: Callable[[], int], oldest: Callable[[], float | None], max_bytes: int = 0) -> None:
         """Read the uplink's backlog and the spool's oldest entry (its ``time.time()``) at scrape time."""
+        self.spool_max_bytes.set(max_bytes)
         self.inflight.set_function(backlog)
         self.spool_oldest_age.set_function(lambda: max(0.0, time.time() - t) if (t := oldest()) else 0.0)
 

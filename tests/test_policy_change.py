@@ -276,3 +276,72 @@ def test_shadow_pack_counts_differences_and_forwards_nothing(
         pub.close()
         sink.close()
         g.close()
+
+
+# -- key rotation without a flag day ---------------------------------------------------------------
+
+
+def test_rotation_records_the_previous_key_and_retire_refuses_the_active_one(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    assert gw("keygen", keys).returncode == 0
+    assert gw("keygen", "--rotate", keys).returncode == 0
+    doc = json.loads(keys.read_text())
+    assert doc["active"] == "k2" and doc["previous"] == "k1" and doc["rotated_at"] > 0
+    r = gw("keygen", "--retire", "k2", keys)
+    assert r.returncode == 2 and "active key" in r.stderr
+    assert set(json.loads(keys.read_text())["keys"]) == {"k1", "k2"}
+    assert gw("keygen", "--retire", "k1", keys).returncode == 0
+    doc = json.loads(keys.read_text())
+    assert set(doc["keys"]) == {"k2"} and "previous" not in doc
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert gw("keygen", "--rotate", keys).returncode == 0
+    assert json.loads(keys.read_text())["active"] == "k3"  # a retired id is never reused
+
+
+def test_engine_gives_each_device_its_pseudonym_under_the_previous_key(tmp_path: Path) -> None:
+    from gateway.keys import Keyring
+    from gateway.pipeline import Engine, Forward
+    from gateway.policy.load import load
+
+    keys = tmp_path / "keys.json"
+    gw("keygen", keys)
+    source = [load(TRACKSOLID)]
+    topic = f"tracksolid/{IMEI}/location"
+    payload = msgspec.json.encode({"imei": IMEI, "latitude": 12.9, "longitude": 77.5, "time": "2026-01-15T06:00:01Z"})
+    before = Engine(source, Keyring.from_file(keys)).process(topic, payload)
+    assert Engine(source, Keyring.from_file(keys)).previous_device(topic) is None  # never rotated
+    gw("keygen", "--rotate", keys)
+    engine = Engine(source, Keyring.from_file(keys))
+    after = engine.process(topic, payload)
+    assert isinstance(before, Forward) and isinstance(after, Forward)
+    old_level, new_level = before.topic.split("/")[2], after.topic.split("/")[2]
+    assert old_level.startswith("k1.") and new_level.startswith("k2.") and old_level != new_level
+    assert engine.previous_device(topic) == old_level
+
+
+@pytest.mark.slow
+def test_transition_links_old_and_new_pseudonyms_at_the_cloud(
+    tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]
+) -> None:
+    local, cloud = broker_pair
+    g = Gateway(tmp_path / "gw", local.url, cloud.url, extra="[keys]\ntransition_s = 3600")
+    sink, pub = Sink(cloud.url), Publisher(local.url)
+    msg = msgspec.json.encode({"device_id": "dev-1", "seq": 1})
+    try:
+        g.start()
+        pub.publish_all([("site/dev-1/telemetry", msg)])
+        first = sink.wait_for(1, 20)[0]
+        assert "previous_device" not in dict(first.properties.UserProperty)  # no rotation yet
+        assert gw("keygen", "--rotate", g.keys).returncode == 0
+        g.signal(signal.SIGHUP)
+        wait_until(lambda: g.metric("gateway_policy_reloads_total", result="ok") == 1, 20, "reload ok")
+        pub.publish_all([("site/dev-1/telemetry", msg)])
+        second = sink.wait_for(2, 20)[1]
+        props = dict(second.properties.UserProperty)
+        assert props["key_id"] == "k2" and second.topic != first.topic
+        assert props["previous_device"] == first.topic.split("/")[1]  # the pseudonym the cloud knew
+        assert '"key_transition"' in g.log_text() and '"previous_key_id": "k1"' in g.log_text()
+    finally:
+        pub.close()
+        sink.close()
+        g.close()

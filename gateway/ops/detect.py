@@ -40,7 +40,7 @@ TOKENS = {name: f"[{name.upper()}]" for name in (*DETECTORS, COORDINATE)}
 
 # -- normalisation ------------------------------------------------------------------------
 
-_DROP = frozenset(("Cf", "Mn", "Me"))  # zero-width, joiners, bidi marks, soft hyphen, combining marks
+_DROP = frozenset(("Cf", "Mn", "Mc", "Me"))  # zero-width, joiners, bidi marks, soft hyphen, combining marks
 _SPACE = frozenset(("Zs", "Zl", "Zp"))
 
 
@@ -288,9 +288,12 @@ _EXACT = 2**53  # beyond this a double does not hold every integer
 def classify_number(value: int | float) -> str | None:
     """Identifiers a JSON number can carry: a 12-digit UTR, a 15-digit IMEI or a 16-19
     digit card number (Luhn). 10, 13 and 14 digit numbers are left alone: they are epoch
-    seconds and milliseconds far more often. A float is read as its integer part
-    (``4111111111111111.0``, ``4.111111111111111e15``: cJSON prints numbers so); a float
-    of 16-19 digits beyond 2**53, whose last digits a double cannot hold, is a card."""
+    seconds and milliseconds far more often.
+
+    A float is read as its integer part (``4111111111111111.0``, ``4.111111111111111e15``:
+    cJSON prints numbers so). A float of 15 integer digits is an IMEI even without a valid
+    check digit (a device id sent as a double), and one of 16-19 digits beyond 2**53, whose
+    last digits a double cannot hold, is a card."""
     if -NUMBER_LIMIT < value < NUMBER_LIMIT:
         return None
     if value.__class__ is not int:
@@ -299,6 +302,8 @@ def classify_number(value: int | float) -> str | None:
         if _EXACT <= abs(value) < 10**19:
             return "card"
         value = int(value)
+        if 10**14 <= abs(value) < 10**15:
+            return "imei"
     digits = str(abs(value))
     n = len(digits)
     if n == 12:
@@ -310,9 +315,11 @@ def classify_number(value: int | float) -> str | None:
 
 def precise_pair(a: float, b: float) -> bool:
     """Two numbers that read as a latitude and longitude, one with PAIR_DECIMALS+ decimals."""
-    if not (abs(a) <= 180 and abs(b) <= 180 and min(abs(a), abs(b)) <= 90):
-        return False
-    return max(_float_decimals(a), _float_decimals(b)) >= PAIR_DECIMALS
+    return _coordinates(a, b) and max(_float_decimals(a), _float_decimals(b)) >= PAIR_DECIMALS
+
+
+def _coordinates(a: float, b: float) -> bool:
+    return abs(a) <= 180 and abs(b) <= 180 and min(abs(a), abs(b)) <= 90
 
 
 def _float_decimals(x: float) -> int:
@@ -332,7 +339,7 @@ def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
     and holds at most 19 digits, so the work is linear in the length of the run. A window
     joined by a weak separator (".", "/", "_") uses that one separator throughout and has
     3+ groups of 2+ digits ("4111.1111.1111.1111", "+91.98765.43210"; not "12.50 13.75",
-    "10.0.19045.3693", "3.14159265358979" or a dotted IPv4 address)."""
+    "10.0.19045.3693", "3.14159265358979" or an IPv4 address)."""
     run = m.group()
     groups = []
     for g in _GROUP.finditer(run):
@@ -364,9 +371,9 @@ def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
                     break
                 else:
                     strong = True
-            if len(digits) < 8 or (short and k != last) or (weak and not _weak_ok(groups, i, k, plus)):
+            if len(digits) < 8 or (short and k != last) or (weak and not _weak_ok(run, groups, i, k, plus)):
                 continue
-            kind = _kind(digits, k == i and text.isdigit(), plus)
+            kind = _kind(digits, k == i and not plus, plus)
             if kind and (best is None or (_RANK[kind], start - g_end) < best[:2]):
                 best = (_RANK[kind], start - g_end, start, g_end, kind)
         if best is not None:
@@ -380,14 +387,13 @@ def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
     return sorted(hits)
 
 
-def _weak_ok(groups: list, i: int, k: int, plus: bool) -> bool:
+def _weak_ok(run: str, groups: list, i: int, k: int, plus: bool) -> bool:
     if k - i < 2:
         return False
     sizes = [len(groups[j][2]) for j in range(i, k + 1)]
     if min(sizes[1:]) < 2 or (sizes[0] < 2 and not plus):
         return False
-    dotted_quad = k - i == 3 and groups[i + 1][3] == "." and max(sizes) <= 3 and not plus
-    return not dotted_quad
+    return not _IPV4.fullmatch(run[groups[i][0] : groups[k][1]].strip("()"))  # the ip detector's
 
 
 def _in_hash(text: str, start: int, end: int) -> bool:
@@ -423,7 +429,7 @@ def _ipv6(m: re.Match) -> str | None:
 
 def _pair(m: re.Match) -> bool:
     a, b = _PAIR_NUMBER.findall(m.group())[:2]
-    return max(len(m.group(1)), len(m.group(2))) >= PAIR_DECIMALS and precise_pair(float(a), float(b))
+    return max(len(m.group(1)), len(m.group(2))) >= PAIR_DECIMALS and _coordinates(float(a), float(b))
 
 
 def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]:

@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import pairwise
 from typing import Literal
 
 from msgspec import UNSET
@@ -122,7 +123,7 @@ class Bucket(FieldRule, tag="bucket"):
             return _multiples(self.step, True, env.stats, self.label())
         edges = self.edges
         fmt = [_fmt(e) for e in edges]
-        labels = [f"<{fmt[0]}"] + [f"{a}-{b}" for a, b in zip(fmt, fmt[1:])] + [f">={fmt[-1]}"]
+        labels = [f"<{fmt[0]}"] + [f"{a}-{b}" for a, b in pairwise(fmt)] + [f">={fmt[-1]}"]
 
         def label_range(v: int | float):
             if v.__class__ is float and not math.isfinite(v):  # ints compare exactly, however large

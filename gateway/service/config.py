@@ -255,6 +255,16 @@ class Ingest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gt06: Gt06 = msgspec.field(default_factory=Gt06)
 
 
+class Keys(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Key rotation without a flag day."""
+
+    transition_s: float = 0.0  # after `keygen --rotate`: also send each device's previous-key pseudonym this long
+
+    def __post_init__(self) -> None:
+        if self.transition_s < 0:
+            raise ValueError("keys.transition_s must be >= 0")
+
+
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     local: Endpoint
     cloud: Endpoint
@@ -271,6 +281,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     consent: Consent = msgspec.field(default_factory=Consent)
     reconnect: Reconnect = msgspec.field(default_factory=Reconnect)
     ingest: Ingest = msgspec.field(default_factory=Ingest)
+    keys: Keys = msgspec.field(default_factory=Keys)
     path: str = ""  # set by load_config: the file it came from
 
     def __post_init__(self) -> None:
@@ -335,7 +346,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 # is bound to connections, files or sockets opened at start: changing it needs a restart.
 LIVE_KEYS = frozenset({
     "policies", "shadow_policies", "trusted_policy_keys", "keys_file", "dead_letter", "shutdown_timeout_s",
-    "consent", "log", "reconnect", "ingest.gt06.allowed_imeis", "ingest.gt06.allowed_imeis_file",
+    "consent", "log", "reconnect", "keys", "ingest.gt06.allowed_imeis", "ingest.gt06.allowed_imeis_file",
 })
 
 

@@ -18,6 +18,7 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.ingest.gt06 import listener as gt06_listener
 from gateway.keys import KeyFileError, Keyring
+from gateway.ops.base import BoundedCache
 from gateway.pipeline import Engine, Forward, Reject
 from gateway.policy import signing
 from gateway.policy.check import run_tests
@@ -100,6 +102,8 @@ class Worker:
         self._stopping = False
         self._stop = asyncio.Event()
         self._prov: dict[int, Provenance] = {}
+        self._prev_prov = BoundedCache(4096)  # (plan, previous pseudonym) -> provenance, during a key transition
+        self._transition_until = 0.0
         self._subscribed: set[str] = set()
         self._reject_logged: set[tuple[str, str]] = set()
         self._consent_logged: set[str] = set()
@@ -122,7 +126,9 @@ class Worker:
         self.uplink = Uplink(cfg.cloud, self.cloud_id, spool, self.metrics, cfg.reconnect)
         self.metrics.config_reload_success.set(1)
         self.metrics.config_reload_time.set(time.time())
-        self.metrics.watch(lambda: self.uplink.backlog if self.uplink else 0, partial(_oldest, spool))
+        self.metrics.watch(
+            lambda: self.uplink.backlog if self.uplink else 0, partial(_oldest, spool), cfg.spool.max_bytes
+        )
         http = None
         address = cfg.metrics.address()
         if address is not None:
@@ -134,7 +140,7 @@ class Worker:
         log.info(
             "gateway_started", worker=self.index, version=_package_version(), spool=spool_path,
             spool_depth=spool.depth, policies=[p.name for p in self.engine.plans],
-            local=cfg.local.url, cloud=cfg.cloud.url,
+            local=cfg.local.url, cloud=cfg.cloud.url, key_id=self.engine.keyring.active,
         )
         up = asyncio.create_task(self.uplink.run(), name="uplink")
         # The cloud first: a backlog waiting at the local broker then goes straight up
@@ -206,7 +212,7 @@ class Worker:
             self._rejected(result, topic, payload)
             return  # acknowledged to the tracker: resending would not change the verdict
         safe = asyncio.get_running_loop().create_future()
-        self._forward(result, partial(safe.set_result, None), 0, received)
+        self._forward(result, partial(safe.set_result, None), 0, received, topic)
         await safe
 
     # -- local side ------------------------------------------------------------------------
@@ -332,21 +338,39 @@ class Worker:
         if self.shadow is not None:
             self.shadow.observe(topic, payload, result, time.time(), self._consent_table())
         if result.__class__ is Forward:
-            self._forward(result, ack, self.gen, received)
+            self._forward(result, ack, self.gen, received, topic)
             return
         self._rejected(result, topic, payload)
         if ack:
             ack()
 
-    def _forward(self, result: Forward, ack: Callable[[], None] | None, gen: int, received: float) -> None:
+    def _forward(
+        self, result: Forward, ack: Callable[[], None] | None, gen: int, received: float, topic: str = ""
+    ) -> None:
         """Hand a minimised message to the uplink with its policy's provenance (built once per plan);
-        its acknowledgement also times the delivery (``received``: ``time.monotonic()`` at receipt)."""
+        its acknowledgement also times the delivery (``received``: ``time.monotonic()`` at receipt).
+        During a key transition the provenance also names the device's previous-key pseudonym."""
         plan = result.plan
         prov = self._prov.get(id(plan))
         if prov is None:
             prov = self._prov[id(plan)] = _provenance(plan)
+        if self._transition_until and topic and time.time() < self._transition_until:
+            previous = self.engine.previous_device(topic)
+            if previous is not None:
+                key = (id(plan), previous)
+                prov = self._prev_prov.get(key) or self._prev_prov.put(key, _provenance(plan, previous))
         safe = self.metrics.on_safe(plan.name, received, ack)
         self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, safe, gen))
+
+    def _set_transition(self, engine: Engine) -> None:
+        """After a key rotation, for ``[keys] transition_s``: forwarded messages also carry the device's
+        pseudonym under the previous key (``previous_device``), so the cloud can link old and new once."""
+        ring, span = engine.keyring, self.cfg.keys.transition_s
+        self._transition_until = ring.rotated_at + span if ring.in_transition(time.time(), span) else 0.0
+        self._prev_prov.clear()
+        if self._transition_until:
+            log.info("key_transition", key_id=ring.active, previous_key_id=ring.previous,
+                     until=datetime.fromtimestamp(self._transition_until, UTC).isoformat(timespec="seconds"))
 
     def _consent_table(self) -> Mapping[str, frozenset[str]]:
         return self.consents.table if self.consents is not None else {}
@@ -358,7 +382,8 @@ class Worker:
         if self._shadow_metrics is None:
             self._shadow_metrics = ShadowMetrics(self.metrics.registry)
         self.shadow = Shadow(engine, self._shadow_metrics)
-        log.info("shadow_policies", policies=self.shadow.policies, note="evaluated beside the active ones, forwarded never")
+        log.info("shadow_policies", policies=self.shadow.policies,
+                 note="evaluated beside the active ones, never forwarded")
 
     def _process(self, topic: str, payload: bytes) -> Forward | Reject:
         """The engine, fenced: a bug must cost one message (counted), not a reconnect loop
@@ -422,6 +447,7 @@ class Worker:
         self._sealer = sealer
         self._set_shadow(shadow)
         self._prov.clear()
+        self._set_transition(engine)
         self.metrics.register_engine(engine)
         consents_changed = consents is not self.consents
         self.consents = consents
@@ -434,7 +460,8 @@ class Worker:
         self.metrics.policy_reloads.labels("ok").inc()
         self.metrics.config_reload_success.set(1)
         self.metrics.config_reload_time.set(time.time())
-        log.info("policy_reloaded", policies=[f"{p.name}@{p.policy.policy.version}" for p in engine.plans])
+        log.info("policy_reloaded", policies=[f"{p.name}@{p.policy.policy.version}" for p in engine.plans],
+                 key_id=engine.keyring.active)
         try:
             await self._resubscribe(consents_changed)
         except aiomqtt.MqttError as exc:
@@ -464,7 +491,7 @@ def _consents(cfg: Config) -> Consents | None:
     return Consents(c.topic, keys, c.max_entries, c.max_clock_skew_s)
 
 
-def _provenance(plan: Plan) -> Provenance:
+def _provenance(plan: Plan, previous_device: str = "") -> Provenance:
     meta = plan.policy.policy
     user = [
         ("policy", meta.name),
@@ -474,6 +501,8 @@ def _provenance(plan: Plan) -> Provenance:
     ]
     if meta.retention:
         user.append(("retention", meta.retention))
+    if previous_device:  # key transition: the cloud may link the device's old and new pseudonym once
+        user.append(("previous_device", previous_device))
     return provenance(user, plan.policy.route.expiry_s)
 
 
