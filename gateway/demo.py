@@ -37,6 +37,7 @@ from gateway.keys import Keyring
 from gateway.pipeline import Engine, Forward
 from gateway.policy.check import AnyDevice, decode_output
 from gateway.policy.load import load
+from gateway.service.deadletter import open_letter
 
 SHOW = 4  # messages per system in the before/after view
 WAIT = 5.0  # seconds for one message to come out the other side
@@ -103,6 +104,7 @@ def _short(payload: bytes, width: int = 150) -> str:
 
 async def _live(count: int, tty: bool) -> int:
     from devices.gt06 import simulator as gt06_sim
+    from devices.jt808 import simulator as jt808_sim
     from devices.simulate import SYSTEMS, publish
     from gateway.mosquitto import Mosquitto, MosquittoMissing, free_port
 
@@ -117,7 +119,7 @@ async def _live(count: int, tty: bool) -> int:
     try:
         keys = work / "keys.json"
         subprocess.run([sys.executable, "-m", "gateway.cli", "keygen", str(keys)], check=True, capture_output=True)
-        metrics_port, gt06_port = free_port(), free_port()
+        metrics_port, gt06_port, jt808_port = free_port(), free_port(), free_port()
         policies = ", ".join(f'"{p}"' for p in packs())
         config = work / "config.toml"
         config.write_text(
@@ -126,6 +128,7 @@ async def _live(count: int, tty: bool) -> int:
             f'[cloud]\nurl = "{cloud.url}"\nclient_id = "demo-uplink"\n'
             f'[spool]\npath = "{work / "spool.db"}"\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
             f'[log]\nformat = "json"\n[ingest.gt06]\nlisten = "127.0.0.1:{gt06_port}"\nmax_frames_per_second = 1000\n'
+            f'[ingest.jt808]\nlisten = "127.0.0.1:{jt808_port}"\nmax_frames_per_second = 1000\n'
         )
         log = (work / "gateway.log").open("wb")
         gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
@@ -138,7 +141,7 @@ async def _live(count: int, tty: bool) -> int:
         print(f"   site broker   {local.url}   (devices publish here)")
         print(f"   cloud broker  {cloud.url}   (what leaves the site)")
         print(f"   gateway       pid {gw.pid}, five policy packs, GT06 trackers on 127.0.0.1:{gt06_port},"
-              f" metrics http://127.0.0.1:{metrics_port}/metrics\n")
+              f" JT/T 808 terminals on 127.0.0.1:{jt808_port}, metrics http://127.0.0.1:{metrics_port}/metrics\n")
         up, dead = _View(cloud.port, "#"), _View(local.port, "gateway/dead-letter/#")
         tasks += [asyncio.create_task(v.run()) for v in (up, dead)]
         await asyncio.wait_for(asyncio.gather(up.ready.wait(), dead.ready.wait()), 10)
@@ -158,7 +161,7 @@ async def _live(count: int, tty: bool) -> int:
                 elif out.topic.value.startswith("gateway/dead-letter/"):
                     props = dict(out.properties.UserProperty) if out.properties else {}
                     rule = f" by rule {props['rule']}" if props.get("rule") else ""
-                    print(_colour(f"   DROPPED: {props.get('reason', '?')}{rule} (raw copy on the site broker's "
+                    print(_colour(f"   DROPPED: {props.get('reason', '?')}{rule} (sealed copy on the site broker's "
                                   "dead-letter topic only)", "33", tty))
                 else:
                     print(_colour(f"   out  {out.topic.value}", "32", tty))
@@ -171,6 +174,19 @@ async def _live(count: int, tty: bool) -> int:
         print(_colour(f"   in   1 tracker, IMEI {gt06_sim.imei_for(0, 5)}: {dict(stats.sent)} frames, "
                       f"{sum(stats.acks.values())} acknowledged", "31", tty))
         for _ in range(sum(stats.sent.values())):
+            out = await _first(up.queue)
+            if out is None:
+                break
+            print(_colour(f"   out  {out.topic.value}  {_short(out.payload, 110)}", "32", tty))
+        print()
+
+        print(_colour("-- jimi-jt808: a terminal over TCP (JT/T 808 frames) -> what the cloud received", "1", tty))
+        up.drain()
+        terminal = await jt808_sim.run("127.0.0.1", jt808_port, devices=1, count=3, seed=5)
+        print(_colour(f"   in   1 terminal, number {jt808_sim.terminal_for(0, 5)}: {dict(terminal.sent)} messages, "
+                      f"{sum(terminal.answered.values())} answered", "31", tty))
+        for _ in range(1 + terminal.sent.get("location", 0) + terminal.sent.get("alarm", 0)
+                       + terminal.sent.get("heartbeat", 0)):
             out = await _first(up.queue)
             if out is None:
                 break
@@ -191,7 +207,7 @@ async def _live(count: int, tty: bool) -> int:
         deadline = time.monotonic() + 30
         while up.queue.qsize() < forwarded and time.monotonic() < deadline:  # the cloud view catches up
             await asyncio.sleep(0.1)
-        removed = _removed(samples, _collect(up.queue), _collect(dead.queue))
+        removed = _removed(samples, _collect(up.queue), _collect(dead.queue), Keyring.from_file(keys))
         trackers = await gt06_sim.run("127.0.0.1", gt06_port, devices=20, count=10, seed=9)
         sent += sum(trackers.sent.values())
         await _settle(metrics_port, before, sent)
@@ -266,14 +282,15 @@ def _policy(message: aiomqtt.Message) -> str:
     return props.get("policy", "")
 
 
-def _removed(samples: dict[str, list], upstream: list[aiomqtt.Message], dead: list[aiomqtt.Message]) -> Counter:
+def _removed(samples: dict[str, list], upstream: list[aiomqtt.Message], dead: list[aiomqtt.Message],
+             keyring: Keyring) -> Counter:
     """Fields removed per policy: fields the devices sent in the messages that were forwarded,
     minus the fields the cloud received. Counted by the demo from both ends, not by the gateway."""
     sent_in: Counter = Counter({name: sum(_leaves(msgspec.json.decode(x.payload)) for x in xs) for name, xs in samples.items()})
-    for m in dead:  # dropped whole: not part of what was forwarded
+    for m in dead:  # dropped whole, not part of what was forwarded; opened with the site key as an operator would
         try:
-            sent_in[_policy(m)] -= _leaves(msgspec.json.decode(m.payload))
-        except msgspec.DecodeError:
+            sent_in[_policy(m)] -= _leaves(msgspec.json.decode(open_letter(keyring, m.payload).payload))
+        except (msgspec.DecodeError, ValueError):
             pass
     received: Counter = Counter()
     for m in upstream:

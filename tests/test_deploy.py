@@ -71,7 +71,7 @@ def test_systemd_unit_is_hardened() -> None:
     d = unit_directives()
     for key, value in {
         "DynamicUser": "yes", "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-        "PrivateTmp": "yes", "StateDirectory": "telemetry-gateway", "RestartPreventExitStatus": "2",
+        "PrivateTmp": "yes", "StateDirectory": "telemetry-gateway", "RestartPreventExitStatus": "2 78",
         "ExecReload": "/bin/kill -HUP $MAINPID", "KillSignal": "SIGTERM", "CapabilityBoundingSet": "",
     }.items():
         assert d.get(key) == [value], key
@@ -79,6 +79,22 @@ def test_systemd_unit_is_hardened() -> None:
     assert d["Environment"] == ["GATEWAY_KEYS_FILE=%d/keys.json"]  # the credential, read by Keyring.from_env
     # above the time the gateway takes to spool what is in flight
     assert int(d["TimeoutStopSec"][0]) > config_from((DEPLOY / "site" / "config.toml").read_text()).shutdown_timeout_s
+
+
+def test_init_for_systemd_matches_the_unit(tmp_path: Path) -> None:
+    """`gateway init --systemd` writes the config the unit expects: no keys_file (the key is the
+    unit's credential, read through $GATEWAY_KEYS_FILE), and the spool in its StateDirectory."""
+    site = tmp_path / "etc"
+    run = subprocess.run([str(GATEWAY_BIN), "init", "--systemd", str(site)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    cfg = load_config(site / "config.toml")
+    d = unit_directives()
+    assert cfg.keys_file == ""
+    assert d["LoadCredential"] == [f"keys.json:/etc/{d['StateDirectory'][0]}/keys.json"]
+    assert Path(cfg.spool.path).parent == Path("/var/lib") / d["StateDirectory"][0]
+    assert (site / "keys.json").exists() and all(Path(p).is_relative_to(site) for p in cfg.policies)
+    assert f"--config /etc/{d['ConfigurationDirectory'][0]}/config.toml" in d["ExecStart"][0]
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -193,6 +209,31 @@ def test_site_conf_has_the_recommended_settings() -> None:
         assert re.search(rf"^{re.escape(line)}\b", conf, re.M), line
     ops = (ROOT / "docs" / "operations.md").read_text()
     assert "deploy/mosquitto/site.conf" in ops
+
+
+def test_kubernetes_pod_broker_conf_runs_in_real_mosquitto(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "tracker-sidecar.yaml").read_text()))
+    conf = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["mosquitto.conf"]
+    port = free_port()
+    (tmp_path / "data").mkdir()
+    conf = (conf.replace("listener 1883", f"listener {port} 127.0.0.1").replace("/mosquitto/data/", f"{tmp_path}/data/")
+            + f"\nuser {pwd.getpwuid(os.geteuid()).pw_name}\n")
+    (tmp_path / "m.conf").write_text(conf)
+    proc = subprocess.Popen([find_mosquitto(), "-c", str(tmp_path / "m.conf")], stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "log").open("wb"))
+    try:
+        def listening() -> bool:
+            assert proc.poll() is None, (tmp_path / "log").read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+        wait_until(listening, 20, "the pod's broker listening")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert (tmp_path / "data" / "mosquitto.db").exists()  # persistence works as configured
 
 
 def _client(port: int, user: str, password: str, received: list | None = None) -> paho.Client:

@@ -243,13 +243,14 @@ def test_alarm_examples() -> None:
         alarm="vibration",  # 0x03
     )
     assert ack_for(frame) == wrap(0x26, b"", 13)
-    # The document's second example sends the LBS length as 08 instead of 09.
+    # The document's second example sends the LBS length as 08 instead of 09. Its alarm byte is
+    # 00, but terminal info 0xD8 has bits 3-5 = 011: the document's "low battery" flag.
     second = decode_frame(DOC_ALARM_26_LBS8)
     assert (second.course, second.valid, second.lac, second.cell_id) == (185, True, 10342, 3822)
     assert (second.voltage_level, second.gsm_signal, second.alarm, second.serial) == (
         2,
         4,
-        "normal",
+        "low_battery",
         0x1D,
     )
 
@@ -325,7 +326,6 @@ def test_0x22_with_and_without_mileage() -> None:
     "content",
     [
         position(NORTH) + CELL[:-1],  # cell id cut short
-        position(NORTH) + CELL + h("01"),  # 0x22 without upload mode and re-upload flag
         position(NORTH, lat_raw=162_000_001) + CELL + h("000000"),  # beyond 90 degrees
         position(NORTH, lon_raw=324_000_001) + CELL + h("000000"),  # beyond 180 degrees
         position(NORTH | 361) + CELL + h("000000"),
@@ -369,7 +369,9 @@ def test_heartbeat_fields_and_ack() -> None:
         (0x09, "moving"),
         (0x0E, "low_battery"),
         (0x13, "tamper"),
-        (0x7F, "alarm_0x7f"),
+        (0x7F, "other"),  # a code no table names: a fixed word, never text built from the input
+        (0x29, "acceleration"),
+        (0x30, "jamming"),
     ],
 )
 def test_alarm_codes(code: int, name: str) -> None:
@@ -410,16 +412,19 @@ def test_extended_frames() -> None:
     assert decode_frame(long_form) == decode_frame(DOC_LOCATION_22)
     assert build_frame(0x22, content, 8, extended=True) == long_form
     info = decode_frame(DOC_INFO_94)  # the document's fuel-sensor example, CRC 0x0D12
-    assert info == Frame(type="unknown", protocol=0x94, serial=0x83A7)
-    assert ack_for(info) is None
+    assert info == Frame(type="heartbeat", protocol=0x94, serial=0x83A7)  # sub-type 0x0D: nothing kept
+    assert ack_for(info, DOC_INFO_94) is None  # information packets are not answered
     with pytest.raises(ValueError):
         build_frame(0x94, bytes(251), 1)
 
 
 def test_unknown_protocol() -> None:
     frame = decode_frame(DOC_TIME_REQUEST)
-    assert frame == Frame(type="unknown", protocol=0x8A, serial=6)
+    assert frame == Frame(type="request", protocol=0x8A, serial=6)  # answered with the time when sent
     assert ack_for(frame) is None
+    echo = decode_frame(wrap(0x80, b"\x01\x02", 3))  # a server command echoed back
+    assert echo == Frame(type="unknown", protocol=0x80, serial=3)
+    assert ack_for(echo) is None
 
 
 def test_frame_serialises_without_absent_fields() -> None:
@@ -695,7 +700,7 @@ def test_build_alarm_layout() -> None:
     expected = position(FIX | NORTH | WEST, gps=0xC8, speed=0) + b"\x09" + CELL + h("0204030102")
     assert built == wrap(0x16, expected, 9)
     unnamed = decode_frame(build_alarm(10, WHEN, 0.0, 0.0, "alarm_0x7f"))
-    assert (unnamed.protocol, unnamed.alarm) == (0x26, "alarm_0x7f")
+    assert (unnamed.protocol, unnamed.alarm) == (0x26, "other")
     for bad in ("fire", "alarm_0x123"):
         with pytest.raises(ValueError):
             build_alarm(1, WHEN, 0.0, 0.0, bad)
@@ -726,6 +731,7 @@ def test_frame_to_json_keys() -> None:
         "mnc": 0,
         "lac": 10365,
         "cell_id": 8049,
+        "acc": False,  # trailer 00 00 01: ACC off, upload by interval, re-upload
         "ack": None,
     }
 
@@ -743,10 +749,14 @@ def test_decode_command_several_frames_per_argument() -> None:
         "imei": "123456789012345",
         "ack": "787805010001D9DC0D0A",
     }
-    assert lines[1] == {
+    assert lines[1] == {  # 40 04 04 00 01: GPS on, ACC off, not charging; levels 4 and 4
         "type": "heartbeat",
         "protocol": 19,
         "serial": 15,
+        "acc": False,
+        "charging": False,
+        "voltage_level": 4,
+        "gsm_signal": 4,
         "ack": wrap(0x13, b"", 15).hex().upper(),
     }
     assert (lines[2]["type"], lines[2]["alarm"], lines[2]["ack"]) == (
@@ -768,7 +778,7 @@ def test_decode_command_several_frames_per_argument() -> None:
         (wrap(0x12, b"\x00", 1).hex(), [{"error": "bad_content"}]),
         (
             "00" + DOC_TIME_REQUEST.hex(),
-            [{"error": "garbage"}, {"type": "unknown", "protocol": 138, "serial": 6, "ack": None}],
+            [{"error": "garbage"}, {"type": "request", "protocol": 138, "serial": 6, "ack": None}],
         ),
     ],
 )

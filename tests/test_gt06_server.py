@@ -46,11 +46,6 @@ DOC_LOGIN_NEW_ACK = h("7878050100059FF80D0A")
 DOC_HEARTBEAT = h("78780A134004040001000FDCEE0D0A")  # serial 0x000F
 DOC_ALARM_26 = h("7878252612030C063816C3026C10540C38C9700144030901CC002866000EEE0C06040302000DA2DB0D0A")
 DOC_TIME_REQUEST = h("7878058A000688290D0A")  # serial 6
-DOC_INFO_94 = h(
-    "7979003F940D110907080C03"
-    + b"!AIOIL,02,025.900,025.400,519J,0200,027.140,0,00,9F".hex()
-    + "83A70D120D0A"
-)  # 0x94 information transfer, an extended frame the listener does not decode
 
 
 def ack(protocol: int, serial: int) -> bytes:
@@ -352,7 +347,7 @@ TOO_SHORT = h("7878020100")  # LEN below the 5 bytes of PROTO + SERIAL + CRC
         (BAD_STOP, "bad_stop"),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "garbage"),
         (BAD_BCD, "bad_content"),
-        (DOC_INFO_94, "unknown_protocol"),
+        (build_frame(0x80, h("0100"), 1), "unknown_protocol"),  # a server command echoed back
         (DOC_TIME_REQUEST, "before_login"),
         (build_location(1, WHEN, 12.97, 77.59, 30, 90, 9), "before_login"),
         (build_heartbeat(1), "before_login"),

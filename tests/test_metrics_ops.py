@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -148,8 +150,18 @@ def test_two_workers_one_scrape_target(tmp_path: Path, broker_pair: tuple[Mosqui
         assert gw.metric("gateway_worker_up", worker=0) == 1 and gw.metric("gateway_worker_up", worker=1) == 1
         assert gw.metric("gateway_delivery_seconds_count", policy="service-test") >= 400
         assert {s.labels["worker"] for s in fam["process_resident_memory_bytes"].samples} == {"0", "1"}
+        promtool = shutil.which("promtool")
+        assert promtool, "promtool is missing: run .ci/setup"
+        lint = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True, text=True, timeout=60)
+        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint
         assert gw.stop() == 0
     finally:
         pub.close()
         sink.close()
         gw.close()
+
+
+def test_merge_pages_leaves_out_a_page_that_does_not_parse() -> None:
+    good = "# TYPE gateway_spool_depth gauge\ngateway_spool_depth 4.0\n"
+    merged = merge_pages({"0": good, "1": 'gateway_spool_depth{worker="1" 4\n'}).decode()
+    assert 'gateway_spool_depth{worker="0"} 4.0' in merged and 'worker="1"' not in merged

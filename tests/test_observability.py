@@ -82,6 +82,12 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
         assert name in alert_exprs() and f"alertname: {name}" in tests, name
 
 
+def test_example_scrape_config_is_valid() -> None:
+    check = subprocess.run([tool("promtool"), "check", "config", "prometheus.yml"], cwd=PROM_DIR,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
+
+
 def test_every_alert_has_a_runbook_and_severity() -> None:
     rules = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
     for rule in (r for g in rules["groups"] for r in g["rules"]):
@@ -171,8 +177,13 @@ def test_prometheus_scrapes_the_gateway_and_fires_cloud_disconnected(observed) -
     up = prom.api("query", query='up{job="gateway"}')["data"]["result"]
     assert up and up[0]["value"][1] == "1"
 
-    # Every metric the dashboard and the alerts read exists on the live page...
-    live = exported_names(gw.metrics())
+    # The live page passes Prometheus's own lint (names, suffixes, units, help texts)...
+    page = gw.metrics()
+    lint = subprocess.run([tool("promtool"), "check", "metrics"], input=page, capture_output=True, text=True,
+                          timeout=60)
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
+    # ... every metric the dashboard and the alerts read exists on it...
+    live = exported_names(page)
     for expr in dashboard_exprs():
         for name in METRIC.findall(expr):
             assert name in live, f"dashboard: {name} is not on /metrics"
@@ -201,3 +212,21 @@ def test_prometheus_scrapes_the_gateway_and_fires_cloud_disconnected(observed) -
     cloud.start()
     wait_until(lambda: prom.alert_state("GatewayCloudDisconnected") == "inactive", 60, "resolved", 0.25)
     time.sleep(0)  # nothing else to wait for
+
+
+def test_dashboard_answers_the_on_call_questions() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = " ".join(dashboard_exprs())
+    for needed in ("gateway_messages_in_total", "gateway_messages_out_total", "gateway_messages_dropped_total",
+                   "gateway_delivery_seconds_bucket", "gateway_spool_depth", "gateway_spool_oldest_age_seconds",
+                   "gateway_connected", "gateway_policy_reloads_total", "gateway_gt06_connections",
+                   "gateway_gt06_events_total", "gateway_last_forward_timestamp_seconds"):
+        assert needed in exprs, needed
+    cells = set()
+    for panel in dash["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] + g["w"] <= 24
+        area = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & area, f"{panel['title']} overlaps another panel"
+        cells |= area
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])

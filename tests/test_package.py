@@ -44,9 +44,22 @@ def test_init_writes_a_site_folder_that_loads(tmp_path: Path) -> None:
     assert cfg.keys_file == str((site / "keys.json").resolve())
     assert Path(cfg.spool.path).is_relative_to(site.resolve())
     assert all(Path(p).is_relative_to(site.resolve()) and Path(p).exists() for p in cfg.policies)
-    assert len(cfg.policies) == len(packs())
+    assert {Path(p).name for p in cfg.policies} <= {p.name for p in packs()}
+    assert (site / "config.toml").read_text().startswith("# Written by `gateway init`")
     with pytest.raises(InitError, match="refusing to overwrite"):
         init_site(site)  # keys must never be replaced by a second init
+
+
+def test_init_refuses_a_file_and_an_existing_site(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("gateway")
+    (tmp_path / "file").write_text("x")
+    run = _run(exe, "init", str(tmp_path / "file"), cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and str(tmp_path / "file") in run.stderr
+    assert _run(exe, "init", "site", cwd=tmp_path).returncode == 0
+    keys = (tmp_path / "site" / "keys.json").read_bytes()
+    again = _run(exe, "init", "site", cwd=tmp_path)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    assert (tmp_path / "site" / "keys.json").read_bytes() == keys
 
 
 def _run(exe: Path, *args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from brokers import Mosquitto
-from service_harness import Gateway, Publisher, Sink
+from service_harness import Gateway, Publisher, Sink, wait_until
 from test_service import assert_complete_and_ordered, received, traffic, wait_complete
 
 
@@ -43,6 +44,59 @@ def test_starting_on_a_backlog_takes_it_without_an_error(tmp_path: Path, broker_
         assert gw.stop() == 0
         assert error_events(gw) == []
         assert "Traceback" not in gw.log_text()
+    finally:
+        pub.close()
+        sink.close()
+        gw.close()
+
+
+@pytest.mark.slow
+def test_changing_the_worker_count_strands_nothing(tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]) -> None:
+    """Issue 10 item 2: with a group, 1 -> 2 -> 1 workers, 2,000 messages in each phase: 6,000 of 6,000."""
+    local, cloud = broker_pair
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url, workers=2)  # writes group = "gw"
+    sink, pub = Sink(cloud.url), Publisher(local.url)
+    try:
+        for phase, workers in enumerate((1, 2, 1)):
+            gw.workers = workers
+            gw.start()
+            pub.publish_all(traffic(2000, devices=20, start=2000 * phase), timeout=120)
+            wait_until(lambda phase=phase: len({m.payload for m in sink.snapshot()}) >= 2000 * phase + 1000, 60,
+                       f"phase {phase} flowing")
+            assert gw.stop() == 0
+        gw.start()  # whatever a phase left at the broker is taken now, or never
+        wait_complete(sink, 6000, timeout=120)
+        assert_complete_and_ordered(received(sink), 6000, 20)
+        assert "session_swept" in gw.log_text()
+        assert gw.stop() == 0
+    finally:
+        pub.close()
+        sink.close()
+        gw.close()
+
+
+@pytest.mark.slow
+def test_changing_the_client_id_loses_nothing(tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]) -> None:
+    local, cloud = broker_pair
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url)
+    sink, pub = Sink(cloud.url), Publisher(local.url)
+    try:
+        gw.start()
+        pub.publish_all(traffic(500, devices=10), timeout=60)
+        sink.wait_for(500, 60)
+        assert gw.stop() == 0
+        pub.publish_all(traffic(1000, devices=10, start=500), timeout=60)  # queued for the old id's session
+        gw.config.write_text(gw.config.read_text().replace('client_id = "gw-local"', 'client_id = "gw-local-2"'))
+        gw.start()
+        pub.publish_all(traffic(500, devices=10, start=1500), timeout=60)
+        wait_complete(sink, 2000, timeout=90)
+        # every (device, seq) arrived; the old session's backlog and the new traffic may interleave
+        seqs = {(t, b["seq"]) for t, b in received(sink)}
+        assert len(seqs) == 2000 and {s for _, s in seqs} == set(range(200))
+        wait_until(lambda: gw.metric("gateway_session_sweeps_total", result="ok") == 1, 30, "the old session swept")
+        record = json.loads((tmp_path / "gw" / "spool.db.sessions.json").read_text())
+        assert record["ids"] == ["gw-local-2"]
+        assert gw.stop() == 0
     finally:
         pub.close()
         sink.close()

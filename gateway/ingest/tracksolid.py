@@ -25,6 +25,7 @@ __all__ = [
     "PATTERN",
     "SUBSCRIBE",
     "Alarm",
+    "Cell",
     "Heartbeat",
     "Location",
     "Login",
@@ -41,6 +42,17 @@ class _Base(msgspec.Struct, omit_defaults=True, frozen=True, kw_only=True, tag_f
     time: str | None = None  # ISO 8601 UTC, e.g. "2026-11-23T10:03:44Z"
 
 
+class Cell(msgspec.Struct, omit_defaults=True, frozen=True, kw_only=True):
+    """A cell tower the device sees (LBS reports list up to seven). With a public cell database
+    it locates the device to tens or hundreds of metres: the pack keeps MCC/MNC only."""
+
+    mcc: int
+    mnc: int
+    lac: int
+    cell_id: int
+    rssi: int | None = None  # dBm
+
+
 class Media(msgspec.Struct, omit_defaults=True, frozen=True, kw_only=True):
     """A picture, recording or video the device uploaded with an alarm (Tracksolid 1.5)."""
 
@@ -49,10 +61,12 @@ class Media(msgspec.Struct, omit_defaults=True, frozen=True, kw_only=True):
 
 
 class Location(_Base, tag="location"):
-    """A GNSS fix with the serving cell (GT06 0x12 / 0x22)."""
+    """A GNSS fix with the serving cell (GT06 0x12 / 0x22 / 0xA0 ...), or an LBS / Wi-Fi report
+    (GT06 0x28 / 0x2C / 0x69 ...) whose cells and access points stand in for the fix."""
 
     latitude: float | None = None
     longitude: float | None = None
+    altitude: int | None = None  # metres
     speed_kmh: float | None = None
     course: int | None = None  # degrees, 0-360
     valid: bool | None = None  # GNSS fix
@@ -61,18 +75,27 @@ class Location(_Base, tag="location"):
     mnc: int | None = None
     lac: int | None = None
     cell_id: int | None = None
+    cells: list[Cell] | None = None  # every cell an LBS report lists
     wifi_aps: list[str] | None = None  # BSSIDs seen, for Wi-Fi positioning
     acc: bool | None = None  # ignition
     mileage: int | None = None  # odometer, km
+    battery_v: float | None = None
+    power_v: float | None = None  # external supply
 
 
 class Heartbeat(_Base, tag="heartbeat"):
-    """Status report (GT06 0x13); MQTT trackers add the network and configuration they run with."""
+    """Status report (GT06 0x13 / 0x23 / 0x36, information packets 0x94); MQTT trackers add the
+    network and configuration they run with."""
 
     acc: bool | None = None
     charging: bool | None = None
     voltage_level: int | None = None  # 0-6
     gsm_signal: int | None = None  # 0-4
+    battery_v: float | None = None
+    battery_level: int | None = None  # percent
+    power_v: float | None = None  # external supply
+    door: bool | None = None
+    network: str | None = None  # "2G" | "4G"
     login_ip: str | None = None  # IPv4 or IPv6 address the device connects from
     sos_numbers: list[str] | None = None  # E.164 numbers configured on the device
     iccid: str | None = None
@@ -80,11 +103,12 @@ class Heartbeat(_Base, tag="heartbeat"):
 
 
 class Alarm(_Base, tag="alarm"):
-    """An alarm with the position and status at the time (GT06 0x16 / 0x26)."""
+    """An alarm with the position and status at the time (GT06 0x16 / 0x26 / 0x27 / 0x95 / 0xA4 ...)."""
 
-    alarm: str  # sos | power_cut | vibration | enter_fence | exit_fence | overspeed | ...
+    alarm: str  # sos | power_cut | vibration | enter_fence | exit_fence | overspeed | ... (a fixed list)
     latitude: float | None = None
     longitude: float | None = None
+    altitude: int | None = None
     speed_kmh: float | None = None
     course: int | None = None
     valid: bool | None = None
@@ -97,6 +121,8 @@ class Alarm(_Base, tag="alarm"):
     charging: bool | None = None
     voltage_level: int | None = None
     gsm_signal: int | None = None
+    battery_v: float | None = None
+    power_v: float | None = None
     mileage: int | None = None
     media: Media | None = None
 

@@ -11,6 +11,7 @@ error, never the live message.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PromCounter
@@ -47,6 +48,7 @@ class Shadow:
         self.engine = engine
         self.metrics = metrics
         self._logged: set[str] = set()
+        self._seen: dict[str, Any] = {}  # policy -> its messages counter (labels() costs more than inc())
 
     @property
     def policies(self) -> list[str]:
@@ -61,7 +63,10 @@ class Shadow:
             if result.__class__ is Reject and result.plan is None:
                 return  # no shadow pack covers this topic
             name = result.plan.name
-            self.metrics.messages.labels(name).inc()
+            seen = self._seen.get(name)
+            if seen is None:
+                seen = self._seen[name] = self.metrics.messages.labels(name)
+            seen.inc()
             counted: set[tuple[str, str]] = set()
             for change in compare(active, result):
                 if (change.rule, change.kind) not in counted:  # a message counts once per rule and kind

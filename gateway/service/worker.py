@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.ingest.gt06 import listener as gt06_listener
+from gateway.ingest.jt808 import listener as jt808_listener
 from gateway.keys import KeyFileError, Keyring
 from gateway.ops.base import BoundedCache
 from gateway.pipeline import Engine, Forward, Reject
@@ -41,6 +42,7 @@ from gateway.service.client import Client
 from gateway.service.config import Config, ConfigError, load_config, restart_keys
 from gateway.service.consent import Consents
 from gateway.service.deadletter import Sealer, check_prefix
+from gateway.service.sessions import Sweeper, local_ids, read_record, record_path, write_record
 from gateway.service.shadow import Shadow, ShadowMetrics
 from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
 from gateway.spool import Spool
@@ -66,7 +68,20 @@ def build_engines(cfg: Config) -> tuple[Engine, Engine | None]:
     trusted = signing.trusted(cfg.trusted_policy_keys) if cfg.trusted_policy_keys else None
     active = Engine(_checked(cfg.policies, trusted), keyring)
     shadow = Engine(_checked(cfg.shadow_policies, trusted), keyring) if cfg.shadow_policies else None
+    _check_dead_letter(cfg, active)
     return active, shadow
+
+
+def _check_dead_letter(cfg: Config, engine: Engine) -> None:
+    """A ConfigError if the gateway would consume its own dead letters (a policy's or the consent topic)."""
+    if not cfg.dead_letter:
+        return
+    filters = [(f"policy {plan.name!r}", f.subscription) for plan in engine.plans for f in plan.filters]
+    if cfg.consent.topic:
+        filters.append(("consent.topic", Consents(cfg.consent.topic).subscription))
+    problem = check_prefix(cfg.dead_letter, filters)
+    if problem:
+        raise ConfigError(problem)
 
 
 def build_engine(cfg: Config) -> Engine:
@@ -88,6 +103,7 @@ class Worker:
     def __init__(self, cfg: Config, index: int = 0, workers: int = 1) -> None:
         self.cfg = cfg
         self.index = index
+        self.workers = workers
         suffix = f"-{index}" if workers > 1 else ""
         self.local_id = cfg.local.client_id + suffix
         self.cloud_id = cfg.cloud.client_id + suffix
@@ -109,6 +125,7 @@ class Worker:
         self._consent_logged: set[str] = set()
         self._sealer: Sealer | None = None
         self._trackers: Any = None  # the GT06 listener (worker 0, when configured)
+        self._terminals: Any = None  # the JT/T 808 listener (worker 0, when configured)
         self.uplink: Uplink | None = None
         self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
 
@@ -117,7 +134,7 @@ class Worker:
     async def run(self) -> int:
         cfg = self.cfg
         self.engine, shadow = build_engines(cfg)
-        self._sealer = _dead_letters(cfg, self.engine, self.consents)
+        self._sealer = _dead_letters(cfg, self.engine)
         self._set_shadow(shadow)
         self.metrics.register_engine(self.engine)
         spool_path = cfg.spool.path if self.index == 0 else _indexed(cfg.spool.path, self.index)
@@ -132,7 +149,7 @@ class Worker:
         http = None
         address = cfg.metrics.address()
         if address is not None:
-            http = serve(self.metrics, address[0], address[1], ready=self.ready)
+            http = serve(self.metrics, address[0], address[1], ready=self.ready, detail=self.ready_detail)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -147,14 +164,23 @@ class Worker:
         # instead of through the spool. Not forever: an absent cloud is what the spool is for.
         await wait_first(self.uplink.first_attempt.wait(), self._stop.wait(), timeout=15)
         down = asyncio.create_task(self._local_loop(), name="local")
+        sweep = asyncio.create_task(self._sweep_stale_sessions(), name="sweep") if self.index == 0 else None
         trackers = self._trackers = None
+        terminals = self._terminals = None
         try:
             if cfg.ingest.gt06.listen and self.index == 0:
                 trackers = self._trackers = await self._start_gt06()
+            if cfg.ingest.jt808.listen and self.index == 0:
+                terminals = self._terminals = await self._start_jt808()
             await self._stop.wait()
         finally:
             if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
                 await gt06_listener.stop(trackers)
+            if terminals is not None:
+                await jt808_listener.stop(terminals)
+            if sweep is not None:  # what it has not acknowledged stays in the old session, swept next time
+                sweep.cancel()
+                await asyncio.gather(sweep, return_exceptions=True)
             await self._shutdown(down, up)
             spool.close()
             if http is not None:
@@ -179,14 +205,19 @@ class Worker:
         await asyncio.wait_for(asyncio.gather(up, return_exceptions=True), timeout=15)
 
     def ready(self) -> bool:
-        """Ready: the local side is connected, and the cloud is connected or the spool accepts."""
+        """Ready: the local side is connected, the spool can write, and the cloud is connected or the spool accepts."""
         up = self.uplink
         return (
             self.local is not None
             and not self.local.is_disconnected
             and up is not None
+            and up.spool_writable
             and (up.connected or up.accepting)
         )
+
+    def ready_detail(self) -> str:
+        """/readyz body lines: a spool that cannot write, quarantined messages (see docs/operations.md)."""
+        return self.uplink.readiness()[1] if self.uplink is not None else ""
 
     # -- GT06 trackers over TCP -------------------------------------------------------------
 
@@ -198,6 +229,16 @@ class Worker:
         host, port = g.address()
         server = await gt06_listener.serve(host, port, self._on_tracker_message, limits, counters)
         self.gt06_port = server.sockets[0].getsockname()[1]
+        return server
+
+    async def _start_jt808(self) -> Any:
+        j = self.cfg.ingest.jt808
+        counters = jt808_listener.Counters()
+        self.metrics.register_ingest("jt808", "JT/T 808 listener", "terminal", counters)
+        host, port = j.address()
+        auth_key = self.engine.keyring.derive("jt808|authentication-code")  # the same on every worker and host
+        server = await jt808_listener.serve(host, port, self._on_tracker_message, auth_key, j.limits(), counters)
+        self.jt808_port = server.sockets[0].getsockname()[1]
         return server
 
     async def _on_tracker_message(self, topic: str, payload: bytes) -> None:
@@ -230,6 +271,7 @@ class Worker:
                 assert self.uplink is not None
                 self.uplink.local_gen = self.gen
                 self._ack = acker(client)
+                self.uplink.pressure = client.pause_reading  # backpressure: see Uplink._check_pressure
                 async with client:
                     self.local = client
                     self.metrics.connected.labels("local").set(1)
@@ -237,6 +279,7 @@ class Worker:
                         self.metrics.reconnects.labels("local").inc()
                     connected_once = True
                     backoff.reset()
+                    client.pause_reading(self.uplink.paused)  # as it stands after an earlier connection
                     await self._subscribe(client)
                     log.info("local_connected", host=self.cfg.local.host, port=self.cfg.local.port,
                              subscriptions=len(self._subscribed))
@@ -252,6 +295,40 @@ class Worker:
                 self.metrics.connected.labels("local").set(0)
                 log.warning("local_disconnected", error=describe(exc))
             await asyncio.sleep(backoff.next_delay())
+
+    async def _sweep_stale_sessions(self) -> None:
+        """Worker 0: take what waits in the sessions of local client ids no longer in use, then end them."""
+        ep = self.cfg.local
+        path, broker = record_path(self.cfg.spool.path), f"{ep.host}:{ep.port}"
+        current = local_ids(ep.client_id, self.workers)
+        filters = self._filters()
+        filters |= {f.split("/", 2)[2] if f.startswith("$share/") else f for f in filters}  # with or without a group
+        rec = read_record(path, broker)
+        stale = [i for i in rec.ids if i not in current]
+        old_filters = set(rec.filters) if stale else set()
+        write_record(path, broker, current + stale, filters | old_filters)
+        if not stale:
+            return
+        sweeper = Sweeper(ep, self._take, lambda: filters | old_filters)
+        backoff = Backoff(self.cfg.reconnect)
+        while stale:
+            client_id = stale[0]
+            log.info("session_sweep_started", client_id=client_id, reason="client id no longer in use")
+            try:
+                taken = await sweeper.sweep(client_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.session_sweeps.labels("failed").inc()
+                log.warning("session_sweep_failed", client_id=client_id, error=describe(exc),
+                            action="retrying; the session keeps its messages meanwhile")
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            stale.pop(0)
+            write_record(path, broker, current + stale, filters | (old_filters if stale else set()))
+            self.metrics.session_sweeps.labels("ok").inc()
+            log.info("session_swept", client_id=client_id, messages=taken)
 
     def _local_client(self) -> Client:
         ep = self.cfg.local
@@ -310,9 +387,14 @@ class Worker:
     # -- the per-message path --------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool) -> None:
+        self._take(topic, payload, qos, mid, dup, self._ack, self.gen)
+
+    def _take(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool, acker: Callable[[int], None],
+              gen: int = 0) -> None:
+        """One message from a local session (``acker`` acknowledges it there; ``gen`` its connection, 0: any)."""
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
-        ack = partial(self._ack, mid) if qos else None
+        ack = partial(acker, mid) if qos else None
         consents = self.consents
         if consents is not None and consents.matches(topic):
             result = consents.update(topic, payload)
@@ -338,7 +420,7 @@ class Worker:
         if self.shadow is not None:
             self.shadow.observe(topic, payload, result, time.time(), self._consent_table())
         if result.__class__ is Forward:
-            self._forward(result, ack, self.gen, received, topic)
+            self._forward(result, ack, gen, received, topic)
             return
         self._rejected(result, topic, payload)
         if ack:
@@ -434,8 +516,9 @@ class Worker:
                 raise ConfigError(f"{', '.join(blocked)}: cannot change while running; restart to apply")
             engine, shadow = build_engines(new)
             consents = self.consents if new.consent == self.cfg.consent else _consents(new)
-            sealer = _dead_letters(new, engine, consents)
+            sealer = _dead_letters(new, engine)
             limits = new.ingest.gt06.limits() if self._trackers is not None else None
+            jt808_limits = new.ingest.jt808.limits() if self._terminals is not None else None
         except (ConfigError, PolicyError, KeyFileError, PolicySetError, OSError, ValueError) as exc:
             self.metrics.policy_reloads.labels("refused").inc()
             self.metrics.config_reload_success.set(0)
@@ -455,6 +538,8 @@ class Worker:
             self.uplink.reconnect = new.reconnect
         if limits is not None:
             gt06_listener.update_limits(self._trackers, limits)
+        if jt808_limits is not None:
+            jt808_listener.update_limits(self._terminals, jt808_limits)
         if new.log != old.log:
             configure_logging(json={"auto": None, "json": True, "console": False}[new.log.format], level=new.log.level)
         self.metrics.policy_reloads.labels("ok").inc()
@@ -468,17 +553,9 @@ class Worker:
             log.warning("resubscribe_failed", error=describe(exc), action="the next connection subscribes")
 
 
-def _dead_letters(cfg: Config, engine: Engine, consents: Consents | None) -> Sealer | None:
-    """The sealer for dead letters, or None when off; a ConfigError if the gateway would read its own."""
-    if not cfg.dead_letter:
-        return None
-    filters = [(f"policy {plan.name!r}", f.subscription) for plan in engine.plans for f in plan.filters]
-    if consents is not None:
-        filters.append(("consent.topic", consents.subscription))
-    problem = check_prefix(cfg.dead_letter, filters)
-    if problem:
-        raise ConfigError(problem)
-    return Sealer(engine.keyring)
+def _dead_letters(cfg: Config, engine: Engine) -> Sealer | None:
+    """The sealer for dead letters, or None when off (the prefix was checked by build_engines)."""
+    return Sealer(engine.keyring) if cfg.dead_letter else None
 
 
 def _consents(cfg: Config) -> Consents | None:

@@ -11,13 +11,16 @@ long frames. LEN counts PROTO through CRC; the CRC-ITU covers LEN through SERIAL
 from __future__ import annotations
 
 import binascii
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
-import msgspec
+from gateway.ingest.gt06.decoders import NO_ACK, Content, decode_content
+from gateway.ingest.gt06.frame import ALARM_KINDS, Cell, Frame, FrameError
 
 __all__ = [
+    "ALARM_KINDS",
+    "Cell",
+    "CountedFrame",
     "Frame",
     "FrameError",
     "Framer",
@@ -27,6 +30,7 @@ __all__ = [
     "crc_itu",
     "decode_frame",
     "time_reply",
+    "timezone_minutes",
 ]
 
 SHORT_START = b"\x78\x78"
@@ -42,32 +46,10 @@ PROTO_ALARM = 0x16
 PROTO_LOCATION_UTC = 0x22
 PROTO_ALARM_UTC = 0x26
 PROTO_TIME_REQUEST = 0x8A
-_ACKED = frozenset({PROTO_LOGIN, PROTO_HEARTBEAT, PROTO_ALARM, PROTO_ALARM_UTC})
-
-UNITS_PER_DEGREE = 1_800_000  # coordinates travel as minutes * 30000
-COURSE_MASK = 0x03FF
-NORTH = 1 << 10
-WEST = 1 << 11
-FIX = 1 << 12
-MNC_2_BYTES = 0x8000  # flag in the MCC word
-ACC_ON = 0x02  # terminal-info bits
-CHARGING = 0x04
-
-ALARMS = {
-    0x00: "normal",
-    0x01: "sos",
-    0x02: "power_cut",
-    0x03: "vibration",
-    0x04: "enter_fence",
-    0x05: "exit_fence",
-    0x06: "overspeed",
-    0x09: "moving",
-    0x0E: "low_battery",
-    0x11: "power_off",
-    0x13: "tamper",
-    0x14: "door",
-}
-
+PROTO_ADDRESS_REQUEST = 0x2A
+PROTO_ADDRESS_REPLY = 0x97
+WIFI_COUNTED = frozenset({0x17, 0x69})  # Wi-Fi reports whose LEN byte counts access points
+_EXTENDED_REPLY = frozenset({0x32, 0x33})  # AZ735: answered in an extended frame
 
 # CRC-16/X-25 is the reflected form of the CRC-CCITT that ``binascii.crc_hqx`` computes in C:
 # reversing the bits of every input byte and of the result turns one into the other (the init
@@ -80,48 +62,6 @@ def crc_itu(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/X-25, the "CRC-ITU" of the GT06 documents: reflected 0x1021, init/xorout 0xFFFF."""
     crc = binascii.crc_hqx(bytes(data).translate(_REVERSED), 0xFFFF)
     return ((_REVERSED[crc & 0xFF] << 8) | _REVERSED[crc >> 8]) ^ 0xFFFF
-
-
-class FrameError(Exception):
-    """Bytes that cannot be used as a frame.
-
-    ``reason`` is a fixed token for metrics: garbage, bad_length, bad_stop, bad_crc, bad_content or
-    oversize. Messages carry at most protocol and length numbers, never payload bytes, because
-    they end up in logs and the payload holds IMEIs and positions.
-    """
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
-class Frame(msgspec.Struct, omit_defaults=True, frozen=True, kw_only=True):
-    """One decoded device frame; fields a protocol does not carry stay None."""
-
-    type: str  # login | location | heartbeat | alarm | unknown
-    protocol: int
-    serial: int
-    imei: str | None = None
-    type_id: int | None = None
-    time: str | None = None  # ISO 8601 UTC
-    latitude: float | None = None
-    longitude: float | None = None
-    speed_kmh: int | None = None
-    course: int | None = None
-    valid: bool | None = None
-    satellites: int | None = None
-    mcc: int | None = None
-    mnc: int | None = None
-    lac: int | None = None
-    cell_id: int | None = None
-    acc: bool | None = None
-    voltage_level: int | None = None
-    gsm_signal: int | None = None
-    charging: bool | None = None
-    alarm: str | None = None
-    mileage: int | None = None
-    upload_mode: int | None = None
-    reupload: bool | None = None
 
 
 # --- framing ---------------------------------------------------------------------------------
@@ -166,6 +106,18 @@ def _find_start(buf: bytearray, begin: int = 0) -> int:
 
 class UncheckedFrame(bytes):
     """A frame whose CRC did not match, passed on because the framer was told to accept those."""
+
+
+class CountedFrame(bytes):
+    """A 0x17/0x69 Wi-Fi report sized by its counts (LEN = access points), which has no CRC."""
+
+
+def _counted_size(head: bytes | bytearray) -> int | None:
+    """Size of a counted Wi-Fi report: 4 + time 6 + 7 per AP + cell count + MCC/MNC 3 + 5 per cell + 2."""
+    at = 4 + 6 + 7 * head[2]
+    if len(head) <= at:
+        return None
+    return at + 1 + 3 + 5 * head[at] + 2
 
 
 class Framer:
@@ -233,189 +185,78 @@ class Framer:
 
     def _take_frame(self) -> bytes | None:
         """Cut the frame at the head of the buffer; None while it is incomplete."""
-        size = _frame_size(self._buf)
+        buf = self._buf
+        if buf[:2] == SHORT_START:
+            if len(buf) < 4:
+                return None  # the protocol byte decides how LEN is read (a Wi-Fi count or a length)
+            if buf[3] in WIFI_COUNTED:
+                return self._take_wifi()
+        size = _frame_size(buf)
         if size is None:
             return None
         if size > self._max_frame:
             raise FrameError("oversize", f"frame of {size} bytes exceeds {self._max_frame}")
-        if len(self._buf) < size:
+        if len(buf) < size:
             return None
-        frame = bytes(self._buf[:size])
+        frame = bytes(buf[:size])
         try:
             _check_integrity(frame)
         except FrameError as exc:
             if self._strict_crc or exc.reason != "bad_crc":
                 raise
-            del self._buf[:size]
+            del buf[:size]
             return UncheckedFrame(frame)
-        del self._buf[:size]
+        del buf[:size]
+        return frame
+
+    def _take_wifi(self) -> bytes | None:
+        """0x17 / 0x69: a standard frame if its length, stop bytes and CRC hold, else a counted one."""
+        buf = self._buf
+        standard = 5 + buf[2]
+        if buf[2] >= _MIN_LENGTH and len(buf) >= standard and buf[standard - 2 : standard] == STOP:
+            frame = bytes(buf[:standard])
+            if crc_itu(frame[2:-4]) == int.from_bytes(frame[-4:-2], "big"):
+                del buf[:standard]
+                return frame
+        counted = _counted_size(buf)
+        if counted is None:
+            if 4 + 6 + 7 * buf[2] + 1 > self._max_frame:
+                raise FrameError("oversize", f"Wi-Fi report of {buf[2]} access points exceeds {self._max_frame}")
+            return None
+        if counted > self._max_frame:
+            raise FrameError("oversize", f"frame of {counted} bytes exceeds {self._max_frame}")
+        if len(buf) < counted:
+            return None
+        if buf[counted - 2 : counted] != STOP:
+            raise FrameError("bad_stop", f"Wi-Fi report of {counted} bytes")
+        frame = CountedFrame(buf[:counted])
+        del buf[:counted]
         return frame
 
 
 # --- decoding --------------------------------------------------------------------------------
 
 
-class _Reader:
-    """Walks a frame's content; running out means the content is too short for its protocol."""
-
-    def __init__(self, content: bytes, protocol: int) -> None:
-        self._content = content
-        self._pos = 0
-        self.protocol = protocol
-
-    @property
-    def remaining(self) -> int:
-        return len(self._content) - self._pos
-
-    @property
-    def position(self) -> int:
-        return self._pos
-
-    def take(self, size: int) -> bytes:
-        end = self._pos + size
-        if end > len(self._content):
-            raise self.error("content too short")
-        chunk = self._content[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def uint(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big")
-
-    def error(self, what: str) -> FrameError:
-        return FrameError("bad_content", f"protocol 0x{self.protocol:02X}: {what}")
+def _is_counted(raw: bytes) -> bool:
+    """A 0x17/0x69 Wi-Fi report whose LEN byte is its access-point count (no serial, no CRC)."""
+    return raw[:2] == SHORT_START and len(raw) >= 4 and raw[3] in WIFI_COUNTED and 5 + raw[2] != len(raw)
 
 
-Fields = dict[str, Any]  # keyword arguments for Frame
+def decode_frame(raw: bytes, strict_crc: bool = True, utc_offset: int = 0) -> Frame:
+    """Decode exactly one raw frame (start marker through 0D 0A).
 
-
-def _signed(degrees: float, negative: bool) -> float:
-    return round(-degrees if negative and degrees else degrees, 6)
-
-
-def _read_position(r: _Reader) -> Fields:
-    year, month, day, hour, minute, second = r.take(6)
-    try:
-        when = datetime(2000 + year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError:
-        raise r.error("impossible date-time") from None
-    gps_info = r.uint(1)
-    latitude = r.uint(4) / UNITS_PER_DEGREE
-    longitude = r.uint(4) / UNITS_PER_DEGREE
-    speed = r.uint(1)
-    flags = r.uint(2)
-    if latitude > 90 or longitude > 180:
-        raise r.error("coordinates out of range")
-    if flags & COURSE_MASK > 360:
-        raise r.error("course out of range")
-    return {
-        "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "latitude": _signed(latitude, negative=not flags & NORTH),
-        "longitude": _signed(longitude, negative=bool(flags & WEST)),
-        "speed_kmh": speed,
-        "course": flags & COURSE_MASK,
-        "valid": bool(flags & FIX),
-        "satellites": gps_info & 0x0F,  # the high nibble is the GPS block length
-    }
-
-
-def _read_cell(r: _Reader) -> Fields:
-    mcc = r.uint(2)
-    mnc = r.uint(2 if mcc & MNC_2_BYTES else 1)
-    return {"mcc": mcc & ~MNC_2_BYTES, "mnc": mnc, "lac": r.uint(2), "cell_id": r.uint(3)}
-
-
-def _read_sized_cell(r: _Reader) -> Fields:
-    """Cell block behind a length byte, as in alarm frames.
-
-    The Concox document says the length counts itself (09) yet its own 0x26 example sends 08,
-    and 0 means no cell; so the length only ever skips surplus bytes, never rewinds.
+    ``strict_crc=False`` skips the CRC; ``utc_offset`` (minutes east, from the connection's login)
+    converts the device's local times to UTC. Unknown protocol numbers give a frame of type
+    "unknown" rather than an error: the caller counts and skips them without dropping the
+    connection. Bytes after the fields a layout defines are ignored, since device variants
+    append their own.
     """
-    declared = r.uint(1)
-    if not declared:
-        return {}
-    start = r.position
-    cell = _read_cell(r)
-    r.take(max(0, declared - 1 - (r.position - start)))
-    return cell
-
-
-def _read_status(r: _Reader) -> Fields:
-    """Terminal info, voltage level and GSM level.
-
-    The levels are not range-checked: device captures send values such as 0x55 and 0x1B where
-    the document allows 0-6 and 0-4.
-    """
-    info = r.uint(1)
-    return {
-        "acc": bool(info & ACC_ON),
-        "charging": bool(info & CHARGING),
-        "voltage_level": r.uint(1),
-        "gsm_signal": r.uint(1),
-    }
-
-
-def _alarm_name(code: int) -> str:
-    return ALARMS.get(code, f"alarm_0x{code:02x}")
-
-
-def _decode_login(r: _Reader) -> Fields:
-    digits = r.take(8).hex()
-    if not digits.isdigit() or digits[0] != "0":
-        raise r.error("terminal id is not a 15-digit BCD IMEI")
-    fields: Fields = {"imei": digits[1:]}
-    if r.remaining >= 2:  # newer devices: type id, then a time-zone/language word we do not need
-        fields["type_id"] = r.uint(2)
-    return fields
-
-
-def _decode_location(r: _Reader) -> Fields:
-    fields = _read_position(r) | _read_cell(r)
-    if r.protocol == PROTO_LOCATION_UTC:
-        fields["acc"] = r.uint(1) != 0
-        fields["upload_mode"] = r.uint(1)
-        fields["reupload"] = r.uint(1) != 0
-        if r.remaining >= 4:
-            fields["mileage"] = r.uint(4)
-    return fields
-
-
-def _decode_heartbeat(r: _Reader) -> Fields:
-    fields = _read_status(r)
-    r.take(2)  # alarm/language: alarms are reported from alarm frames only
-    return fields
-
-
-def _decode_alarm(r: _Reader) -> Fields:
-    fields = _read_position(r) | _read_sized_cell(r) | _read_status(r)
-    fields["alarm"] = _alarm_name(r.uint(1))
-    r.take(1)  # language
-    if r.remaining >= 4:
-        fields["mileage"] = r.uint(4)
-    return fields
-
-
-def _no_fields(r: _Reader) -> Fields:
-    return {}
-
-
-_DECODERS: dict[int, tuple[str, Callable[[_Reader], Fields]]] = {
-    PROTO_LOGIN: ("login", _decode_login),
-    PROTO_LOCATION: ("location", _decode_location),
-    PROTO_LOCATION_UTC: ("location", _decode_location),
-    PROTO_HEARTBEAT: ("heartbeat", _decode_heartbeat),
-    PROTO_ALARM: ("alarm", _decode_alarm),
-    PROTO_ALARM_UTC: ("alarm", _decode_alarm),
-}
-
-
-def decode_frame(raw: bytes, strict_crc: bool = True) -> Frame:
-    """Decode exactly one raw frame (start marker through 0D 0A); ``strict_crc=False`` skips the CRC.
-
-    Unknown protocol numbers give a frame of type "unknown" rather than an error: the caller
-    counts and skips them without dropping the connection. Bytes after the fields a protocol
-    defines are ignored, since device variants append their own.
-    """
+    if _is_counted(raw):
+        if _counted_size(raw) != len(raw) or raw[-2:] != STOP:
+            raise FrameError("bad_length", f"{len(raw)} bytes, Wi-Fi report of another size")
+        content = Content(raw[4:-2], raw[3], raw[2], extended=False, offset_min=utc_offset)
+        kind, fields = decode_content(content)
+        return Frame(type=kind, protocol=raw[3], serial=0, **fields)
     size = _frame_size(raw)
     if size != len(raw):
         header = "incomplete" if size is None else f"announces {size}"
@@ -424,22 +265,49 @@ def decode_frame(raw: bytes, strict_crc: bool = True) -> Frame:
         _check_integrity(raw)
     elif raw[-2:] != STOP:
         raise FrameError("bad_stop", f"frame of {len(raw)} bytes")
-    width = 1 if raw[:2] == SHORT_START else 2
+    extended = raw[:2] == LONG_START
+    width = 2 if extended else 1
     protocol = raw[2 + width]
-    kind, decode = _DECODERS.get(protocol, ("unknown", _no_fields))
-    fields = decode(_Reader(raw[3 + width : -6], protocol))
-    return Frame(type=kind, protocol=protocol, serial=int.from_bytes(raw[-6:-4], "big"), **fields)
+    serial = int.from_bytes(raw[-6:-4], "big")
+    length = int.from_bytes(raw[2 : 2 + width], "big")
+    content = Content(raw[3 + width : -6], protocol, length, extended, utc_offset)
+    kind, fields = decode_content(content)
+    return Frame(type=kind, protocol=protocol, serial=serial, **fields)
 
 
-def ack_for(frame: Frame) -> bytes | None:
-    """The server reply the device waits for, or None for locations and unknown frames.
-
-    Unanswered logins and heartbeats make a device reconnect or reboot; unanswered alarms are
-    sent again.
-    """
-    if frame.protocol not in _ACKED:
+def _reply(kind: str, protocol: int, serial: int, extended: bool) -> bytes | None:
+    if kind == "unknown" or protocol == PROTO_TIME_REQUEST:  # the time reply is made when sent
         return None
-    return build_frame(frame.protocol, b"", frame.serial)
+    if protocol == PROTO_ADDRESS_REQUEST:  # no address lookup here: the documented "not available"
+        text = b"NA&&NA&&0##"
+        return build_frame(PROTO_ADDRESS_REPLY, bytes([len(text)]) + bytes(4) + text, serial, extended=True)
+    if extended and protocol in _EXTENDED_REPLY:
+        return build_frame(protocol, b"", serial, extended=True)
+    if protocol in NO_ACK:
+        return None
+    return build_frame(protocol, b"", serial)
+
+
+def timezone_minutes(timezone: str | None) -> int:
+    """A login's "+05:30" as minutes east of UTC (330); None (no time zone sent) means UTC."""
+    if not timezone:
+        return 0
+    hours, minutes = int(timezone[1:3]), int(timezone[4:6])
+    return (hours * 60 + minutes) * (-1 if timezone[0] == "-" else 1)
+
+
+def ack_for(frame: Frame, raw: bytes | None = None) -> bytes | None:
+    """The server reply the device waits for, or None for positions, information and unknown frames.
+
+    ``raw`` (the frame as received) matters for the layouts answered in kind: a counted Wi-Fi
+    report is answered with its own time, an AZ735 extended frame with an extended reply.
+    Unanswered logins and heartbeats make a device reconnect or reboot; unanswered alarms and
+    LBS/Wi-Fi reports are sent again. A time request (0x8A) is answered with ``time_reply``.
+    """
+    if raw is not None and _is_counted(raw):
+        return SHORT_START + bytes([0, raw[3]]) + raw[4:10] + STOP  # echoes the report's time, no CRC
+    extended = raw is not None and raw[:2] == LONG_START
+    return _reply(frame.type, frame.protocol, frame.serial, extended)
 
 
 # --- replies ---------------------------------------------------------------------------------

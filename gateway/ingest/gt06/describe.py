@@ -5,36 +5,49 @@ from __future__ import annotations
 import json
 from typing import TextIO
 
-from gateway.ingest.gt06.codec import Frame, FrameError, Framer, ack_for, decode_frame
+import msgspec
+
+from gateway.ingest.gt06.codec import Frame, FrameError, Framer, ack_for, decode_frame, timezone_minutes
 
 __all__ = ["decode_hex_command", "frame_to_json"]
 
 
 _JSON_KEYS = (
-    "type", "protocol", "serial", "imei", "time", "latitude", "longitude", "speed_kmh",
-    "course", "valid", "satellites", "mcc", "mnc", "lac", "cell_id", "alarm",
+    "type", "protocol", "serial", "imei", "timezone", "time", "latitude", "longitude", "altitude", "speed_kmh",
+    "course", "valid", "satellites", "mcc", "mnc", "lac", "cell_id", "cells", "wifi_aps", "acc", "charging",
+    "voltage_level", "gsm_signal", "battery_v", "battery_level", "power_v", "door", "network", "iccid", "imsi",
+    "alarm", "mileage",
 )  # fmt: skip
 
 
-def frame_to_json(frame: Frame) -> dict[str, object]:
+def frame_to_json(frame: Frame, raw: bytes | None = None) -> dict[str, object]:
     """The keys ``gateway decode gt06`` prints (absent fields omitted) plus the reply as hex."""
     out: dict[str, object] = {}
     for key in _JSON_KEYS:
         value = getattr(frame, key)
         if value is not None:
-            out[key] = value
-    ack = ack_for(frame)
+            out[key] = msgspec.to_builtins(value)
+    ack = ack_for(frame, raw)
     out["ack"] = ack.hex().upper() if ack else None
     return out
 
 
-def _describe(item: bytes | FrameError) -> dict[str, object]:
-    if isinstance(item, FrameError):
-        return {"error": item.reason}
-    try:
-        return frame_to_json(decode_frame(item))
-    except FrameError as exc:
-        return {"error": exc.reason}
+class _Session:
+    """Frames of one hex argument: a login's time zone applies to the times after it."""
+
+    def __init__(self) -> None:
+        self.utc_offset = 0
+
+    def describe(self, item: bytes | FrameError) -> dict[str, object]:
+        if isinstance(item, FrameError):
+            return {"error": item.reason}
+        try:
+            frame = decode_frame(item, utc_offset=self.utc_offset)
+        except FrameError as exc:
+            return {"error": exc.reason}
+        if frame.type == "login":
+            self.utc_offset = timezone_minutes(frame.timezone)
+        return frame_to_json(frame, item)
 
 
 def _decode_argument(argument: str) -> list[dict[str, object]]:
@@ -45,7 +58,8 @@ def _decode_argument(argument: str) -> list[dict[str, object]]:
     if not data:
         return [{"error": "bad_hex"}]
     framer = Framer()
-    results = [_describe(item) for item in framer.feed(data)]
+    session = _Session()
+    results = [session.describe(item) for item in framer.feed(data)]
     if framer.bytes_buffered:  # a frame cut short by the end of the argument
         results.append({"error": "bad_length"})
     return results

@@ -37,6 +37,7 @@ from gateway.ingest.gt06.codec import (
     ack_for,
     decode_frame,
     time_reply,
+    timezone_minutes,
 )
 from gateway.ingest.gt06.limits import Limits
 from gateway.ingest.gt06.record import to_message
@@ -67,6 +68,7 @@ class Counters(msgspec.Struct, kw_only=True):
     messages: int = 0  # normalised messages the handler accepted
     acks: int = 0  # ACK frames written
     time_requests: int = 0  # 0x8A requests answered with the server's UTC time
+    address_requests: int = 0  # 0x2A requests answered "not available" (no address lookup here)
     unknown_protocol: int = 0  # well-formed frames of a protocol we do not decode (skipped)
     before_login: int = 0  # frames other than login before a login (skipped, no ACK)
     garbage: int = 0  # runs of bytes without a start marker
@@ -135,6 +137,7 @@ class _Connection:
             max_frame=limits.max_buffer, max_buffer=limits.max_buffer, strict_crc=not limits.accept_bad_crc
         )
         self.imei: str | None = None
+        self.utc_offset = 0  # minutes east: the login's time zone, for the device's local times
         self.errors = 0
         self.loop = asyncio.get_running_loop()
         self.deadline = self.loop.time() + limits.login_timeout  # login, then idle: see _alive
@@ -191,7 +194,7 @@ class _Connection:
 
     async def _frame(self, raw: bytes) -> None:
         try:
-            frame = decode_frame(raw, strict_crc=not isinstance(raw, UncheckedFrame))
+            frame = decode_frame(raw, strict_crc=not isinstance(raw, UncheckedFrame), utc_offset=self.utc_offset)
         except FrameError as exc:
             self._error(exc)
             return
@@ -201,7 +204,7 @@ class _Connection:
             counters.bad_crc_accepted += 1
         if self.imei is not None:
             self._alive()
-        if frame.type == "unknown" and frame.protocol != PROTO_TIME_REQUEST:
+        if frame.type == "unknown":
             counters.unknown_protocol += 1
             return
         if frame.type == "login":
@@ -213,9 +216,13 @@ class _Connection:
         elif self.imei is None:
             counters.before_login += 1  # no ACK either: an unacknowledged tracker logs in again
             return
-        elif frame.protocol == PROTO_TIME_REQUEST:
-            self.writer.write(time_reply(frame.serial))
-            counters.time_requests += 1
+        elif frame.type == "request":  # answered, nothing to forward
+            if frame.protocol == PROTO_TIME_REQUEST:
+                self.writer.write(time_reply(frame.serial))
+                counters.time_requests += 1
+            else:
+                self.writer.write(ack_for(frame, raw) or b"")
+                counters.address_requests += 1
             return
         else:
             imei = self.imei
@@ -230,9 +237,10 @@ class _Connection:
             counters.messages += 1
         if frame.type == "login":
             self.imei = imei
+            self.utc_offset = timezone_minutes(frame.timezone)
             self._alive()
             counters.logins += 1
-        ack = ack_for(frame)
+        ack = ack_for(frame, raw)
         if ack is not None:
             self.writer.write(ack)
             counters.acks += 1
