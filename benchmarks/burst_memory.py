@@ -89,7 +89,7 @@ async def probe(gw: GatewayProcess, local: Mosquitto, sink: Sink, index: int) ->
     raise RuntimeError("the gateway did not relay a probe:\n" + (gw.work / "gateway.log").read_text()[-2000:])
 
 
-async def run(scenario: str, n: int, timeout: float) -> dict:
+async def run(scenario: str, n: int, limit_s: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
         work = Path(tmp)
         with Mosquitto(work / "local", name="local", extra=BROKER_CONF) as local, \
@@ -117,7 +117,7 @@ async def run(scenario: str, n: int, timeout: float) -> dict:
                     t0 = time.monotonic()
                     await publish(local.port, packets)
                     publish_s = time.monotonic() - t0
-                done = await sink.wait(n, timeout, idle=30.0)
+                done = await sink.wait(n, limit_s, idle=30.0)
                 elapsed = time.monotonic() - t0
                 peak, rss = vm(pid, "VmHWM"), vm(pid, "VmRSS")
                 got = len({i for _, i in sink.arrivals})
