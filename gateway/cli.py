@@ -254,6 +254,9 @@ def cmd_reveal(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    if args.protocol == "jt808":
+        from gateway.ingest.jt808.describe import decode_hex_command as jt808
+        return jt808(args.hex, sys.stdout)
     from gateway.ingest.gt06.describe import decode_hex_command
 
     return decode_hex_command(args.hex, sys.stdout)
@@ -318,9 +321,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     from gateway.bundle import InitError, init_site
 
     try:
-        written = init_site(args.folder)
+        written = init_site(args.folder, systemd=args.systemd)
     except InitError as exc:
         print(f"gateway init: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:  # not a folder, not writable
+        print(f"gateway init: {exc.strerror or exc}: {exc.filename or args.folder}", file=sys.stderr)
         return EXIT_FAIL
     for path in written:
         print(path)
@@ -545,7 +551,8 @@ def parser() -> argparse.ArgumentParser:
               "gateway spool resend --config site/config.toml --all   # with the gateway stopped"],
              "exit codes: 0 done; 1 the spool is busy (resend while the gateway runs) or failed; "
              "2 bad config, no spool file, or no --id/--all")
-    sp.add_argument("action", choices=("list", "resend", "purge"))
+    sp.add_argument("action", choices=("list", "resend", "purge"),
+                    help="list the quarantined messages, resend them to the cloud, or purge them")
     sp.add_argument("--config", required=True, metavar="FILE", help="the gateway's config.toml")
     sp.add_argument("--worker", type=int, default=0, help="worker index (each worker has its own spool; default 0)")
     sp.add_argument("--id", type=int, action="append", default=[], metavar="ID",
@@ -565,7 +572,8 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add("consent", "the consent issuer's key and signed records (docs/operations.md, Consent)",
              ["gateway consent keygen /secure/consent-issuer.key",
-              "gateway consent grant --key /secure/consent-issuer.key 358756091234567 precise_location --expires-in 31536000",
+              "gateway consent grant --key /secure/consent-issuer.key 358756091234567 precise_location "
+              "--expires-in 31536000",
               "gateway consent revoke --key /secure/consent-issuer.key 358756091234567 precise_location"],
              "exit codes: 0 done; 2 the key cannot be read or written")
     csub = sp.add_subparsers(dest="action", required=True, metavar="ACTION", help="keygen, grant or revoke")
@@ -595,9 +603,10 @@ def parser() -> argparse.ArgumentParser:
     op.set_defaults(func=cmd_deadletter)
 
     sp = add("decode", "decode device frames, e.g. gateway decode gt06 HEX",
-             ["gateway decode gt06 78780D01012345678901234500018CDD0D0A"],
+             ["gateway decode gt06 78780D01012345678901234500018CDD0D0A",
+              "gateway decode jt808 7e0002000004304832546500b7ca7e"],
              "exit codes: 0 every frame decoded; 1 a frame is invalid")
-    sp.add_argument("protocol", choices=("gt06",), help="frame protocol")
+    sp.add_argument("protocol", choices=("gt06", "jt808"), help="frame protocol")
     sp.add_argument("hex", nargs="+", metavar="HEX", help="frames as hex")
     sp.set_defaults(func=cmd_decode)
 
@@ -620,9 +629,14 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
 
     sp = add("init", "write a working site folder: config.toml, rules/ (the bundled packs), keys.json (0600)",
-             ["gateway init /etc/gateway && gateway check /etc/gateway/rules/*.toml"],
-             "exit codes: 0 written; 1 the folder already has a config, key file or pack (nothing is overwritten)")
+             ["gateway init /etc/gateway && gateway check /etc/gateway/rules/*.toml",
+              "gateway init --systemd /etc/telemetry-gateway    # for deploy/systemd/telemetry-gateway.service"],
+             "exit codes: 0 written; 1 the folder already has a config, key file or pack (nothing is overwritten), "
+             "or cannot be written")
     sp.add_argument("folder", metavar="DIR", help="site folder (created if missing)")
+    sp.add_argument("--systemd", action="store_true",
+                    help="lay the config out for deploy/systemd: keys as a credential, spool in the "
+                    "unit's state directory /var/lib/telemetry-gateway")
     sp.set_defaults(func=cmd_init)
     return p
 

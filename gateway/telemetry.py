@@ -305,21 +305,25 @@ class Metrics:
 
     def register_gt06(self, counters: Any) -> None:
         """Export a GT06 listener's counters, read through their ``snapshot()`` at scrape time."""
-        r = self.registry
+        self.register_ingest("gt06", "GT06 listener", "tracker", counters)
 
-        class _Gt06(Collector):
+    def register_ingest(self, name: str, what: str, device: str, counters: Any) -> None:
+        """Export a tracker listener's counters as ``gateway_<name>_events{event}`` and
+        ``gateway_<name>_connections`` (open now), read through ``snapshot()`` at scrape time."""
+
+        class _Ingest(Collector):
             def collect(self) -> Iterator[Metric]:
                 values = counters.snapshot()
                 open_now = values.pop("open_connections")
                 events = CounterMetricFamily(
-                    "gateway_gt06_events", "GT06 listener events (connections, frames, bad input)", labels=["event"]
+                    f"gateway_{name}_events", f"{what} events (connections, frames, bad input)", labels=["event"]
                 )
-                for name, value in values.items():
-                    events.add_metric([name], value)
+                for event, value in values.items():
+                    events.add_metric([event], value)
                 yield events
-                yield GaugeMetricFamily("gateway_gt06_connections", "Open tracker connections", open_now)
+                yield GaugeMetricFamily(f"gateway_{name}_connections", f"Open {device} connections", open_now)
 
-        r.register(_Gt06())
+        self.registry.register(_Ingest())
 
     def register_engine(self, engine: Engine) -> None:
         """Export ``engine``'s plans; call again with the new engine after a hot reload."""
@@ -394,7 +398,11 @@ def merge_pages(pages: dict[str, str], own: CollectorRegistry | None = None) -> 
     """
     families: dict[str, Metric] = {}
     for worker, text in pages.items():
-        for family in text_string_to_metric_families(text):
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except ValueError:  # a truncated page (the worker died mid-answer): left out of this scrape
+            continue
+        for family in parsed:
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)

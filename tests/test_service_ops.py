@@ -177,7 +177,7 @@ def test_configuration_doc_example_loads_and_documents_every_key(tmp_path: Path)
     cfg = load_config(tmp_path / "c.toml")
     assert cfg.cloud.tls and cfg.cloud.cert_file and cfg.ingest.gt06.listen == "0.0.0.0:5023"
     structs = [Config, Endpoint, type(cfg.spool), type(cfg.metrics), type(cfg.log), type(cfg.consent),
-               type(cfg.reconnect), type(cfg.ingest.gt06), type(cfg.keys)]
+               type(cfg.reconnect), type(cfg.ingest.gt06), type(cfg.ingest.jt808), type(cfg.keys)]
     for struct in structs:
         for name in struct.__struct_fields__:
             if name != "path" or struct is not Config:

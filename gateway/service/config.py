@@ -22,6 +22,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.ingest.gt06.limits import Limits
+from gateway.ingest.jt808.limits import Limits as Jt808Limits
 from gateway.service.consent import ConsentKeyError, public_key
 
 __all__ = ["Config", "ConfigError", "Endpoint", "load_config"]
@@ -252,8 +253,63 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return frozenset(self.allowed_imeis) if self.allowed_imeis is not None else None
 
 
+_JT808 = Jt808Limits()
+
+
+class Jt808(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Native TCP ingress for JT/T 808 terminals (see gateway/ingest/jt808/listener.py)."""
+
+    listen: str = ""  # e.g. "0.0.0.0:8808"; "" = off
+    max_connections: int = _JT808.max_connections
+    max_connections_per_peer: int = _JT808.max_connections_per_peer
+    max_buffer: int = _JT808.max_buffer
+    idle_timeout_s: float = _JT808.idle_timeout
+    login_timeout_s: float = _JT808.login_timeout
+    max_frames_per_second: float = _JT808.max_frames_per_second
+    frame_burst: int = _JT808.frame_burst
+    max_bad_frames: int = _JT808.max_bad_frames
+    max_subpackages: int = _JT808.max_subpackages
+    allowed_terminals: list[str] | None = None  # None: any terminal that registers
+    allowed_terminals_file: str = ""  # or one terminal number per line
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            _, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError('listen must be "host:port"')
+        if self.allowed_terminals is not None and self.allowed_terminals_file:
+            raise ValueError("set allowed_terminals or allowed_terminals_file, not both")
+        self._limits(None)
+
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def limits(self) -> Jt808Limits:
+        return self._limits(self.allow_list())
+
+    def _limits(self, allowed: frozenset[str] | None) -> Jt808Limits:
+        return Jt808Limits(
+            max_connections=self.max_connections, max_connections_per_peer=self.max_connections_per_peer,
+            max_buffer=self.max_buffer, idle_timeout=self.idle_timeout_s, login_timeout=self.login_timeout_s,
+            max_frames_per_second=self.max_frames_per_second, frame_burst=self.frame_burst,
+            max_bad_frames=self.max_bad_frames, max_subpackages=self.max_subpackages, allowed_terminals=allowed,
+        )
+
+    def allow_list(self) -> frozenset[str] | None:
+        """The terminal allow-list (a file is read when the listener starts and on SIGHUP)."""
+        if self.allowed_terminals_file:
+            try:
+                lines = Path(self.allowed_terminals_file).read_text().split()
+            except OSError as exc:
+                raise ConfigError(f"allowed_terminals_file {self.allowed_terminals_file}: {exc.strerror}") from None
+            return frozenset(x for x in lines if not x.startswith("#"))
+        return frozenset(self.allowed_terminals) if self.allowed_terminals is not None else None
+
+
 class Ingest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gt06: Gt06 = msgspec.field(default_factory=Gt06)
+    jt808: Jt808 = msgspec.field(default_factory=Jt808)
 
 
 class Keys(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -369,6 +425,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     cfg.keys_file = _resolve(base, cfg.keys_file)
     cfg.spool.path = _resolve(base, cfg.spool.path)
     cfg.ingest.gt06.allowed_imeis_file = _resolve(base, cfg.ingest.gt06.allowed_imeis_file)
+    cfg.ingest.jt808.allowed_terminals_file = _resolve(base, cfg.ingest.jt808.allowed_terminals_file)
     cfg.consent.public_keys_file = _resolve(base, cfg.consent.public_keys_file)
     cfg.consent.verify_keys()
     cfg.path = str(path.resolve())
@@ -381,6 +438,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 LIVE_KEYS = frozenset({
     "policies", "shadow_policies", "trusted_policy_keys", "keys_file", "dead_letter", "shutdown_timeout_s",
     "consent", "log", "reconnect", "keys", "ingest.gt06.allowed_imeis", "ingest.gt06.allowed_imeis_file",
+    "ingest.jt808.allowed_terminals", "ingest.jt808.allowed_terminals_file",
 })
 
 

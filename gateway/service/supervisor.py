@@ -39,6 +39,7 @@ POLL_S = 0.2
 
 
 SCRAPE_TIMEOUT_S = 3.0
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via $http_proxy
 
 
 class WorkerPages:
@@ -53,7 +54,7 @@ class WorkerPages:
 
     def _get(self, port: int, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=SCRAPE_TIMEOUT_S) as r:
+            with _LOOPBACK.open(f"http://127.0.0.1:{port}{path}", timeout=SCRAPE_TIMEOUT_S) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, ""

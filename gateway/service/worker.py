@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.ingest.gt06 import listener as gt06_listener
+from gateway.ingest.jt808 import listener as jt808_listener
 from gateway.keys import KeyFileError, Keyring
 from gateway.ops.base import BoundedCache
 from gateway.pipeline import Engine, Forward, Reject
@@ -124,6 +125,7 @@ class Worker:
         self._consent_logged: set[str] = set()
         self._sealer: Sealer | None = None
         self._trackers: Any = None  # the GT06 listener (worker 0, when configured)
+        self._terminals: Any = None  # the JT/T 808 listener (worker 0, when configured)
         self.uplink: Uplink | None = None
         self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
 
@@ -164,13 +166,18 @@ class Worker:
         down = asyncio.create_task(self._local_loop(), name="local")
         sweep = asyncio.create_task(self._sweep_stale_sessions(), name="sweep") if self.index == 0 else None
         trackers = self._trackers = None
+        terminals = self._terminals = None
         try:
             if cfg.ingest.gt06.listen and self.index == 0:
                 trackers = self._trackers = await self._start_gt06()
+            if cfg.ingest.jt808.listen and self.index == 0:
+                terminals = self._terminals = await self._start_jt808()
             await self._stop.wait()
         finally:
             if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
                 await gt06_listener.stop(trackers)
+            if terminals is not None:
+                await jt808_listener.stop(terminals)
             if sweep is not None:  # what it has not acknowledged stays in the old session, swept next time
                 sweep.cancel()
                 await asyncio.gather(sweep, return_exceptions=True)
@@ -222,6 +229,16 @@ class Worker:
         host, port = g.address()
         server = await gt06_listener.serve(host, port, self._on_tracker_message, limits, counters)
         self.gt06_port = server.sockets[0].getsockname()[1]
+        return server
+
+    async def _start_jt808(self) -> Any:
+        j = self.cfg.ingest.jt808
+        counters = jt808_listener.Counters()
+        self.metrics.register_ingest("jt808", "JT/T 808 listener", "terminal", counters)
+        host, port = j.address()
+        auth_key = self.engine.keyring.derive("jt808|authentication-code")  # the same on every worker and host
+        server = await jt808_listener.serve(host, port, self._on_tracker_message, auth_key, j.limits(), counters)
+        self.jt808_port = server.sockets[0].getsockname()[1]
         return server
 
     async def _on_tracker_message(self, topic: str, payload: bytes) -> None:
@@ -501,6 +518,7 @@ class Worker:
             consents = self.consents if new.consent == self.cfg.consent else _consents(new)
             sealer = _dead_letters(new, engine)
             limits = new.ingest.gt06.limits() if self._trackers is not None else None
+            jt808_limits = new.ingest.jt808.limits() if self._terminals is not None else None
         except (ConfigError, PolicyError, KeyFileError, PolicySetError, OSError, ValueError) as exc:
             self.metrics.policy_reloads.labels("refused").inc()
             self.metrics.config_reload_success.set(0)
@@ -520,6 +538,8 @@ class Worker:
             self.uplink.reconnect = new.reconnect
         if limits is not None:
             gt06_listener.update_limits(self._trackers, limits)
+        if jt808_limits is not None:
+            jt808_listener.update_limits(self._terminals, jt808_limits)
         if new.log != old.log:
             configure_logging(json={"auto": None, "json": True, "console": False}[new.log.format], level=new.log.level)
         self.metrics.policy_reloads.labels("ok").inc()
