@@ -496,7 +496,7 @@ def test_gateway_run_refuses_a_url_with_credentials_without_printing_them(tmp_pa
     for url in ["mqtts://cloud.example.com:8883/?password=S3CRET-CANARY", "mqtts://site:S3CRET-CANARY@cloud.example.com"]:
         r = subprocess.run([GATEWAY, "run", "--config", str(config(tmp_path, LOCAL + f'[cloud]\nurl = "{url}"\n'))],
                            capture_output=True, text=True, timeout=60)
-        assert r.returncode == 2 and "url" in r.stderr
+        assert r.returncode == 78 and "url" in r.stderr  # EX_CONFIG (docs/operations.md, Exit codes)
         assert "S3CRET" not in r.stdout + r.stderr and "CANARY" not in r.stdout + r.stderr
 
 

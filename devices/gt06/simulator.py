@@ -168,10 +168,10 @@ class _Acks:
         self._framer = Framer()
         self._ready: list[bytes] = []
 
-    async def next(self, timeout: float) -> tuple[int, int] | None:
+    async def next(self, wait: float) -> tuple[int, int] | None:
         """(protocol, serial) of the next reply; None on EOF, timeout or a broken reply."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 while not self._ready:
                     data = await self._reader.read(4096)
                     if not data:
