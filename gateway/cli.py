@@ -24,6 +24,20 @@ from gateway.policy.load import PolicyError, load
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
 
+RUN_EXIT_CODES = (
+    "exit codes: 0 stopped by SIGTERM/SIGINT after draining; 2 usage error (command line); "
+    "69 a port to listen on is taken ([metrics] listen, [ingest.gt06] listen): a later start may succeed; "
+    "70 internal error (logged as gateway_crashed with the exception type and location); "
+    "78 configuration: the config, a policy, the keys, a secret (password_env/password_file) or a TLS file "
+    "cannot be used, checked before connecting, the message naming the key and the file or variable; "
+    "with --workers N a worker exiting 78 stops the supervisor with 78 (docs/operations.md, Exit codes)"
+)
+
+VALIDATE_EXIT_CODES = (
+    "exit codes: 0 every check passed; 1 --connect: a broker could not be reached or refused the connection; "
+    "2 usage error; 78 configuration: the config, a policy, the keys, a secret or a TLS file cannot be used"
+)
+
 
 def _keyring(args: argparse.Namespace) -> Keyring:
     if getattr(args, "test_keys", False):
@@ -56,7 +70,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             source = load(path, trusted)
             if trusted is not None:
                 print(f"signature ok {path}: signed by key {source.signer}")
-            Engine([source], Keyring.test())  # compile: catches rule conflicts, not just schema
+            engine = Engine([source], Keyring.test())  # compile: catches rule conflicts, not just schema
+            if args.dump_code:
+                _dump_code(engine)
             ran, failures = run_tests(source)
         except PolicyError as exc:
             print(f"invalid: {exc}", file=sys.stderr)
@@ -68,6 +84,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             status = max(status, EXIT_FAIL)
         print(f"{'ok' if not failures else 'FAIL'} {path}: {ran - len(failures)}/{ran} inline tests passed")
     return status
+
+
+def _dump_code(engine: Engine) -> None:
+    """The Python generated for each plan (what a traceback through the hot path points into)."""
+    from gateway.policy.codegen import sources
+
+    for plan in engine.plans:
+        generated = sources(plan.run)
+        if not generated:
+            print(f"# {plan.name}: default = \"keep\", run by the dict interpreter (no generated code)")
+        for filename, source in generated:
+            print(f"# --- {filename}\n{source}")
 
 
 def _reject_line(result, topic: str | None = None) -> str:
@@ -342,43 +370,156 @@ def _version() -> str:
     return _package_version()
 
 
+def _startup_log(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Load the config and set up logging as it says; a config that cannot load is logged as JSON
+    unless stderr is a terminal (the format it asks for is unknown)."""
+    from gateway.service.config import ConfigError, load_config
+    from gateway.telemetry import configure_logging, get_logger, route_process_output
+
+    log = get_logger("gateway.startup")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        configure_logging(json=None)
+        log.error("startup_failed", key="config", error=str(exc), code=78)
+        return None, log
+    supervisor = getattr(args, "workers", 1) > 1 and getattr(args, "worker", None) is None
+    worker = "supervisor" if supervisor else (getattr(args, "worker", None) or 0)
+    configure_logging(json={"auto": None, "json": True, "console": False}[cfg.log.format], level=cfg.log.level,
+                      worker=worker)
+    route_process_output()
+    return cfg, log
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
+    import errno
 
-    from gateway.service.config import ConfigError, load_config
-    from gateway.service.supervisor import supervise
+    from gateway.service import preflight as pf
+    from gateway.telemetry import ListenError
+
+    if args.workers < 1:
+        print("gateway run: --workers must be at least 1", file=sys.stderr)
+        return pf.EX_USAGE
+    cfg, log = _startup_log(args)
+    if cfg is None:
+        return pf.EX_CONFIG
+    if args.workers > 1 and not cfg.group:
+        log.error("startup_failed", key="group", code=pf.EX_CONFIG,
+                  error='--workers > 1 needs a shared-subscription group: set group = "..." in the config')
+        return pf.EX_CONFIG
+    try:
+        pf.check_files(cfg)
+        pf.check_engine(cfg)
+    except pf.StartupError as exc:
+        log.error("startup_failed", key=exc.key, error=str(exc), code=exc.code)
+        return exc.code
+    if args.workers > 1 and args.worker is None:
+        from gateway.service.supervisor import supervise
+
+        try:
+            return supervise(cfg, args.config, args.workers)
+        except ListenError as exc:  # the one scrape target's port
+            code = pf.EX_UNAVAILABLE if exc.errno == errno.EADDRINUSE else pf.EX_CONFIG
+            log.error("startup_failed", key="[metrics] listen", error=f"[metrics] listen {exc.strerror}", code=code)
+            return code
+    if args.worker is not None:  # a supervised worker
+        import os
+
+        from gateway.service.supervisor import PARENT_ENV, die_with_parent
+
+        if os.environ.get(PARENT_ENV, "").isdigit():
+            die_with_parent(int(os.environ[PARENT_ENV]))
+    if args.metrics_listen is not None:  # a supervised worker: its page is merged by the supervisor
+        cfg.metrics.listen = args.metrics_listen
+    index = args.worker or 0
+    try:
+        return asyncio.run(_serve(cfg, index, args.workers))
+    except pf.StartupError as exc:
+        log.error("startup_failed", key=exc.key, error=str(exc), code=exc.code)
+        return exc.code
+    except ListenError as exc:
+        code = pf.EX_UNAVAILABLE if exc.errno == errno.EADDRINUSE else pf.EX_CONFIG
+        log.error("startup_failed", key="[metrics] listen", error=f"[metrics] listen {exc.strerror}", code=code)
+        return code
+    except OSError as exc:  # e.g. the GT06 port is taken, the spool cannot be created
+        code = pf.EX_UNAVAILABLE if exc.errno == errno.EADDRINUSE else pf.EX_CONFIG
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("startup_failed", key="", error=f"{where}{exc.strerror or str(exc) or exc.__class__.__name__}",
+                  code=code, exc_info=exc)
+        return code
+    except Exception as exc:
+        log.critical("gateway_crashed", exc_info=exc, code=pf.EX_SOFTWARE)
+        return pf.EX_SOFTWARE
+
+
+async def _serve(cfg: Any, index: int, workers: int) -> int:
+    """One worker, with the loop's exception handler turning stray task errors into JSON events."""
+    import asyncio
+    import os
+
+    from gateway.service import preflight as pf
+    from gateway.service.config import ConfigError
+    from gateway.service.supervisor import RESTARTS_ENV
     from gateway.service.worker import PolicySetError, Worker
-    from gateway.telemetry import configure_logging
+    from gateway.telemetry import loop_exception_handler
+
+    asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
+    worker = Worker(cfg, index, workers)
+    worker.metrics.worker_restarts.inc(int(os.environ.get(RESTARTS_ENV, "0") or 0))
+    try:
+        return await worker.run()
+    except (PolicyError, PolicySetError, KeyFileError) as exc:  # changed between the check and the start
+        raise pf.StartupError("policies", str(exc)) from None
+    except ConfigError as exc:
+        raise pf.StartupError("config", str(exc)) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """The start-up checks of ``gateway run`` without serving; ``--connect`` also tries both brokers once."""
+    from gateway.service import preflight as pf
+    from gateway.service.config import ConfigError, load_config
+
+    def report(ok: bool | None, what: str, detail: str = "") -> None:
+        print(f"{'ok  ' if ok else 'warn' if ok is None else 'FAIL'} {what}" + (f": {detail}" if detail else ""))
 
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        print(f"gateway: invalid config: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    configure_logging(json={"auto": None, "json": True, "console": False}[cfg.log.format], level=cfg.log.level)
-    if args.workers < 1:
-        print("gateway: --workers must be at least 1", file=sys.stderr)
-        return EXIT_INVALID
-    if args.workers > 1 and args.worker is None:
-        if not cfg.group:
-            print("gateway: --workers > 1 needs a shared-subscription group: set group = \"...\" in the config",
-                  file=sys.stderr)
-            return EXIT_INVALID
+        report(False, "config", str(exc))
+        return pf.EX_CONFIG
+    report(True, "config", cfg.path)
+    status = pf.EX_OK
+    for name, check in (("secrets, TLS files, allow-list, spool folder", pf.check_files),
+                        ("keys and policies (inline tests)", pf.check_engine)):
         try:
-            return supervise(args.config, args.workers, metrics_listen=cfg.metrics.listen)
-        except OSError as exc:  # the metrics port is taken
-            print(f"gateway: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_INVALID
-    if args.metrics_listen is not None:  # a supervised worker: its page is merged by the supervisor
-        cfg.metrics.listen = args.metrics_listen
-    try:
-        return asyncio.run(Worker(cfg, args.worker or 0, args.workers).run())
-    except (PolicySetError, ConfigError) as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except OSError as exc:  # e.g. the metrics or GT06 port is taken, the spool path is not writable
-        print(f"gateway: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return EXIT_INVALID
+            check(cfg)
+            report(True, name)
+        except pf.StartupError as exc:
+            report(False, str(exc))
+            status = pf.EX_CONFIG
+    ports = [("[metrics] listen", cfg.metrics.address())]
+    if cfg.ingest.gt06.listen:
+        ports.append(("[ingest.gt06] listen", cfg.ingest.gt06.address()))
+    for key, address in ports:
+        if address is None or not address[1]:
+            continue
+        try:
+            pf.check_port(key, *address)
+            report(True, key, f"{address[0]}:{address[1]} free")
+        except pf.StartupError as exc:
+            report(None, key, f"{exc.detail} (a running gateway holds it? `gateway run` would exit {exc.code})")
+    if args.connect and status == pf.EX_OK:
+        import asyncio
+
+        from gateway.service.probe import probe
+
+        for side, ep in (("local", cfg.local), ("cloud", cfg.cloud)):
+            error = asyncio.run(probe(ep))
+            report(not error, f"[{side}] {ep.url}", error or "CONNECT accepted, disconnected")
+            if error:
+                status = pf.EX_FAIL
+    return status
 
 
 EXITS_OFFLINE = "exit codes: 0 ok; 2 invalid policy, key file or arguments"
@@ -477,6 +618,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("policy", nargs="+", metavar="POLICY", help="policy TOML file(s)")
     sp.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                     help="a signer's public key (repeatable): refuse packs without a valid signature from one")
+    sp.add_argument("--dump-code", action="store_true",
+                    help="also print the Python generated for each policy's hot path (for debugging)")
     sp.set_defaults(func=cmd_check)
 
     sp = add("minimise", "minimise JSON lines from stdin",
@@ -612,14 +755,19 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add("run", "run the gateway service (local broker -> minimise -> cloud)",
              ["gateway run --config /etc/gateway/config.toml", "gateway run --config config.toml --workers 2"],
-             "exit codes: 0 stopped by SIGTERM/SIGINT; 2 invalid config, policies or keys, or a port or path "
-             "that cannot be used (a restart will not help)\nsignals: SIGTERM/SIGINT stop cleanly; SIGHUP reloads "
+             RUN_EXIT_CODES + "\nsignals: SIGTERM/SIGINT stop cleanly; SIGHUP reloads "
              "policies and keys (refused, and counted, if they fail `gateway check`)")
     sp.add_argument("--config", required=True, metavar="FILE", help="config.toml (see docs/configuration.md)")
     sp.add_argument("--workers", type=int, default=1, help="worker processes on a shared subscription (default 1)")
     sp.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     sp.add_argument("--metrics-listen", default=None, help=argparse.SUPPRESS)  # set by the supervisor
     sp.set_defaults(func=cmd_run)
+
+    sp = add("validate", "run the start-up checks of `gateway run` without serving",
+             ["gateway validate --config /etc/gateway/config.toml --connect"], VALIDATE_EXIT_CODES)
+    sp.add_argument("--config", required=True, metavar="FILE", help="config.toml (see docs/configuration.md)")
+    sp.add_argument("--connect", action="store_true", help="also connect to both brokers once (CONNECT, disconnect)")
+    sp.set_defaults(func=cmd_validate)
 
     sp = add("demo", "live demo: brokers, simulated devices, gateway, what the cloud receives",
              ["gateway demo", "gateway demo --offline"],
