@@ -11,12 +11,6 @@ import re
 from datetime import UTC, datetime
 
 from gateway.ingest.gt06.codec import (
-    ACC_ON,
-    ALARMS,
-    CHARGING,
-    FIX,
-    MNC_2_BYTES,
-    NORTH,
     PROTO_ALARM,
     PROTO_ALARM_UTC,
     PROTO_HEARTBEAT,
@@ -25,10 +19,9 @@ from gateway.ingest.gt06.codec import (
     PROTO_LOGIN,
     SHORT_START,
     STOP,
-    UNITS_PER_DEGREE,
-    WEST,
     build_frame,
 )
+from gateway.ingest.gt06.decoders import ACC_ON, CHARGING, FIX, MNC_2_BYTES, NORTH, UNITS_PER_DEGREE, WEST
 
 __all__ = [
     "build_alarm",
@@ -42,7 +35,12 @@ __all__ = [
 
 _LANGUAGE_ENGLISH = 0x02
 _TIMEZONE_UTC = b"\x00\x00"  # login time-zone/language word: GMT+0, east
-_ALARM_CODES = {name: code for code, name in ALARMS.items()}
+# The codes a simulated tracker sends for each alarm name (the decoder maps several codes to
+# some names; these are the ones the Concox document lists first).
+_ALARM_CODES = {
+    "normal": 0x00, "sos": 0x01, "power_cut": 0x02, "vibration": 0x03, "enter_fence": 0x04, "exit_fence": 0x05,
+    "overspeed": 0x06, "moving": 0x09, "low_battery": 0x0E, "power_off": 0x11, "tamper": 0x13, "door": 0x14,
+}  # fmt: skip
 _UNNAMED_ALARM = re.compile(r"alarm_0x([0-9a-f]{2})")
 _IMEI = re.compile(r"[0-9]{15}")
 
