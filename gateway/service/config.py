@@ -89,7 +89,7 @@ class Endpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     @property
     def tls(self) -> bool:
-        return self.url.startswith("mqtts://")
+        return urlsplit(self.url).scheme == "mqtts"  # urlsplit lower-cases the scheme: "MQTTS://" is TLS too
 
     @property
     def port(self) -> int:
