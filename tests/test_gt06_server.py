@@ -661,6 +661,7 @@ async def test_simulator_command_line(start: Start) -> None:
     await listener.recorder.wait_for(3 * 13)
 
 
+@pytest.mark.slow
 async def test_a_thousand_concurrent_trackers(start: Start) -> None:
     devices, count = 1000, 3
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -90,6 +90,7 @@ def test_check_refuses_a_renamed_pack_and_a_copied_signature(signed: tuple[Path,
     assert r.returncode != 0 and "renamed or copied" in r.stderr
 
 
+@pytest.mark.slow
 def test_signing_key_rotation_trusts_both_keys_during_the_change(signed: tuple[Path, Path, Path],
                                                                  tmp_path: Path) -> None:
     pack, _key, pub = signed
@@ -283,6 +284,7 @@ def test_shadow_pack_counts_differences_and_forwards_nothing(
 # -- key rotation without a flag day ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rotation_records_the_previous_key_and_retire_refuses_the_active_one(tmp_path: Path) -> None:
     keys = tmp_path / "keys.json"
     assert gw("keygen", keys).returncode == 0

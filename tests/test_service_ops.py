@@ -86,6 +86,7 @@ def test_credentials_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.M
     assert cfg.cloud.credentials() == ("site-8", "s3cret-from-env")
 
 
+@pytest.mark.slow
 def test_run_refuses_bad_config_and_failing_policy(tmp_path: Path) -> None:
     bad = _config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://cloud.example.com"\n')
     r = subprocess.run([GATEWAY, "run", "--config", str(bad)], capture_output=True, text=True, timeout=30)
@@ -136,6 +137,7 @@ def test_sighup_reload_adopts_a_good_policy_and_refuses_a_bad_one(site) -> None:
     assert 'version="2.2.0"' in gw.metrics()
 
 
+@pytest.mark.slow
 def test_the_sample_config_runs_against_one_local_mosquitto(tmp_path: Path, broker: Mosquitto) -> None:
     """config.toml as shipped (one broker as site and cloud), only its port and paths moved here."""
     text = (ROOT / "config.toml").read_text()
@@ -189,6 +191,7 @@ def test_configuration_doc_example_loads_and_documents_every_key(tmp_path: Path)
                     f"{struct.__name__}.{name} undocumented"
 
 
+@pytest.mark.slow
 def test_readyz_follows_the_local_broker_and_secrets_stay_out_of_logs(
     tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]
 ) -> None:
