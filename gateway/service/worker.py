@@ -126,6 +126,7 @@ class Worker:
         self._reject_logged: set[tuple[str, str]] = set()
         self._consent_logged: set[str] = set()
         self._sealer: Sealer | None = None
+        self._conn: Client | None = None  # the current local connection, from before its CONNACK
         self._trackers: Any = None  # the GT06 listener (worker 0, when configured)
         self.uplink: Uplink | None = None
         self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
@@ -258,6 +259,7 @@ class Worker:
                 assert self.uplink is not None
                 self.uplink.local_gen = self.gen
                 self._ack = acker(client)
+                self._conn = client  # dead letters of that backlog go out on it too
                 async with client:
                     self.local = client
                     self.metrics.connected.labels("local").set(1)
@@ -492,7 +494,7 @@ class Worker:
                         note="further rejections of this kind are only counted")
         dl, sealer = self.cfg.dead_letter, self._sealer
         if dl and sealer is not None:
-            client = self.local
+            client = self._conn
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = [("reason", result.reason), ("policy", name), ("rule", result.rule)]
             # Sealed for the key holder: the raw payload and topic are personal data.
