@@ -25,7 +25,9 @@ Per candidate (rounds interleaved, one candidate running at a time, each round a
 - added latency p50/p99 at 50 % and 80 % of its own median rate: a paced publisher, each
   message's index in its kept ``time`` field, minus the no-relay path at the same rate;
 - restart: ``--restart`` messages queued at the site broker for its persistent session
-  while it is stopped, then how many reach the sink after it starts again.
+  while it is stopped (SIGTERM), then how many reach the sink after it starts again;
+- SIGKILL: as many published at full rate, the candidate killed once a quarter of them
+  arrived, then started again: how many arrive in the end (and how many twice).
 
     .venv/bin/python benchmarks/end_to_end.py [--messages 30000] [--rounds 3] [--only gateway-x1,node-red]
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -53,7 +56,9 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.mosquitto import Mosquitto, free_port  # noqa: E402
 
-BROKER_CONF = "max_inflight_messages 1000\nmax_queued_messages 1000000\nset_tcp_nodelay true\n"
+# Mosquitto's in-flight window per client (20 by default) raised for every candidate alike; Nagle off,
+# as a latency-sensitive deployment sets it (otherwise small packets wait for delayed ACKs).
+BROKER_CONF = "max_inflight_messages {inflight}\nmax_queued_messages 1000000\nset_tcp_nodelay true\n"
 POLICY = ROOT / "rules" / "jimi-tracksolid.toml"
 NODE_RED_DIR = ROOT / "benchmarks" / ".node-red"
 PEERS = ROOT / "benchmarks" / "peers"
@@ -323,6 +328,15 @@ async def publish(port: int, packets: list[bytes], window: int = 2000, rate: flo
 # -- candidates --------------------------------------------------------------------------------
 
 
+def _cpu(pid: int) -> float:
+    """user+sys CPU seconds of one process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError):
+        return 0.0
+
+
 def node_red_bin() -> Path | None:
     """node-red@4 in benchmarks/.node-red (installed on first use); None where npm is absent."""
     exe = NODE_RED_DIR / "node_modules" / ".bin" / "node-red"
@@ -339,8 +353,9 @@ def node_red_bin() -> Path | None:
 
 
 class Candidate:
-    def __init__(self, name: str, site: Mosquitto, cloud: Mosquitto, work: Path) -> None:
+    def __init__(self, name: str, site: Mosquitto, cloud: Mosquitto, work: Path, inflight: int = 0) -> None:
         self.name, self.site, self.cloud, self.work = name, site, cloud, work
+        self.inflight = inflight  # the gateway's max_inflight (0: its default)
         self.procs: list[subprocess.Popen] = []
         self.client_id = f"bench-{name}"
         work.mkdir(parents=True, exist_ok=True)
@@ -377,31 +392,40 @@ class Candidate:
             if not keys.exists():
                 subprocess.run([py, "-m", "gateway.cli", "keygen", str(keys)], check=True, capture_output=True)
             group = 'group = "bench"\n' if self.workers > 1 else ""
+            inflight = f"max_inflight = {self.inflight}\n" if self.inflight else ""
             cfg.write_text(
                 f'policies = ["{POLICY}"]\nkeys_file = "{keys}"\n{group}'
-                f'[local]\nurl = "{self.site.url}"\nclient_id = "{self.client_id}"\n'
-                f'[cloud]\nurl = "{self.cloud.url}"\nclient_id = "{self.client_id}-up"\n'
+                f'[local]\nurl = "{self.site.url}"\nclient_id = "{self.client_id}"\n{inflight}'
+                f'[cloud]\nurl = "{self.cloud.url}"\nclient_id = "{self.client_id}-up"\n{inflight}'
                 f'[spool]\npath = "{self.work / "spool.db"}"\n[metrics]\nlisten = ""\n[log]\nlevel = "warning"\n'
             )
             profile = os.environ.get("BENCH_PROFILE")  # a path: run the gateway under cProfile, written there on exit
-            cmd = [py, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "gateway.cli", "run", "--config", str(cfg)]
+            cmd = [py, *(["-m", "cProfile", "-o", profile] if profile else []),
+                   "-m", "gateway.cli", "run", "--config", str(cfg)]
             if self.workers > 1:
                 cmd += ["--workers", str(self.workers)]
             self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=log))
 
-    def cpu_seconds(self) -> float:
-        """user+sys CPU of the candidate's processes and their children so far."""
-        total, pids = 0.0, [p.pid for p in self.procs]
+    def pids(self) -> list[int]:
+        """The candidate's processes and their children."""
+        pids = [p.pid for p in self.procs]
         for pid in list(pids):
             out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
             pids += [int(x) for x in out.split()]
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            except (OSError, IndexError):
-                pass
-        return total
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """user+sys CPU of the candidate's processes and their children so far."""
+        return sum(_cpu(pid) for pid in self.pids())
+
+    def kill(self) -> None:
+        """SIGKILL every process of the candidate: a crash, nothing flushed."""
+        for pid in reversed(self.pids()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for p in self.procs:
+            p.wait()
+        self.procs = []
 
     def stop(self) -> None:
         for p in self.procs:
@@ -426,6 +450,11 @@ class Bench:
     def __init__(self, site: Mosquitto, cloud: Mosquitto, window: int) -> None:
         self.site, self.cloud, self.window = site, cloud, window
         self.next_index = 0
+
+    def others_cpu(self) -> tuple[float, float, float]:
+        """CPU seconds so far of the site broker, the cloud broker and this harness."""
+        return (_cpu(self.site._proc.pid), _cpu(self.cloud._proc.pid),  # type: ignore[union-attr]
+                time.process_time())
 
     def indices(self, n: int) -> int:
         first = self.next_index
@@ -460,12 +489,15 @@ class Bench:
             packets = _publishes(self.indices(n), n)
             sink.reset(track=False)
             cpu0 = cand.cpu_seconds() if cand else 0.0
+            others0 = self.others_cpu()
             await publish(self.site.port, packets, self.window)
             await sink.wait(n, 300, idle=10.0)
             cpu = cand.cpu_seconds() - cpu0 if cand else 0.0
+            others = [(b - a) / max(1, sink.count) * 1e6 for a, b in zip(others0, self.others_cpu(), strict=True)]
             span = sink.last - sink.first
             return {"msg_s": sink.count / span if span > 0 else float("nan"),
-                    "cpu_us": cpu / max(1, sink.count) * 1e6, "arrived": sink.count}
+                    "cpu_us": cpu / max(1, sink.count) * 1e6, "arrived": sink.count,
+                    "site_us": others[0], "cloud_us": others[1], "harness_us": others[2]}
         finally:
             if cand is not None:
                 cand.stop()
@@ -519,6 +551,29 @@ class Bench:
             sink.close()
 
 
+    async def crash(self, cand: Candidate, n: int) -> dict:
+        """Publish ``n`` messages at full rate, SIGKILL the candidate after a quarter of them
+        reached the sink, start it again: how many of the ``n`` arrive in the end."""
+        sink = await self.sink(cand.name)
+        try:
+            await self.ready(cand, sink)
+            first = self.indices(n)
+            sink.reset()
+            pub = asyncio.create_task(publish(self.site.port, _publishes(first, n), self.window))
+            await sink.wait(n // 4, 120)
+            cand.kill()
+            await pub
+            cand.start()
+            await sink.wait(10**9, 300, idle=15.0)
+            got = [i for _, i in sink.arrivals if first <= i < first + n]
+            return {"published": n, "arrived": len(set(got)), "duplicates": len(got) - len(set(got))}
+        finally:
+            cand.stop()
+            for sid in cand.session_ids():
+                await forget_session(self.site.port, sid)
+            sink.close()
+
+
 def _fmt(x: float, spec: str = ",.0f") -> str:
     return "-" if x != x else format(x, spec)  # NaN -> "-"
 
@@ -530,6 +585,8 @@ async def main() -> int:
     ap.add_argument("--window", type=int, default=2000, help="publisher's QoS 1 messages in flight")
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each latency phase")
     ap.add_argument("--restart", type=int, default=20000, help="messages queued while a candidate is stopped (0: skip)")
+    ap.add_argument("--inflight", type=int, default=0,
+                    help="gateway max_inflight (both sides; 0: default) and brokers' max_inflight_messages")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CANDIDATES)}")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -541,16 +598,19 @@ async def main() -> int:
     results: dict[str, dict] = {name: {"runs": []} for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         work = Path(tmp)
-        with Mosquitto(work / "site", name="site", extra=BROKER_CONF) as site, \
-                Mosquitto(work / "cloud", name="cloud", extra=BROKER_CONF) as cloud:
+        conf = BROKER_CONF.format(inflight=max(1000, args.inflight))
+        with Mosquitto(work / "site", name="site", extra=conf) as site, \
+                Mosquitto(work / "cloud", name="cloud", extra=conf) as cloud:
             bench = Bench(site, cloud, args.window)
-            cands = {n: Candidate(n, site, cloud, work / n) for n in names if n != "ceiling"}
+            cands = {n: Candidate(n, site, cloud, work / n, args.inflight) for n in names if n != "ceiling"}
             for rnd in range(args.rounds):  # interleaved, so machine noise hits every candidate alike
                 for name in names:
                     r = await bench.throughput(name, cands.get(name), args.messages)
                     results[name]["runs"].append(r)
-                    print(f"round {rnd + 1} {name}: {r['msg_s']:,.0f} msg/s, {r['cpu_us']:.0f} us/msg, "
-                          f"{r['arrived']}/{args.messages} arrived", file=sys.stderr, flush=True)
+                    print(f"round {rnd + 1} {name}: {r['msg_s']:,.0f} msg/s, {r['cpu_us']:.0f} us/msg "
+                          f"(site broker {r['site_us']:.0f}, cloud broker {r['cloud_us']:.0f}, harness "
+                          f"{r['harness_us']:.0f}), {r['arrived']}/{args.messages} arrived",
+                          file=sys.stderr, flush=True)
             for name in names:
                 res = results[name]
                 res["msg_s"] = statistics.median(r["msg_s"] for r in res["runs"])
@@ -566,6 +626,8 @@ async def main() -> int:
                 if args.restart and name != "ceiling":
                     res["restart"] = await bench.restart(cands[name], args.restart)
                     print(f"{name} restart: {res['restart']}", file=sys.stderr, flush=True)
+                    res["crash"] = await bench.crash(cands[name], args.restart)
+                    print(f"{name} crash: {res['crash']}", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -574,17 +636,20 @@ async def main() -> int:
     print(f"\n{args.messages:,} messages per round, QoS 1, publisher window {args.window}, "
           f"{args.rounds} rounds (median; all rounds in brackets)\n")
     print("| candidate | msg/s | rounds | / Node-RED | / ceiling | CPU us/msg | lost | "
-          "+p50 / +p99 ms at 50 % | +p50 / +p99 ms at 80 % | restart: arrived / queued |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "+p50 / +p99 ms at 50 % | +p50 / +p99 ms at 80 % | restart: arrived / queued | "
+          "SIGKILL: arrived / published (duplicates) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         r = results[name]
         lat = " | ".join(f"{_fmt(r[k]['added_p50'], '.2f')} / {_fmt(r[k]['added_p99'], '.2f')}"
                          for k in ("lat50", "lat80"))
         rs = r.get("restart")
         restart = f"{rs['arrived']:,} / {rs['queued']:,}" if rs else "-"
+        cr = r.get("crash")
+        crash = f"{cr['arrived']:,} / {cr['published']:,} ({cr['duplicates']:,})" if cr else "-"
         rounds = ", ".join(f"{x['msg_s']:,.0f}" for x in r["runs"])
         print(f"| {name} | {r['msg_s']:,.0f} | {rounds} | {_fmt(r['msg_s'] / nr, '.2f')}x | "
-              f"{r['msg_s'] / ceiling:.2f}x | {_fmt(r['cpu_us'])} | {r['lost']} | {lat} | {restart} |")
+              f"{r['msg_s'] / ceiling:.2f}x | {_fmt(r['cpu_us'])} | {r['lost']} | {lat} | {restart} | {crash} |")
     if "gateway-x1" in results and "gateway-x2" in results:
         print(f"\ngateway x2 / x1: {results['gateway-x2']['msg_s'] / results['gateway-x1']['msg_s']:.2f}x")
     print("Latency: ceiling row = the no-relay path itself (absolute p50/p99 ms): "

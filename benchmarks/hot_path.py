@@ -10,7 +10,11 @@ them alike, and reported as medians over the rounds:
                    policy with the standard library (hmac, ipaddress), as a
                    hand-written script would.
 
-Run: .venv/bin/python benchmarks/hot_path.py [--rounds 7] [--seconds 0.5]
+The mix (``--mix``): the five simulators' own streams (devices/*/simulator.py, 2,000
+messages each, awkward cases included), all five policy packs in one Engine, against a
+bare msgspec decode+encode (dict) of the same bytes; per system and for the whole mix.
+
+Run: .venv/bin/python benchmarks/hot_path.py [--rounds 7] [--seconds 0.5] [--mix]
 """
 
 from __future__ import annotations
@@ -133,11 +137,58 @@ def measure(fn, payloads: list[bytes], seconds: float) -> float:
             return (time.perf_counter() - start) / n * 1e6
 
 
+def mix(rounds: int, seconds: float, per_system: int = 2000) -> None:
+    """The five simulators' streams through one Engine with all five packs, vs the msgspec floor."""
+    import itertools
+
+    from devices.simulate import SYSTEMS
+
+    engine = Engine([load(p) for p in sorted((ROOT / "rules").glob("*.toml"))], Keyring.test())
+    streams = {name: [(s.topic, s.payload) for s in itertools.islice(mod.messages(devices=50, seed=3), per_system)]
+               for name, mod in SYSTEMS.items()}
+    streams["all five"] = [m for ms in streams.values() for m in ms]
+    dec, enc = msgspec.json.Decoder(), msgspec.json.Encoder()
+    now = time.time()
+    process = engine.process
+
+    def run_engine(ms: list[tuple[str, bytes]]) -> None:
+        for topic, payload in ms:
+            process(topic, payload, now)
+
+    def run_floor(ms: list[tuple[str, bytes]]) -> None:
+        for _, payload in ms:
+            enc.encode(dec.decode(payload))
+
+    forwarded = {name: sum(process(t, p, now).__class__.__name__ == "Forward" for t, p in ms)
+                 for name, ms in streams.items()}  # also warms the caches, as a running gateway has them
+    samples: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for name, ms in streams.items():
+            for label, fn in (("engine", run_engine), ("floor", run_floor)):
+                n, start = 0, time.perf_counter()
+                while time.perf_counter() - start < seconds:
+                    fn(ms)
+                    n += len(ms)
+                samples.setdefault((name, label), []).append((time.perf_counter() - start) / n * 1e6)
+    print(f"\nmix: {per_system} messages per system, all five packs in one Engine (leak guard as the packs set it); "
+          f"median of {rounds} rounds x {seconds}s")
+    print(f"{'stream':24s} {'mean B':>7s} {'fwd':>6s} {'engine us':>10s} {'floor us':>9s} {'ratio':>6s}")
+    for name, ms in streams.items():
+        e = statistics.median(samples[(name, "engine")])
+        f = statistics.median(samples[(name, "floor")])
+        size = statistics.mean(len(p) for _, p in ms)
+        print(f"{name:24s} {size:7.0f} {forwarded[name]:6d} {e:10.2f} {f:9.2f} {f / e:5.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.5, help="per candidate per round")
+    ap.add_argument("--mix", action="store_true", help="only the five simulators' mix")
     args = ap.parse_args()
+    if args.mix:
+        mix(args.rounds, args.seconds)
+        return
 
     messages = make_messages()
     DATA.write_text("".join(json.dumps(m, separators=(",", ":")) + "\n" for m in messages))

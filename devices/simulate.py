@@ -5,7 +5,8 @@
 Credentials come from ``MQTT_USERNAME`` / ``MQTT_PASSWORD`` (never from the command line, where
 other users could read them in the process list). ``mqtts://`` uses TLS with the system's
 trusted CAs. ``--system jimi-gt06 --gt06 host:port`` instead drives GT06 trackers over TCP, via
-``devices.gt06.simulator``.
+``devices.gt06.simulator``, and ``--system jimi-jt808 --jt808 host:port`` JT/T 808 terminals, via
+``devices.jt808.simulator``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ __all__ = ["SYSTEMS", "Summary", "client_for", "main", "publish"]
 
 SYSTEMS: dict[str, ModuleType] = {m.SYSTEM: m for m in (smartlocker_jenix, jimi_tracksolid, jimi_wifikit, mijack_power_inlock, smartjac)}
 GT06 = "jimi-gt06"
+JT808 = "jimi-jt808"
+TCP_SYSTEMS = (GT06, JT808)
 _WINDOW = 256  # QoS 1 publishes awaiting their PUBACK at once: one at a time would be RTT-bound
 
 
@@ -113,9 +116,10 @@ async def publish(
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m devices.simulate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--system", required=True, choices=[*SYSTEMS, GT06])
+    p.add_argument("--system", required=True, choices=[*SYSTEMS, *TCP_SYSTEMS])
     p.add_argument("--url", help="broker, mqtt://host:port or mqtts://host:port (MQTT systems)")
     p.add_argument("--gt06", metavar="HOST:PORT", help="GT06 TCP listener (--system jimi-gt06)")
+    p.add_argument("--jt808", metavar="HOST:PORT", help="JT/T 808 TCP listener (--system jimi-jt808)")
     p.add_argument("--rate", type=float, default=0, help="messages per second, 0 = as fast as possible (default)")
     p.add_argument("--count", type=int, help="stop after N messages")
     p.add_argument("--seconds", type=float, help="stop after S seconds")
@@ -126,12 +130,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    "(for gateway diff) instead of publishing; - is stdout; --count defaults to 1000")
     args = p.parse_args(argv)
     if args.dump:
-        if args.system == GT06:
-            p.error("--dump writes MQTT systems' messages; GT06 frames have no topic")
+        if args.system in TCP_SYSTEMS:
+            p.error("--dump writes MQTT systems' messages; tracker frames have no topic")
         return args
     if args.system == GT06 and not args.gt06:
         p.error("--system jimi-gt06 needs --gt06 host:port")
-    if args.system != GT06 and not args.url:
+    if args.system == JT808 and not args.jt808:
+        p.error("--system jimi-jt808 needs --jt808 host:port")
+    if args.system not in TCP_SYSTEMS and not args.url:
         p.error(f"--system {args.system} needs --url mqtt://host:port")
     return args
 
@@ -161,6 +167,21 @@ def dump(samples: Iterable[Sample], count: int, out: BinaryIO) -> int:
     return n
 
 
+async def _jt808(args: argparse.Namespace) -> int:
+    """JT/T 808 terminals over TCP: ``--count`` and ``--rate`` are per terminal (one connection each)."""
+    from devices.jt808 import simulator
+
+    host, _, port = args.jt808.rpartition(":")
+    bounds = {"count": args.count} if args.count is not None else {}
+    if args.seconds is not None:
+        bounds["duration"] = args.seconds
+    stats = await simulator.run(host.strip("[]") or "127.0.0.1", int(port), devices=args.devices, rate=args.rate,
+                                seed=args.seed, **bounds)
+    errors = "" if stats.ok else f", errors {stats.errors}"
+    print(Summary(sum(stats.sent.values()), stats.seconds).line(JT808) + errors)
+    return 0 if stats.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.dump:
@@ -176,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.system == GT06:
             return asyncio.run(_gt06(args))
+        if args.system == JT808:
+            return asyncio.run(_jt808(args))
         samples = SYSTEMS[args.system].messages(devices=args.devices, seed=args.seed)
         summary = asyncio.run(publish(args.url, samples, rate=args.rate, count=args.count, qos=args.qos, duration=args.seconds))
     except KeyboardInterrupt:

@@ -31,17 +31,29 @@ def sample_config() -> str:
     return (resources.files("gateway") / "config.sample.toml").read_text()
 
 
-def _site_config() -> str:
-    """The sample, with the key file and spool inside the site folder (paths are relative to the config)."""
+SYSTEMD_STATE = "/var/lib/telemetry-gateway"  # the unit's StateDirectory (deploy/systemd)
+
+
+def _site_config(systemd: bool = False) -> str:
+    """The sample, with the key file and spool inside the site folder (paths are relative to the config).
+
+    ``systemd``: laid out for deploy/systemd/telemetry-gateway.service instead: the key
+    file reaches the service as a credential ($GATEWAY_KEYS_FILE), and the spool lives
+    in the unit's state directory (the rest of the file system is read-only to it).
+    """
     text = "# Written by `gateway init`: file names below are relative to this folder.\n" + sample_config()
-    text = re.sub(r'(?m)^keys_file = .*$', 'keys_file = "keys.json"            # mode 0600; rotate with: '
-                  'gateway keygen --rotate keys.json', text)
-    text = re.sub(r'(?m)^path = "[^"]*spool\.db".*$', 'path = "spool/spool.db"           # minimised messages only',
-                  text)
-    return text
+    if systemd:
+        keys = ('# keys_file is not set: the unit passes keys.json as a credential ($GATEWAY_KEYS_FILE).\n'
+                '# Rotate with: gateway keygen --rotate keys.json, then systemctl reload telemetry-gateway')
+        spool = f'path = "{SYSTEMD_STATE}/spool.db"   # the unit\'s StateDirectory; minimised messages only'
+    else:
+        keys = 'keys_file = "keys.json"            # mode 0600; rotate with: gateway keygen --rotate keys.json'
+        spool = 'path = "spool/spool.db"           # minimised messages only'
+    text = re.sub(r'(?m)^keys_file = .*$', lambda _: keys, text)
+    return re.sub(r'(?m)^path = "[^"]*spool\.db".*$', lambda _: spool, text)
 
 
-def init_site(folder: str | Path) -> list[Path]:
+def init_site(folder: str | Path, systemd: bool = False) -> list[Path]:
     """Write ``folder``/config.toml, rules/ (the packs) and keys.json (0600); return what was written.
 
     Refuses to overwrite: a site folder holds keys, and a second ``init`` must not
@@ -59,6 +71,6 @@ def init_site(folder: str | Path) -> list[Path]:
         dest.write_bytes(pack.read_bytes())
         written.append(dest)
     config = folder / "config.toml"
-    config.write_text(_site_config())
+    config.write_text(_site_config(systemd))
     keygen(folder / "keys.json")
     return [config, folder / "keys.json", *written]

@@ -24,6 +24,20 @@ from gateway.policy.load import PolicyError, load
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
 
+RUN_EXIT_CODES = (
+    "exit codes: 0 stopped by SIGTERM/SIGINT after draining; 2 usage error (command line); "
+    "69 a port to listen on is taken ([metrics] listen, [ingest.gt06] listen): a later start may succeed; "
+    "70 internal error (logged as gateway_crashed with the exception type and location); "
+    "78 configuration: the config, a policy, the keys, a secret (password_env/password_file) or a TLS file "
+    "cannot be used, checked before connecting, the message naming the key and the file or variable; "
+    "with --workers N a worker exiting 78 stops the supervisor with 78 (docs/operations.md, Exit codes)"
+)
+
+VALIDATE_EXIT_CODES = (
+    "exit codes: 0 every check passed; 1 --connect: a broker could not be reached or refused the connection; "
+    "2 usage error; 78 configuration: the config, a policy, the keys, a secret or a TLS file cannot be used"
+)
+
 
 def _keyring(args: argparse.Namespace) -> Keyring:
     if getattr(args, "test_keys", False):
@@ -254,6 +268,9 @@ def cmd_reveal(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
+    if args.protocol == "jt808":
+        from gateway.ingest.jt808.describe import decode_hex_command as jt808
+        return jt808(args.hex, sys.stdout)
     from gateway.ingest.gt06.describe import decode_hex_command
 
     return decode_hex_command(args.hex, sys.stdout)
@@ -318,9 +335,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     from gateway.bundle import InitError, init_site
 
     try:
-        written = init_site(args.folder)
+        written = init_site(args.folder, systemd=args.systemd)
     except InitError as exc:
         print(f"gateway init: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:  # not a folder, not writable
+        print(f"gateway init: {exc.strerror or exc}: {exc.filename or args.folder}", file=sys.stderr)
         return EXIT_FAIL
     for path in written:
         print(path)
@@ -336,43 +356,156 @@ def _version() -> str:
     return _package_version()
 
 
+def _startup_log(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Load the config and set up logging as it says; a config that cannot load is logged as JSON
+    unless stderr is a terminal (the format it asks for is unknown)."""
+    from gateway.service.config import ConfigError, load_config
+    from gateway.telemetry import configure_logging, get_logger, route_process_output
+
+    log = get_logger("gateway.startup")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        configure_logging(json=None)
+        log.error("startup_failed", key="config", error=str(exc), code=78)
+        return None, log
+    supervisor = getattr(args, "workers", 1) > 1 and getattr(args, "worker", None) is None
+    worker = "supervisor" if supervisor else (getattr(args, "worker", None) or 0)
+    configure_logging(json={"auto": None, "json": True, "console": False}[cfg.log.format], level=cfg.log.level,
+                      worker=worker)
+    route_process_output()
+    return cfg, log
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
+    import errno
 
-    from gateway.service.config import ConfigError, load_config
-    from gateway.service.supervisor import supervise
+    from gateway.service import preflight as pf
+    from gateway.telemetry import ListenError
+
+    if args.workers < 1:
+        print("gateway run: --workers must be at least 1", file=sys.stderr)
+        return pf.EX_USAGE
+    cfg, log = _startup_log(args)
+    if cfg is None:
+        return pf.EX_CONFIG
+    if args.workers > 1 and not cfg.group:
+        log.error("startup_failed", key="group", code=pf.EX_CONFIG,
+                  error='--workers > 1 needs a shared-subscription group: set group = "..." in the config')
+        return pf.EX_CONFIG
+    try:
+        pf.check_files(cfg)
+        pf.check_engine(cfg)
+    except pf.StartupError as exc:
+        log.error("startup_failed", key=exc.key, error=str(exc), code=exc.code)
+        return exc.code
+    if args.workers > 1 and args.worker is None:
+        from gateway.service.supervisor import supervise
+
+        try:
+            return supervise(cfg, args.config, args.workers)
+        except ListenError as exc:  # the one scrape target's port
+            code = pf.EX_UNAVAILABLE if exc.errno == errno.EADDRINUSE else pf.EX_CONFIG
+            log.error("startup_failed", key="[metrics] listen", error=f"[metrics] listen {exc.strerror}", code=code)
+            return code
+    if args.worker is not None:  # a supervised worker
+        import os
+
+        from gateway.service.supervisor import PARENT_ENV, die_with_parent
+
+        if os.environ.get(PARENT_ENV, "").isdigit():
+            die_with_parent(int(os.environ[PARENT_ENV]))
+    if args.metrics_listen is not None:  # a supervised worker: its page is merged by the supervisor
+        cfg.metrics.listen = args.metrics_listen
+    index = args.worker or 0
+    try:
+        return asyncio.run(_serve(cfg, index, args.workers))
+    except pf.StartupError as exc:
+        log.error("startup_failed", key=exc.key, error=str(exc), code=exc.code)
+        return exc.code
+    except ListenError as exc:
+        code = pf.EX_UNAVAILABLE if exc.errno == errno.EADDRINUSE else pf.EX_CONFIG
+        log.error("startup_failed", key="[metrics] listen", error=f"[metrics] listen {exc.strerror}", code=code)
+        return code
+    except OSError as exc:  # e.g. the GT06 port is taken, the spool cannot be created
+        code = pf.EX_UNAVAILABLE if exc.errno == errno.EADDRINUSE else pf.EX_CONFIG
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("startup_failed", key="", error=f"{where}{exc.strerror or str(exc) or exc.__class__.__name__}",
+                  code=code, exc_info=exc)
+        return code
+    except Exception as exc:
+        log.critical("gateway_crashed", exc_info=exc, code=pf.EX_SOFTWARE)
+        return pf.EX_SOFTWARE
+
+
+async def _serve(cfg: Any, index: int, workers: int) -> int:
+    """One worker, with the loop's exception handler turning stray task errors into JSON events."""
+    import asyncio
+    import os
+
+    from gateway.service import preflight as pf
+    from gateway.service.config import ConfigError
+    from gateway.service.supervisor import RESTARTS_ENV
     from gateway.service.worker import PolicySetError, Worker
-    from gateway.telemetry import configure_logging
+    from gateway.telemetry import loop_exception_handler
+
+    asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
+    worker = Worker(cfg, index, workers)
+    worker.metrics.worker_restarts.inc(int(os.environ.get(RESTARTS_ENV, "0") or 0))
+    try:
+        return await worker.run()
+    except (PolicyError, PolicySetError, KeyFileError) as exc:  # changed between the check and the start
+        raise pf.StartupError("policies", str(exc)) from None
+    except ConfigError as exc:
+        raise pf.StartupError("config", str(exc)) from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """The start-up checks of ``gateway run`` without serving; ``--connect`` also tries both brokers once."""
+    from gateway.service import preflight as pf
+    from gateway.service.config import ConfigError, load_config
+
+    def report(ok: bool | None, what: str, detail: str = "") -> None:
+        print(f"{'ok  ' if ok else 'warn' if ok is None else 'FAIL'} {what}" + (f": {detail}" if detail else ""))
 
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        print(f"gateway: invalid config: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    configure_logging(json={"auto": None, "json": True, "console": False}[cfg.log.format], level=cfg.log.level)
-    if args.workers < 1:
-        print("gateway: --workers must be at least 1", file=sys.stderr)
-        return EXIT_INVALID
-    if args.workers > 1 and args.worker is None:
-        if not cfg.group:
-            print("gateway: --workers > 1 needs a shared-subscription group: set group = \"...\" in the config",
-                  file=sys.stderr)
-            return EXIT_INVALID
+        report(False, "config", str(exc))
+        return pf.EX_CONFIG
+    report(True, "config", cfg.path)
+    status = pf.EX_OK
+    for name, check in (("secrets, TLS files, allow-list, spool folder", pf.check_files),
+                        ("keys and policies (inline tests)", pf.check_engine)):
         try:
-            return supervise(args.config, args.workers, metrics_listen=cfg.metrics.listen)
-        except OSError as exc:  # the metrics port is taken
-            print(f"gateway: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_INVALID
-    if args.metrics_listen is not None:  # a supervised worker: its page is merged by the supervisor
-        cfg.metrics.listen = args.metrics_listen
-    try:
-        return asyncio.run(Worker(cfg, args.worker or 0, args.workers).run())
-    except (PolicySetError, ConfigError) as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except OSError as exc:  # e.g. the metrics or GT06 port is taken, the spool path is not writable
-        print(f"gateway: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return EXIT_INVALID
+            check(cfg)
+            report(True, name)
+        except pf.StartupError as exc:
+            report(False, str(exc))
+            status = pf.EX_CONFIG
+    ports = [("[metrics] listen", cfg.metrics.address())]
+    if cfg.ingest.gt06.listen:
+        ports.append(("[ingest.gt06] listen", cfg.ingest.gt06.address()))
+    for key, address in ports:
+        if address is None or not address[1]:
+            continue
+        try:
+            pf.check_port(key, *address)
+            report(True, key, f"{address[0]}:{address[1]} free")
+        except pf.StartupError as exc:
+            report(None, key, f"{exc.detail} (a running gateway holds it? `gateway run` would exit {exc.code})")
+    if args.connect and status == pf.EX_OK:
+        import asyncio
+
+        from gateway.service.probe import probe
+
+        for side, ep in (("local", cfg.local), ("cloud", cfg.cloud)):
+            error = asyncio.run(probe(ep))
+            report(not error, f"[{side}] {ep.url}", error or "CONNECT accepted, disconnected")
+            if error:
+                status = pf.EX_FAIL
+    return status
 
 
 EXITS_OFFLINE = "exit codes: 0 ok; 2 invalid policy, key file or arguments"
@@ -380,6 +513,65 @@ EXITS_OFFLINE = "exit codes: 0 ok; 2 invalid policy, key file or arguments"
 
 def _epilog(examples: list[str], exits: str) -> str:
     return "examples:\n" + "".join(f"  {e}\n" for e in examples) + "\n" + exits
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    """``gateway spool list|resend|purge``: the quarantine of messages the cloud refused.
+
+    list and purge work while the gateway runs (SQLite serialises the writes, and
+    the gateway recounts the quarantine); resend moves rows into the spool the running
+    gateway counts, so it is refused until the gateway (that worker) is stopped."""
+    from gateway.service.config import ConfigError, load_config
+    from gateway.service.worker import _indexed
+    from gateway.spool import Spool, SpoolError
+
+    try:
+        cfg = load_config(args.config)
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"gateway spool: {args.config}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    path = cfg.spool.path if args.worker == 0 else _indexed(cfg.spool.path, args.worker)
+    if not Path(path).exists():
+        print(f"gateway spool: no spool file at {path}", file=sys.stderr)
+        return EXIT_INVALID
+    ids = args.id or None
+    if args.action in ("resend", "purge") and ids is None and not args.all:
+        print(f"gateway spool {args.action}: name messages with --id ID (repeatable) or take all with --all",
+              file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        spool = Spool(path, cfg.spool.max_bytes, exclusive=args.action == "resend")
+    except SpoolError as exc:
+        hint = "; stop the gateway first (resend changes the spool it is draining)" if exc.kind == "busy" else ""
+        print(f"gateway spool: {exc}{hint}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        if args.action == "list":
+            rows = spool.quarantined(args.limit)
+            for q in rows:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(q.quarantined))
+                if args.json:
+                    out = {"id": q.id, "quarantined": when, "reason": f"0x{q.reason:02x}", "policy": q.device,
+                           "topic": q.topic, "qos": q.qos, "bytes": len(q.payload)}
+                    if args.payload:
+                        out["payload"] = q.payload.decode("utf-8", "replace")
+                    print(json.dumps(out))
+                else:
+                    print(f"{q.id}\t{when}\t0x{q.reason:02x}\t{q.device}\t{q.topic}\t{len(q.payload)} bytes"
+                          + (f"\t{q.payload.decode('utf-8', 'replace')}" if args.payload else ""))
+            if not args.json:
+                print(f"{spool.quarantine_depth} quarantined; {spool.depth} waiting in the spool", file=sys.stderr)
+        elif args.action == "resend":
+            print(f"moved {spool.resend(ids)} message(s) back to the spool; the gateway sends them when started",
+                  file=sys.stderr)
+        else:
+            print(f"purged {spool.purge(ids)} message(s) from the quarantine", file=sys.stderr)
+    except SpoolError as exc:
+        print(f"gateway spool: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        spool.close()
+    return EXIT_OK
 
 
 def parser() -> argparse.ArgumentParser:
@@ -480,6 +672,24 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", required=True, metavar="FILE", help="Ed25519 private key from keygen --signing")
     sp.set_defaults(func=cmd_sign)
 
+    sp = add("spool", "list, resend or purge the messages the cloud refused (the spool's quarantine)",
+             ["gateway spool list --config site/config.toml",
+              "gateway spool purge --config site/config.toml --id 3 --id 4",
+              "gateway spool resend --config site/config.toml --all   # with the gateway stopped"],
+             "exit codes: 0 done; 1 the spool is busy (resend while the gateway runs) or failed; "
+             "2 bad config, no spool file, or no --id/--all")
+    sp.add_argument("action", choices=("list", "resend", "purge"),
+                    help="list the quarantined messages, resend them to the cloud, or purge them")
+    sp.add_argument("--config", required=True, metavar="FILE", help="the gateway's config.toml")
+    sp.add_argument("--worker", type=int, default=0, help="worker index (each worker has its own spool; default 0)")
+    sp.add_argument("--id", type=int, action="append", default=[], metavar="ID",
+                    help="a quarantined message (repeatable)")
+    sp.add_argument("--all", action="store_true", help="resend/purge every quarantined message")
+    sp.add_argument("--limit", type=int, default=1000, help="list at most this many (default 1000)")
+    sp.add_argument("--payload", action="store_true", help="list: show the (minimised) payloads too")
+    sp.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    sp.set_defaults(func=cmd_spool)
+
     sp = add("reveal", "decrypt enc.<kid>.<scope>.<domain>.<data> values (key holders only)",
              ["gateway reveal --keys keys.json enc.k1.AbC...", "gateway reveal --keys keys.json < values.txt"],
              "exit codes: 0 all revealed; 1 a value cannot be revealed; 2 the key file is invalid")
@@ -489,7 +699,8 @@ def parser() -> argparse.ArgumentParser:
 
     sp = add("consent", "the consent issuer's key and signed records (docs/operations.md, Consent)",
              ["gateway consent keygen /secure/consent-issuer.key",
-              "gateway consent grant --key /secure/consent-issuer.key 358756091234567 precise_location --expires-in 31536000",
+              "gateway consent grant --key /secure/consent-issuer.key 358756091234567 precise_location "
+              "--expires-in 31536000",
               "gateway consent revoke --key /secure/consent-issuer.key 358756091234567 precise_location"],
              "exit codes: 0 done; 2 the key cannot be read or written")
     csub = sp.add_subparsers(dest="action", required=True, metavar="ACTION", help="keygen, grant or revoke")
@@ -519,22 +730,28 @@ def parser() -> argparse.ArgumentParser:
     op.set_defaults(func=cmd_deadletter)
 
     sp = add("decode", "decode device frames, e.g. gateway decode gt06 HEX",
-             ["gateway decode gt06 78780D01012345678901234500018CDD0D0A"],
+             ["gateway decode gt06 78780D01012345678901234500018CDD0D0A",
+              "gateway decode jt808 7e0002000004304832546500b7ca7e"],
              "exit codes: 0 every frame decoded; 1 a frame is invalid")
-    sp.add_argument("protocol", choices=("gt06",), help="frame protocol")
+    sp.add_argument("protocol", choices=("gt06", "jt808"), help="frame protocol")
     sp.add_argument("hex", nargs="+", metavar="HEX", help="frames as hex")
     sp.set_defaults(func=cmd_decode)
 
     sp = add("run", "run the gateway service (local broker -> minimise -> cloud)",
              ["gateway run --config /etc/gateway/config.toml", "gateway run --config config.toml --workers 2"],
-             "exit codes: 0 stopped by SIGTERM/SIGINT; 2 invalid config, policies or keys, or a port or path "
-             "that cannot be used (a restart will not help)\nsignals: SIGTERM/SIGINT stop cleanly; SIGHUP reloads "
+             RUN_EXIT_CODES + "\nsignals: SIGTERM/SIGINT stop cleanly; SIGHUP reloads "
              "policies and keys (refused, and counted, if they fail `gateway check`)")
     sp.add_argument("--config", required=True, metavar="FILE", help="config.toml (see docs/configuration.md)")
     sp.add_argument("--workers", type=int, default=1, help="worker processes on a shared subscription (default 1)")
     sp.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     sp.add_argument("--metrics-listen", default=None, help=argparse.SUPPRESS)  # set by the supervisor
     sp.set_defaults(func=cmd_run)
+
+    sp = add("validate", "run the start-up checks of `gateway run` without serving",
+             ["gateway validate --config /etc/gateway/config.toml --connect"], VALIDATE_EXIT_CODES)
+    sp.add_argument("--config", required=True, metavar="FILE", help="config.toml (see docs/configuration.md)")
+    sp.add_argument("--connect", action="store_true", help="also connect to both brokers once (CONNECT, disconnect)")
+    sp.set_defaults(func=cmd_validate)
 
     sp = add("demo", "live demo: brokers, simulated devices, gateway, what the cloud receives",
              ["gateway demo", "gateway demo --offline"],
@@ -544,9 +761,14 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
 
     sp = add("init", "write a working site folder: config.toml, rules/ (the bundled packs), keys.json (0600)",
-             ["gateway init /etc/gateway && gateway check /etc/gateway/rules/*.toml"],
-             "exit codes: 0 written; 1 the folder already has a config, key file or pack (nothing is overwritten)")
+             ["gateway init /etc/gateway && gateway check /etc/gateway/rules/*.toml",
+              "gateway init --systemd /etc/telemetry-gateway    # for deploy/systemd/telemetry-gateway.service"],
+             "exit codes: 0 written; 1 the folder already has a config, key file or pack (nothing is overwritten), "
+             "or cannot be written")
     sp.add_argument("folder", metavar="DIR", help="site folder (created if missing)")
+    sp.add_argument("--systemd", action="store_true",
+                    help="lay the config out for deploy/systemd: keys as a credential, spool in the "
+                    "unit's state directory /var/lib/telemetry-gateway")
     sp.set_defaults(func=cmd_init)
     return p
 

@@ -104,6 +104,7 @@ def _short(payload: bytes, width: int = 150) -> str:
 
 async def _live(count: int, tty: bool) -> int:
     from devices.gt06 import simulator as gt06_sim
+    from devices.jt808 import simulator as jt808_sim
     from devices.simulate import SYSTEMS, publish
     from gateway.mosquitto import Mosquitto, MosquittoMissing, free_port
 
@@ -118,7 +119,7 @@ async def _live(count: int, tty: bool) -> int:
     try:
         keys = work / "keys.json"
         subprocess.run([sys.executable, "-m", "gateway.cli", "keygen", str(keys)], check=True, capture_output=True)
-        metrics_port, gt06_port = free_port(), free_port()
+        metrics_port, gt06_port, jt808_port = free_port(), free_port(), free_port()
         policies = ", ".join(f'"{p}"' for p in packs())
         config = work / "config.toml"
         config.write_text(
@@ -127,6 +128,7 @@ async def _live(count: int, tty: bool) -> int:
             f'[cloud]\nurl = "{cloud.url}"\nclient_id = "demo-uplink"\n'
             f'[spool]\npath = "{work / "spool.db"}"\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
             f'[log]\nformat = "json"\n[ingest.gt06]\nlisten = "127.0.0.1:{gt06_port}"\nmax_frames_per_second = 1000\n'
+            f'[ingest.jt808]\nlisten = "127.0.0.1:{jt808_port}"\nmax_frames_per_second = 1000\n'
         )
         log = (work / "gateway.log").open("wb")
         gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)],
@@ -139,7 +141,7 @@ async def _live(count: int, tty: bool) -> int:
         print(f"   site broker   {local.url}   (devices publish here)")
         print(f"   cloud broker  {cloud.url}   (what leaves the site)")
         print(f"   gateway       pid {gw.pid}, five policy packs, GT06 trackers on 127.0.0.1:{gt06_port},"
-              f" metrics http://127.0.0.1:{metrics_port}/metrics\n")
+              f" JT/T 808 terminals on 127.0.0.1:{jt808_port}, metrics http://127.0.0.1:{metrics_port}/metrics\n")
         up, dead = _View(cloud.port, "#"), _View(local.port, "gateway/dead-letter/#")
         tasks += [asyncio.create_task(v.run()) for v in (up, dead)]
         await asyncio.wait_for(asyncio.gather(up.ready.wait(), dead.ready.wait()), 10)
@@ -172,6 +174,19 @@ async def _live(count: int, tty: bool) -> int:
         print(_colour(f"   in   1 tracker, IMEI {gt06_sim.imei_for(0, 5)}: {dict(stats.sent)} frames, "
                       f"{sum(stats.acks.values())} acknowledged", "31", tty))
         for _ in range(sum(stats.sent.values())):
+            out = await _first(up.queue)
+            if out is None:
+                break
+            print(_colour(f"   out  {out.topic.value}  {_short(out.payload, 110)}", "32", tty))
+        print()
+
+        print(_colour("-- jimi-jt808: a terminal over TCP (JT/T 808 frames) -> what the cloud received", "1", tty))
+        up.drain()
+        terminal = await jt808_sim.run("127.0.0.1", jt808_port, devices=1, count=3, seed=5)
+        print(_colour(f"   in   1 terminal, number {jt808_sim.terminal_for(0, 5)}: {dict(terminal.sent)} messages, "
+                      f"{sum(terminal.answered.values())} answered", "31", tty))
+        for _ in range(1 + terminal.sent.get("location", 0) + terminal.sent.get("alarm", 0)
+                       + terminal.sent.get("heartbeat", 0)):
             out = await _first(up.queue)
             if out is None:
                 break

@@ -106,13 +106,24 @@ class Keyring:
     @classmethod
     def from_json(cls, data: bytes | str, source: str = "the key file") -> Keyring:
         """Keys for real use: the public test key and non-random secrets are refused
-        (``Keyring.test()`` is the one way to the test key, behind ``--test-keys``)."""
+        (``Keyring.test()`` is the one way to the test key, behind ``--test-keys``).
+
+        A KeyFileError says what is wrong and where (a JSON path, a key id), never a secret.
+        """
         try:
             parsed = msgspec.json.decode(data, type=_KeyFile)
-            decoded = {k: base64.b64decode(v, validate=True) for k, v in parsed.keys.items()}
-        except (msgspec.DecodeError, ValueError) as exc:
-            # msgspec errors name paths, not values; base64 errors name nothing.
-            raise KeyFileError(f"malformed key file: {type(exc).__name__}") from None
+        except msgspec.ValidationError as exc:  # names the path ("at `$.keys`"), not the value
+            raise KeyFileError(f"malformed {source}: {exc}") from None
+        except msgspec.DecodeError:
+            raise KeyFileError(
+                f'malformed {source}: not JSON (expected {{"active": "<id>", "keys": {{"<id>": "<base64>"}}}})'
+            ) from None
+        decoded = {}
+        for kid, text in parsed.keys.items():
+            try:
+                decoded[kid] = base64.b64decode(text, validate=True)
+            except ValueError:
+                raise KeyFileError(f"malformed {source}: key {kid!r} is not valid base64") from None
         for kid, secret in sorted(decoded.items()):
             weak = _weakness(secret)
             if weak:

@@ -9,11 +9,22 @@ to prevent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
+import json
 import logging
+import math
+import os
 import platform
+import re
+import select
+import socket
 import sys
 import threading
 import time
+import traceback
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,11 +52,16 @@ from prometheus_client.registry import Collector
 from gateway.pipeline import Engine, Forward, Reject
 from gateway.policy.compile import Plan
 
-__all__ = ["REDACTED_KEYS", "Metrics", "configure_logging", "get_logger", "merge_pages", "redact_payloads", "serve"]
+__all__ = [
+    "REDACTED_KEYS", "ListenError", "Metrics", "configure_logging", "exception_fields", "get_logger",
+    "loop_exception_handler", "merge_pages", "redact_payloads", "route_process_output", "serve",
+]
 
 # -- logging -------------------------------------------------------------------------------
 
 REDACTED_KEYS = frozenset({"payload", "message", "value", "raw", "input"})
+MAX_LINE = select.PIPE_BUF  # a pipe write up to this size is atomic: lines of N workers never splice
+_CORE_KEYS = ("timestamp", "level", "event", "logger", "worker", "pid", "error", "location")
 
 
 def redact_payloads(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -60,12 +76,47 @@ def redact_payloads(_logger: Any, _method: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
-class _NamedPrintLogger(structlog.PrintLogger):
-    """A PrintLogger with a ``name``, so ``add_logger_name`` works without stdlib logging."""
+class _LineWriter:
+    """Writes each line with one ``os.write`` of at most PIPE_BUF bytes.
 
-    def __init__(self, file: TextIO, name: str) -> None:
-        super().__init__(file)
+    Workers share the supervisor's stderr; a write of up to PIPE_BUF bytes to a pipe
+    (or an O_APPEND file) is never split, so their lines cannot interleave. A stream
+    without a file descriptor (tests) gets a plain write under a lock.
+    """
+
+    def __init__(self, file: TextIO) -> None:
+        self.file = file
+        self._lock = threading.Lock()
+        try:
+            self._fd: int | None = file.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self.file.write(line + "\n")
+                    self.file.flush()
+                    return
+                data = (line + "\n").encode("utf-8", "replace")
+                while data:
+                    data = data[os.write(self._fd, data):]
+            except (OSError, ValueError):
+                pass  # stderr is gone: nowhere left to say so
+
+
+class _LineLogger:
+    """structlog's output end: one rendered event -> one line (``name`` feeds the ``logger`` key)."""
+
+    def __init__(self, writer: _LineWriter, name: str) -> None:
+        self._writer = writer
         self.name = name
+
+    def msg(self, message: str) -> None:
+        self._writer.write(message)
+
+    log = debug = info = warn = warning = error = err = fatal = exception = critical = failure = msg
 
 
 def _add_logger_name(logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -73,42 +124,231 @@ def _add_logger_name(logger: Any, _method: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
-def configure_logging(json: bool | None = None, level: str = "info", file: TextIO | None = None) -> None:
-    """Configure structlog in one place for the whole process.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # gateway/ lives here
+
+
+def _short_path(filename: str) -> str:
+    """``/srv/venv/lib/.../gateway/service/uplink.py`` -> ``gateway/service/uplink.py`` (no host paths)."""
+    best = ""
+    for entry in (*sys.path, _PACKAGE_PARENT):
+        if entry and filename.startswith(entry.rstrip(os.sep) + os.sep) and len(entry) > len(best):
+            best = entry.rstrip(os.sep) + os.sep
+    return filename[len(best):] if best else os.path.basename(filename)
+
+
+def exception_fields(exc: BaseException) -> dict[str, Any]:
+    """What a log line may say about an exception: its type and where it was raised.
+
+    Never its text: an exception's message can quote a payload, a topic or a peer
+    address. ``location`` is file:line of the innermost frame; ``frames`` the last
+    few frames (file:line function) outward from there.
+    """
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    out: dict[str, Any] = {"error": type(exc).__qualname__}
+    if frames:
+        out["location"] = f"{_short_path(frames[-1].filename)}:{frames[-1].lineno}"
+        out["frames"] = [f"{_short_path(f.filename)}:{f.lineno} {f.name}" for f in frames[-8:]][::-1]
+    return out
+
+
+def _summarise_exception(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Replace ``exc_info`` by :func:`exception_fields` (JSON output: no traceback text)."""
+    info = event_dict.pop("exc_info", None)
+    event_dict.pop("stack", None)
+    if info is True:
+        info = sys.exc_info()
+    if isinstance(info, tuple):
+        info = info[1]
+    if isinstance(info, BaseException):
+        fields = exception_fields(info)
+        if "error" in event_dict:  # keep the caller's own error text; add the type as exc_type
+            fields["exc_type"] = fields.pop("error")
+        event_dict.update(fields)
+    return event_dict
+
+
+def _render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """One JSON object, short enough for one atomic write (long strings and lists are cut)."""
+    line = json.dumps(event_dict, default=repr, separators=(",", ":"))
+    if len(line) < MAX_LINE:
+        return line
+    short: dict[str, Any] = {}
+    for key, val in event_dict.items():
+        if isinstance(val, str) and len(val) > 200:
+            val = val[:200] + "..."
+        elif isinstance(val, (list, tuple)) and len(val) > 8:
+            val = [*list(val)[:8], f"... {len(val) - 8} more"]
+        short[key] = val
+    short["truncated"] = True
+    line = json.dumps(short, default=repr, separators=(",", ":"))
+    if len(line) < MAX_LINE:
+        return line
+    core = {k: short[k] for k in _CORE_KEYS if k in short}
+    return json.dumps({**core, "truncated": True}, default=repr, separators=(",", ":"))[: MAX_LINE - 1]
+
+
+def _safe_text(text: str) -> str:
+    """The fixed part of a library's message: cut before anything that could be data."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return re.split(r"[(<\[{:'\"=]", first, maxsplit=1)[0].strip()[:120] or "log"
+
+
+class _StdlibBridge(logging.Handler):
+    """Routes the stdlib ``logging`` tree (asyncio, paho via aiomqtt, ...) into structlog.
+
+    Only the fixed part of a record's message is kept: its format string, cut before
+    any bracket or quote; never the interpolated arguments, which can be a topic or
+    an exception's text.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+            fields: dict[str, Any] = {"source": "logging"}
+            if record.exc_info and record.exc_info[1] is not None:
+                fields["exc_info"] = record.exc_info[1]
+            method = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}.get(
+                record.levelno, "error" if record.levelno < logging.CRITICAL else "critical")
+            getattr(structlog.get_logger(record.name), method)(_safe_text(template), **fields)
+        except Exception:  # a logging handler must never raise
+            pass
+
+
+_context: dict[str, Any] = {}
+
+
+def _add_process(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event_dict.setdefault("worker", _context.get("worker", 0))
+    event_dict["pid"] = os.getpid()
+    return event_dict
+
+
+def configure_logging(
+    json: bool | None = None, level: str = "info", file: TextIO | None = None, worker: int | str | None = None
+) -> None:
+    """Configure structlog, and route the stdlib ``logging`` tree through it, in one place.
 
     ``json=None`` picks: a readable console renderer when stderr is a TTY (a
     person is watching), JSON lines otherwise (a collector is parsing).
-    ``file`` defaults to stderr, so stdout stays free for command output.
+    ``file`` defaults to stderr, so stdout stays free for command output. Every
+    event carries ``worker`` (the worker index, or ``"supervisor"``; ``None`` keeps
+    the one set before, so a reload need not know it) and ``pid``.
     """
     out = file if file is not None else sys.stderr
+    if isinstance(out, _StrayOutput):  # reconfigured after route_process_output(): the real stderr
+        out = sys.__stderr__ or out
     if json is None:
         json = not out.isatty()
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
+    if worker is not None:
+        _context["worker"] = worker
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         _add_logger_name,
+        _add_process,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_payloads,
-        structlog.processors.StackInfoRenderer(),
     ]
     if json:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        processors += [_summarise_exception, _render_json]
     else:
-        processors.append(structlog.dev.ConsoleRenderer())
+        processors += [structlog.processors.StackInfoRenderer(), structlog.dev.ConsoleRenderer()]
+    writer = _LineWriter(out)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=lambda *args: _NamedPrintLogger(out, str(args[0]) if args else ""),
+        logger_factory=lambda *args: _LineLogger(writer, str(args[0]) if args else ""),
         cache_logger_on_first_use=False,  # reconfiguration (tests, reload) must take effect
     )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibBridge)]:
+        root.removeHandler(handler)
+    root.addHandler(_StdlibBridge())
+    root.setLevel(numeric)
 
 
 def get_logger(name: str) -> Any:
     """A lazy logger whose lines carry ``logger=<name>``; safe to create at import time."""
     return structlog.get_logger(name)
+
+
+class _StrayOutput(io.TextIOBase):
+    """``sys.stderr`` of a JSON-logging process: stray text becomes a counted event, not a raw line.
+
+    Whatever still writes to ``sys.stderr`` directly (a library's ``traceback.print_exc()``)
+    could print a payload or a peer address, so only its size is logged.
+    """
+
+    def __init__(self) -> None:
+        self._log = get_logger("gateway.stderr")
+        self._pending = 0
+        self._busy = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += len(text)
+        if "\n" in text and not self._busy:
+            self._busy = True  # the logger itself must never land here again
+            try:
+                self._log.warning("stray_output", chars=self._pending,
+                                  note="text written to stderr outside the logger")
+            finally:
+                self._busy = False
+            self._pending = 0
+        return len(text)
+
+
+def route_process_output() -> None:
+    """Make every error path of this process end as one JSON event (call after configure_logging).
+
+    Uncaught exceptions (main thread, other threads, "exception ignored" cases),
+    warnings, and stray writes to ``sys.stderr`` all become events with the
+    exception type and location (see :func:`exception_fields`).
+    """
+    log = get_logger("gateway.process")
+
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        log.critical("uncaught_exception", exc_info=exc, thread="main")
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
+            log.error("uncaught_exception", exc_info=args.exc_value, thread=args.thread.name if args.thread else "")
+
+    def unraisable(args: Any) -> None:
+        log.warning("unraisable_exception", exc_info=args.exc_value, what=_safe_text(str(args.err_msg or "")))
+
+    def showwarning(message: Any, category: type[Warning], filename: str, lineno: int, *_: Any) -> None:
+        log.warning("python_warning", category=category.__name__, location=f"{_short_path(filename)}:{lineno}")
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable
+    warnings.showwarning = showwarning
+    sys.stderr = _StrayOutput()
+
+
+def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's handler: an exception in a callback or task becomes one JSON event.
+
+    asyncio's default handler prints the callback with its arguments and a traceback;
+    here only the callback's or task's name, the exception type and location are kept.
+    """
+    fields: dict[str, Any] = {"what": _safe_text(str(context.get("message", "")))}
+    handle = context.get("handle")
+    callback = getattr(handle, "_callback", None)
+    if callback is not None:
+        fields["callback"] = getattr(callback, "__qualname__", type(callback).__name__)
+    task = context.get("task") or context.get("future")
+    if isinstance(task, asyncio.Task):
+        fields["task"] = task.get_name()
+    exc = context.get("exception")
+    get_logger("gateway.loop").error("loop_exception", exc_info=exc if isinstance(exc, BaseException) else None,
+                                     **fields)
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -250,7 +490,19 @@ class Metrics:
             "gateway_uplink_acked_total", "Messages the cloud broker acknowledged (PUBACK)", registry=r
         )
         self.cloud_refused = PromCounter(
-            "gateway_cloud_refused_total", "Messages the cloud broker refused (PUBACK reason >= 0x80); kept", registry=r
+            "gateway_cloud_refused_total",
+            "Publishes the cloud refused (PUBACK reason >= 0x80, e.g. 0x87 not authorised); retried, then quarantined",
+            ["reason"], registry=r,
+        )
+        self.spool_errors = PromCounter(
+            "gateway_spool_errors_total", "Spool operations that failed (disk full, I/O, busy, corrupt), by op",
+            ["op"], registry=r,
+        )
+        for op in ("append", "delete", "peek", "compact", "quarantine", "drain"):
+            self.spool_errors.labels(op)
+        self.spool_quarantined = Gauge(
+            "gateway_spool_quarantined", "Messages in the spool's quarantine (refused by the cloud; gateway spool list)",
+            registry=r,
         )
         self.spooled = PromCounter("gateway_spooled_total", "Messages written to the spool", registry=r)
         self.spool_refused = PromCounter(
@@ -284,6 +536,16 @@ class Metrics:
             self.reconnects.labels(side)
         for result in ("ok", "refused"):
             self.policy_reloads.labels(result)
+        self.http_refused = PromCounter(
+            "gateway_http_refused_total",
+            "Connections to /metrics /healthz /readyz closed by the server (reason: limit|timeout)", ["reason"],
+            registry=r,
+        )
+        for reason in ("limit", "timeout"):
+            self.http_refused.labels(reason)
+        self.worker_restarts = PromCounter(
+            "gateway_worker_restarts", "Times the supervisor restarted this worker (--workers N)", registry=r
+        )
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
             r.register(collector)
         self._engine = _EngineCollector()
@@ -293,21 +555,25 @@ class Metrics:
 
     def register_gt06(self, counters: Any) -> None:
         """Export a GT06 listener's counters, read through their ``snapshot()`` at scrape time."""
-        r = self.registry
+        self.register_ingest("gt06", "GT06 listener", "tracker", counters)
 
-        class _Gt06(Collector):
+    def register_ingest(self, name: str, what: str, device: str, counters: Any) -> None:
+        """Export a tracker listener's counters as ``gateway_<name>_events{event}`` and
+        ``gateway_<name>_connections`` (open now), read through ``snapshot()`` at scrape time."""
+
+        class _Ingest(Collector):
             def collect(self) -> Iterator[Metric]:
                 values = counters.snapshot()
                 open_now = values.pop("open_connections")
                 events = CounterMetricFamily(
-                    "gateway_gt06_events", "GT06 listener events (connections, frames, bad input)", labels=["event"]
+                    f"gateway_{name}_events", f"{what} events (connections, frames, bad input)", labels=["event"]
                 )
-                for name, value in values.items():
-                    events.add_metric([name], value)
+                for event, value in values.items():
+                    events.add_metric([event], value)
                 yield events
-                yield GaugeMetricFamily("gateway_gt06_connections", "Open tracker connections", open_now)
+                yield GaugeMetricFamily(f"gateway_{name}_connections", f"Open {device} connections", open_now)
 
-        r.register(_Gt06())
+        self.registry.register(_Ingest())
 
     def register_engine(self, engine: Engine) -> None:
         """Export ``engine``'s plans; call again with the new engine after a hot reload."""
@@ -382,7 +648,11 @@ def merge_pages(pages: dict[str, str], own: CollectorRegistry | None = None) -> 
     """
     families: dict[str, Metric] = {}
     for worker, text in pages.items():
-        for family in text_string_to_metric_families(text):
+        try:
+            parsed = list(text_string_to_metric_families(text))
+        except ValueError:  # a truncated page (the worker died mid-answer): left out of this scrape
+            continue
+        for family in parsed:
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
@@ -399,9 +669,93 @@ def merge_pages(pages: dict[str, str], own: CollectorRegistry | None = None) -> 
 
 # -- HTTP ----------------------------------------------------------------------------------
 
+HTTP_MAX_CONNECTIONS = 16  # scrapers and probes need a few; more is a misbehaving client
+HTTP_TIMEOUT_S = 5.0  # per socket read or write
+HTTP_DEADLINE_S = 10.0  # a whole connection, however slowly it trickles
+
+
+class ListenError(OSError):
+    """An address the gateway must listen on cannot be bound; ``strerror`` names host and port."""
+
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, but at most ``max_connections`` of them, each with a deadline.
+
+    Over the cap a connection is closed at once (counted); a connection older than
+    the deadline is shut down by the serving thread (counted). Errors in a request
+    become one rate-limited JSON event with the error type: never the peer's address
+    or a traceback on stderr.
+    """
+
     daemon_threads = True
+    block_on_close = False
+    request_queue_size = 64  # a burst waits in the kernel's queue, not in threads
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], metrics: Any,
+                 max_connections: int, deadline_s: float) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._max_connections = max_connections
+        self._open: dict[Any, float] = {}
+        self._open_lock = threading.Lock()
+        self._refused = getattr(metrics, "http_refused", None)  # the supervisor's merged page has none of its own
+        self._deadline_s = deadline_s
+        self._last_logged: dict[str, float] = {}
+        self._log = get_logger("gateway.telemetry")
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            if self._refused is not None:
+                self._refused.labels("limit").inc()
+            self._note("http_connection_limit", limit=self._max_connections)
+            self.shutdown_request(request)
+            return
+        with self._open_lock:
+            self._open[request] = time.monotonic()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def _release(self, request: Any) -> None:
+        with self._open_lock:
+            if self._open.pop(request, None) is None:
+                return
+        self._slots.release()
+
+    def service_actions(self) -> None:
+        """Called by ``serve_forever`` every poll interval: end connections past the deadline."""
+        now = time.monotonic()
+        with self._open_lock:
+            late = [s for s, t in self._open.items() if now - t > self._deadline_s]
+            for s in late:
+                self._open[s] = float("inf")  # shut down once, counted once
+        for s in late:
+            if self._refused is not None:
+                self._refused.labels("timeout").inc()
+            self._note("http_connection_timeout", deadline_s=self._deadline_s)
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        self._note("http_request_failed", exc=exc)
+
+    def _note(self, event: str, exc: BaseException | None = None, **fields: Any) -> None:
+        """Log ``event`` at most once a minute per kind (a flood of bad clients must not flood the log)."""
+        key = event + (type(exc).__name__ if exc is not None else "")
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -math.inf) < 60:
+            return
+        self._last_logged[key] = now
+        self._log.warning(event, exc_info=exc, note="further ones within a minute are only counted", **fields)
 
     def shutdown(self) -> None:
         """Stop serving and release the port (one call, so callers cannot forget the second)."""
@@ -410,17 +764,28 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve(
-    metrics: Metrics, host: str = "127.0.0.1", port: int = 9464, ready: Callable[[], bool] = lambda: True
+    metrics: Metrics,
+    host: str = "127.0.0.1",
+    port: int = 9464,
+    ready: Callable[[], bool] = lambda: True,
+    detail: Callable[[], str] = lambda: "",
+    *,
+    max_connections: int = HTTP_MAX_CONNECTIONS,
+    timeout_s: float = HTTP_TIMEOUT_S,
+    deadline_s: float = HTTP_DEADLINE_S,
 ) -> ThreadingHTTPServer:
     """Serve /metrics, /healthz and /readyz from a daemon thread; ``server.shutdown()`` stops it.
 
     Loopback by default: metrics describe the site's traffic and need no
     exposure beyond a local scraper unless the operator chooses so. ``port=0``
-    picks a free port (see ``server.server_address``).
+    picks a free port (see ``server.server_address``). Raises :class:`ListenError`
+    naming the address when it cannot be bound.
     """
     log = get_logger("gateway.telemetry")
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = timeout_s  # StreamRequestHandler applies it to every read and write
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -428,8 +793,9 @@ def serve(
             elif path == "/healthz":
                 self._reply(200, b"ok\n")
             elif path == "/readyz":
-                ok = ready()
-                self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                ok = ready()  # ``detail``: lines for an operator (e.g. the spool's state), no message data
+                body = ("ready\n" if ok else "not ready\n") + detail()
+                self._reply(200 if ok else 503, body.encode())
             else:
                 self._reply(404, b"not found\n")
 
@@ -441,9 +807,12 @@ def serve(
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass  # scrapes every few seconds would drown the log
+            pass  # scrapes every few seconds would drown the log; and the default names the peer
 
-    server = _Server((host, port), Handler)
+    try:
+        server = _Server((host, port), Handler, metrics, max_connections, deadline_s)
+    except OSError as exc:
+        raise ListenError(exc.errno, f"{host}:{port}: {exc.strerror or type(exc).__name__}") from None
     thread = threading.Thread(target=server.serve_forever, name="telemetry-http", daemon=True)
     thread.start()
     log.info("telemetry_listening", host=server.server_address[0], port=server.server_address[1])

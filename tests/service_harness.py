@@ -9,8 +9,11 @@ clients on their own threads; every wait has a deadline.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,13 +27,44 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.mosquitto import free_port
+from gateway.mosquitto import free_port  # noqa: F401 - the tests take it from here
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = str(Path(sys.executable).with_name("gateway"))
 POLICY = ROOT / "tests" / "policies" / "service.toml"
 
 
+
+
+def metrics_ports(n: int) -> int:
+    """A first port such that ``n`` ports from it are free, below the kernel's ephemeral range
+    (32768-60999): there an outgoing connection's source port could take worker i's port + i."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - n)
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free block of metrics ports")
+
+
+def assert_json_lines(text: str, what: str = "log") -> list[dict]:
+    """Every line is one JSON object carrying ``worker`` and ``pid`` (docs/operations.md, Logs); returns them."""
+    events = []
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"{what} line {n} is not JSON: {line[:300]!r}") from None
+        assert isinstance(event, dict), f"{what} line {n} is not a JSON object: {line[:300]!r}"
+        assert "worker" in event and isinstance(event.get("pid"), int), \
+            f"{what} line {n} lacks worker/pid: {line[:300]}"
+        events.append(event)
+    return events
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
@@ -61,7 +95,7 @@ class Gateway:
         self.keys = workdir / "keys.json"
         if not self.keys.exists():
             subprocess.run([GATEWAY, "keygen", str(self.keys)], check=True, capture_output=True)
-        self.port = free_port()
+        self.port = metrics_ports(workers)
         self.workers = workers
         self.log_path = workdir / "gateway.log"
         self.spool_path = workdir / "spool.db"
@@ -149,12 +183,18 @@ class Gateway:
         self.proc.kill()
         self.proc.wait(timeout=10)
 
-    def close(self) -> None:
+    def events(self) -> list[dict]:
+        """The log as JSON events, asserting that every line is one (with ``worker`` and ``pid``)."""
+        return assert_json_lines(self.log_text(), str(self.log_path))
+
+    def close(self, check_log: bool = True) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.stop(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+        if check_log:
+            self.events()
 
 
 def _children(pid: int) -> list[int]:

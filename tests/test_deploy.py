@@ -81,6 +81,22 @@ def test_systemd_unit_is_hardened() -> None:
     assert int(d["TimeoutStopSec"][0]) > config_from((DEPLOY / "site" / "config.toml").read_text()).shutdown_timeout_s
 
 
+def test_init_for_systemd_matches_the_unit(tmp_path: Path) -> None:
+    """`gateway init --systemd` writes the config the unit expects: no keys_file (the key is the
+    unit's credential, read through $GATEWAY_KEYS_FILE), and the spool in its StateDirectory."""
+    site = tmp_path / "etc"
+    run = subprocess.run([str(GATEWAY_BIN), "init", "--systemd", str(site)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    cfg = load_config(site / "config.toml")
+    d = unit_directives()
+    assert cfg.keys_file == ""
+    assert d["LoadCredential"] == [f"keys.json:/etc/{d['StateDirectory'][0]}/keys.json"]
+    assert Path(cfg.spool.path).parent == Path("/var/lib") / d["StateDirectory"][0]
+    assert (site / "keys.json").exists() and all(Path(p).is_relative_to(site) for p in cfg.policies)
+    assert f"--config /etc/{d['ConfigurationDirectory'][0]}/config.toml" in d["ExecStart"][0]
+
+
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is missing: run .ci/setup (Debian package systemd)"

@@ -205,7 +205,9 @@ def test_a_card_among_other_numbers_never_survives_scrub(body, prefix, suffix, s
 # -- UTR ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, span", [("412345678901", (0, 12)), ("UTR 412345678901 credited", (4, 16)), ("ref:412345678901.", (4, 16))])
+@pytest.mark.parametrize(
+    "text, span", [("412345678901", (0, 12)), ("UTR 412345678901 credited", (4, 16)), ("ref:412345678901.", (4, 16))]
+)
 def test_utr_positive(text, span):
     assert find(text) == [("utr", *span)]
 
@@ -233,7 +235,9 @@ def test_email_and_vpa(text, expected):
     assert find(text) == expected
 
 
-@pytest.mark.parametrize("text", ["alice@x", "alice@example.c", "alice@ok1axis", "@okaxis", "a @ b", "alice@example.123", "@@"])
+@pytest.mark.parametrize(
+    "text", ["alice@x", "alice@example.c", "alice@ok1axis", "@okaxis", "a @ b", "alice@example.123", "@@"]
+)
 def test_not_email_or_vpa(text):
     assert find(text) == []
 
@@ -275,7 +279,18 @@ def test_ipv4_mapped_is_scrubbed_whole():
 
 @pytest.mark.parametrize(
     "text",
-    ["256.1.1.1", "1.2.3", "1.2.3.4.5", "v1.2.3.4", "12:34:56", "10:17:42.5", "std::vector", "de:ad:be:ef:00:01", "00:1A:2B:3C:4D:5E", "1:2"],
+    [
+        "256.1.1.1",
+        "1.2.3",
+        "1.2.3.4.5",
+        "v1.2.3.4",
+        "12:34:56",
+        "10:17:42.5",
+        "std::vector",
+        "de:ad:be:ef:00:01",
+        "00:1A:2B:3C:4D:5E",
+        "1:2",
+    ],
 )
 def test_ip_negative(text):
     assert [k for k, *_ in find(text) if k == "ip"] == []
@@ -344,7 +359,7 @@ def test_secret_negative(text):
 
 
 def test_the_word_basic_before_a_long_word_is_not_a_secret():
-    """"Basic <credentials>" is an Authorization header; "basic configuration" is prose."""
+    """ "Basic <credentials>" is an Authorization header; "basic configuration" is prose."""
     assert find("Basic configuration loaded") == []
     assert find("mode: basic settings") == []
 

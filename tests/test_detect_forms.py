@@ -416,3 +416,26 @@ def test_scan_cost_is_linear():
 def test_a_card_after_the_scan_budget_is_still_removed():
     text = "12 " * 21846 + "x 4111 1111 1111 1111 y"
     assert "4111" not in scrub(text)
+
+
+def test_identifiers_behind_thousands_of_escapes_are_still_removed():
+    """Beyond ESCAPE_BUDGET escapes a hit replaces the whole text: cheap, and nothing leaks."""
+    text = "x%61" * 5000 + "%40example.com and 9876543210"
+    assert scrub(text) == "[EMAIL]"
+    assert scrub("%61x" * 5000 + " and 9876543210") == "[PHONE]"
+    assert scrub("x%61" * 50 + "%40example.com and 9876543210") == "[EMAIL] and [PHONE]"  # below: exact spans
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("pay ９８７６５ ４３２１０ now", "pay [PHONE] now"),
+        ("a\u200bsha@example.com, ok", "[EMAIL], ok"),
+        ("x=asha%40example.com&y=1", "x=[EMAIL]&y=1"),
+        ("ref&#58; 412345678901 ✓", "ref&#58; [UTR] ✓"),
+        ("ﬁle 203.0.113.7 ﬂag", "ﬁle [IP] ﬂag"),  # ligatures (two letters from one) before and after
+        ("e\u0301\u0301 4111 1111 1111 1111", "e\u0301\u0301 [CARD]"),
+    ],
+)
+def test_scrub_replaces_exactly_the_original_span(text, expected):
+    assert scrub(text) == expected

@@ -232,7 +232,7 @@ async def test_max_connections_beyond_the_hard_file_limit_refuses_to_start(resto
         pytest.skip("no hard open-file limit")
     with pytest.raises(FileLimitError, match=r"max_connections \d+ needs \d+ open files") as raised:
         await serve(HOST, 0, lambda t, p: asyncio.sleep(0), Limits(max_connections=hard))
-    assert isinstance(raised.value, OSError)  # `gateway run` reports it and exits 2
+    assert isinstance(raised.value, OSError)  # `gateway run` reports it and exits 78
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
     server = await serve(HOST, 0, lambda t, p: asyncio.sleep(0), Limits(max_connections=hard - FILES_RESERVED))
     await stop(server)

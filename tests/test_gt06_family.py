@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_gt06_server import IMEI, Start, ack, pack_engine, start
 
-from devices.gt06.frames import build_location, build_login
+from devices.gt06.frames import build_lbs_report, build_location, build_login, build_wifi_report
 from gateway.ingest.gt06.codec import Cell, CountedFrame, FrameError, Framer, ack_for, decode_frame
 from gateway.ingest.gt06.decoders import timezone_offset
 from gateway.ingest.gt06.describe import decode_hex_command
@@ -405,3 +405,61 @@ async def test_address_and_time_requests_are_answered_and_not_forwarded(start: S
     assert reply[:5] == h("7979001597") and b"NA&&NA&&0##" in reply  # LEN 0x15: 1 + 16 + 2 + 2
     await asyncio.sleep(0)
     assert listener.counters.address_requests == 1 and listener.counters.messages == 1  # the login only
+
+
+def test_the_configuration_example_for_bad_crc_models_loads() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from gateway.service.config import Gt06
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", doc, re.S) if "accept_bad_crc = true" in b]
+    assert len(blocks) == 1
+    cfg = msgspec.convert(tomllib.loads(blocks[0])["ingest"]["gt06"], Gt06)
+    assert cfg.accept_bad_crc and cfg.max_connections_per_peer == 10_000
+    assert Gt06().accept_bad_crc is False  # strict by default
+
+
+# --- frames built like a simulated tracker's, decoded back ------------------------------------------
+
+_MAC = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
+_CELL = st.tuples(st.integers(1, 0xFFFF), st.integers(0, 0xFFFFFF), st.integers(-255, 0))
+_WHEN = st.datetimes(datetime(2000, 1, 1), datetime(2099, 12, 31)).map(lambda d: d.replace(microsecond=0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(_WHEN, st.integers(0, 999), st.integers(0, 999), st.lists(_CELL, max_size=7),
+       st.lists(st.tuples(_MAC, st.integers(-255, 0)), max_size=10), st.sampled_from([0x28, 0x2C]))
+def test_lbs_reports_round_trip(when, mcc, mnc, cells, wifi, protocol) -> None:  # type: ignore[no-untyped-def]
+    raw = build_lbs_report(3, when, mcc, mnc, cells, wifi if protocol == 0x2C else None, protocol)
+    [item] = Framer().feed(raw)
+    frame = decode_frame(item)
+    assert (frame.type, frame.time) == ("location", when.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert (frame.mcc, frame.mnc) == (mcc, mnc)
+    assert [(c.lac, c.cell_id, c.rssi) for c in frame.cells or []] == cells
+    assert frame.wifi_aps == ([b for b, _ in wifi] or None if protocol == 0x2C else None)
+    assert ack_for(frame, item) == wrap(protocol, b"", 3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_WHEN, st.lists(st.tuples(_MAC, st.integers(-255, 0)), max_size=20), st.integers(0, 999),
+       st.integers(0, 255), st.lists(st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.integers(-255, 0)),
+                                     max_size=8), st.integers(0, 40))
+def test_counted_wifi_reports_round_trip_in_any_split(when, aps, mcc, mnc, cells, cut) -> None:  # type: ignore[no-untyped-def]
+    raw = build_wifi_report(when, aps, mcc, mnc, cells)
+    framer = Framer()
+    items = framer.feed(raw[:cut]) + framer.feed(raw[cut:] + build_login(IMEI, 4))
+    assert len(items) == 2 and isinstance(items[0], CountedFrame), items
+    frame = decode_frame(items[0])
+    assert frame.time == when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert frame.wifi_aps == ([b for b, _ in aps] or None)
+    assert [(c.lac, c.cell_id, c.rssi) for c in frame.cells or []] == cells
+    assert decode_frame(items[1]).imei == IMEI  # the stream goes on after it
+
+
+def test_4g_lbs_report() -> None:
+    raw = build_lbs_report(7, datetime(2026, 11, 23, 10, 3, 44), 404, 45, [(0x01020304, 0x0A0B0C0D0E0F, -70)],
+                           protocol=0xA1)
+    frame = decode_frame(raw)
+    assert frame.cells == [Cell(mcc=404, mnc=45, lac=0x01020304, cell_id=0x0A0B0C0D0E0F, rssi=-70)]

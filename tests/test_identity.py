@@ -254,6 +254,45 @@ def test_a_credential_with_any_undeclared_mode_drops_the_message(mode):
     assert CANARY_PIN not in repr(res)
 
 
+KEEP_MODE = """
+[policy]
+name = "modes"
+version = "1"
+default = "keep"
+
+[route]
+topics = ["door/+/access"]
+upstream = "cloud/access"
+
+[[drop_when]]
+path = "access.credential"
+present = true
+unless = { path = "access.mode", one_of = ["card", "qr"] }
+reason = "credential"
+
+[[field]]
+path = "access.credential"
+op = "pseudonymise"
+"""
+
+
+@pytest.mark.parametrize("default", ["keep", "drop"])
+def test_unless_is_an_allow_list_in_both_default_modes(default):
+    text = KEEP_MODE.replace('default = "keep"', f'default = "{default}"')
+    eng = Engine([loads(text.encode(), "m.toml")], Keyring.test(), now=NOW)
+    for mode, dropped in [("QR", False), (" card", False), ("Ｑ\u00a0R", False), ("pin", True), ("", True),
+                          (None, True), (7, True), ("cards", True)]:
+        res = send(eng, "door/d1/access", {"access": {"mode": mode, "credential": CANARY_PIN}})
+        assert isinstance(res, Reject) == dropped, (mode, res)
+        if dropped:
+            assert (res.reason, res.rule) == ("credential", "access.credential")
+        else:
+            assert CANARY_PIN not in res.payload.decode()
+    res = send(eng, "door/d1/access", {"access": {"credential": CANARY_PIN}})
+    assert isinstance(res, Reject) and res.reason == "credential"
+    assert isinstance(send(eng, "door/d1/access", {"access": {"mode": "pin"}}), Forward)  # no credential
+
+
 def test_a_credential_without_mode_or_with_missing_access_mode_key_drops():
     eng = pack("smartlocker-jenix")
     for access in ({"credential": CANARY_PIN}, {"mode": None, "credential": CANARY_PIN}):
@@ -496,7 +535,7 @@ def test_gateway_run_refuses_a_url_with_credentials_without_printing_them(tmp_pa
     for url in ["mqtts://cloud.example.com:8883/?password=S3CRET-CANARY", "mqtts://site:S3CRET-CANARY@cloud.example.com"]:
         r = subprocess.run([GATEWAY, "run", "--config", str(config(tmp_path, LOCAL + f'[cloud]\nurl = "{url}"\n'))],
                            capture_output=True, text=True, timeout=60)
-        assert r.returncode == 2 and "url" in r.stderr
+        assert r.returncode == 78 and "url" in r.stderr  # EX_CONFIG (docs/operations.md, Exit codes)
         assert "S3CRET" not in r.stdout + r.stderr and "CANARY" not in r.stdout + r.stderr
 
 
@@ -513,6 +552,11 @@ def test_plaintext_local_to_another_host_needs_allow_insecure(tmp_path, host):
                                  "mqtt://127.0.0.2", "mqtts://site-broker.lan"])
 def test_loopback_or_tls_local_needs_no_switch(tmp_path, url):
     assert load_config(config(tmp_path, f'[local]\nurl = "{url}"\n' + CLOUD)).local.url == url
+
+
+def test_an_upper_case_tls_scheme_is_tls(tmp_path):
+    cfg = load_config(config(tmp_path, LOCAL + '[cloud]\nurl = "MQTTS://cloud.example.com"\n'))
+    assert cfg.cloud.tls and cfg.cloud.port == 8883
 
 
 def test_endpoint_error_text_never_contains_the_url():

@@ -159,3 +159,9 @@ def test_two_workers_one_scrape_target(tmp_path: Path, broker_pair: tuple[Mosqui
         pub.close()
         sink.close()
         gw.close()
+
+
+def test_merge_pages_leaves_out_a_page_that_does_not_parse() -> None:
+    good = "# TYPE gateway_spool_depth gauge\ngateway_spool_depth 4.0\n"
+    merged = merge_pages({"0": good, "1": 'gateway_spool_depth{worker="1" 4\n'}).decode()
+    assert 'gateway_spool_depth{worker="0"} 4.0' in merged and 'worker="1"' not in merged

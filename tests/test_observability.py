@@ -82,6 +82,12 @@ def test_promtool_checks_and_unit_tests_the_rules() -> None:
         assert name in alert_exprs() and f"alertname: {name}" in tests, name
 
 
+def test_example_scrape_config_is_valid() -> None:
+    check = subprocess.run([tool("promtool"), "check", "config", "prometheus.yml"], cwd=PROM_DIR,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, check.stdout + check.stderr
+
+
 def test_every_alert_has_a_runbook_and_severity() -> None:
     rules = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
     for rule in (r for g in rules["groups"] for r in g["rules"]):

@@ -50,6 +50,18 @@ def test_init_writes_a_site_folder_that_loads(tmp_path: Path) -> None:
         init_site(site)  # keys must never be replaced by a second init
 
 
+def test_init_refuses_a_file_and_an_existing_site(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("gateway")
+    (tmp_path / "file").write_text("x")
+    run = _run(exe, "init", str(tmp_path / "file"), cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr and str(tmp_path / "file") in run.stderr
+    assert _run(exe, "init", "site", cwd=tmp_path).returncode == 0
+    keys = (tmp_path / "site" / "keys.json").read_bytes()
+    again = _run(exe, "init", "site", cwd=tmp_path)
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+    assert (tmp_path / "site" / "keys.json").read_bytes() == keys
+
+
 def _run(exe: Path, *args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)

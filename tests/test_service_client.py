@@ -226,7 +226,7 @@ def test_the_parser_handles_any_split_or_coalescing_of_the_stream(parser, packet
     for a, b in itertools.pairwise(edges):
         client._received(stream[a:b])
     expected = [("publish", p.topic, p.payload, p.qos, p.mid, p.dup) if isinstance(p, Publish)
-                else ("puback", p.mid, p.reason is not None and p.reason >= 0x80) for p in packets]
+                else ("puback", p.mid, p.reason if p.reason is not None and p.reason >= 0x80 else 0) for p in packets]
     assert events == expected
     assert client._rest == b"" and client._need == 0
 

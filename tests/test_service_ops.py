@@ -85,13 +85,13 @@ def test_credentials_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.M
 def test_run_refuses_bad_config_and_failing_policy(tmp_path: Path) -> None:
     bad = _config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://cloud.example.com"\n')
     r = subprocess.run([GATEWAY, "run", "--config", str(bad)], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "allow_insecure" in r.stderr
+    assert r.returncode == 78 and "allow_insecure" in r.stderr
     failing = tmp_path / "p.toml"
     failing.write_text(POLICY.read_text().replace("ot4y376hjtyp4gtk", "wrongwrongwrong1"))
     subprocess.run([GATEWAY, "keygen", str(tmp_path / "k.json")], check=True, capture_output=True)
     cfg = _config(tmp_path, f'keys_file = "k.json"\n{LOCAL}[cloud]\nurl = "mqtt://127.0.0.1"\n[metrics]\nlisten = ""\n')
     r = subprocess.run([GATEWAY, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "inline test" in r.stderr
+    assert r.returncode == 78 and "inline test" in r.stderr
 
 
 @pytest.fixture
@@ -177,7 +177,7 @@ def test_configuration_doc_example_loads_and_documents_every_key(tmp_path: Path)
     cfg = load_config(tmp_path / "c.toml")
     assert cfg.cloud.tls and cfg.cloud.cert_file and cfg.ingest.gt06.listen == "0.0.0.0:5023"
     structs = [Config, Endpoint, type(cfg.spool), type(cfg.metrics), type(cfg.log), type(cfg.consent),
-               type(cfg.reconnect), type(cfg.ingest.gt06), type(cfg.keys)]
+               type(cfg.reconnect), type(cfg.ingest.gt06), type(cfg.ingest.jt808), type(cfg.keys)]
     for struct in structs:
         for name in struct.__struct_fields__:
             if name != "path" or struct is not Config:

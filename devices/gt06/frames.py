@@ -11,28 +11,36 @@ import re
 from datetime import UTC, datetime
 
 from gateway.ingest.gt06.codec import (
-    ACC_ON,
-    ALARMS,
-    CHARGING,
-    FIX,
-    MNC_2_BYTES,
-    NORTH,
     PROTO_ALARM,
     PROTO_ALARM_UTC,
     PROTO_HEARTBEAT,
     PROTO_LOCATION,
     PROTO_LOCATION_UTC,
     PROTO_LOGIN,
-    UNITS_PER_DEGREE,
-    WEST,
+    SHORT_START,
+    STOP,
     build_frame,
 )
+from gateway.ingest.gt06.decoders import ACC_ON, CHARGING, FIX, MNC_2_BYTES, NORTH, UNITS_PER_DEGREE, WEST
 
-__all__ = ["build_alarm", "build_frame", "build_heartbeat", "build_location", "build_login"]
+__all__ = [
+    "build_alarm",
+    "build_frame",
+    "build_heartbeat",
+    "build_lbs_report",
+    "build_location",
+    "build_login",
+    "build_wifi_report",
+]
 
 _LANGUAGE_ENGLISH = 0x02
 _TIMEZONE_UTC = b"\x00\x00"  # login time-zone/language word: GMT+0, east
-_ALARM_CODES = {name: code for code, name in ALARMS.items()}
+# The codes a simulated tracker sends for each alarm name (the decoder maps several codes to
+# some names; these are the ones the Concox document lists first).
+_ALARM_CODES = {
+    "normal": 0x00, "sos": 0x01, "power_cut": 0x02, "vibration": 0x03, "enter_fence": 0x04, "exit_fence": 0x05,
+    "overspeed": 0x06, "moving": 0x09, "low_battery": 0x0E, "power_off": 0x11, "tamper": 0x13, "door": 0x14,
+}  # fmt: skip
 _UNNAMED_ALARM = re.compile(r"alarm_0x([0-9a-f]{2})")
 _IMEI = re.compile(r"[0-9]{15}")
 
@@ -175,3 +183,55 @@ def build_alarm(
         + bytes([_alarm_code(alarm), _LANGUAGE_ENGLISH])
     )
     return build_frame(protocol, content, serial)
+
+
+def _stamp(when: datetime) -> bytes:
+    utc = when.astimezone(UTC) if when.tzinfo else when
+    return bytes([utc.year - 2000, utc.month, utc.day, utc.hour, utc.minute, utc.second])
+
+
+def _bssid_bytes(bssid: str) -> bytes:
+    return bytes.fromhex(bssid.replace(":", ""))
+
+
+def build_lbs_report(
+    serial: int,
+    when: datetime,
+    mcc: int,
+    mnc: int,
+    cells: list[tuple[int, int, int]],
+    wifi: list[tuple[str, int]] | None = None,
+    protocol: int = 0x28,
+) -> bytes:
+    """LBS report without GPS: 0x28 (7 cells), 0x2C (7 cells + access points) or 0xA1 (4G cells).
+
+    ``cells`` are (lac, cell_id, rssi dBm) with a LAC > 0, at most 7 (the rest of the 7 slots are
+    sent empty, as devices do); ``wifi`` (0x2C only) are (BSSID, rssi dBm).
+    """
+    if protocol not in (0x28, 0x2C, 0xA1) or len(cells) > 7 or (wifi and protocol != 0x2C):
+        raise ValueError("protocol 0x28, 0x2C or 0xA1 with at most 7 cells; access points only in 0x2C")
+    lac_bytes, cid_bytes = (4, 8) if protocol == 0xA1 else (2, 3)
+    wide = mnc > 0xFF
+    content = _stamp(when) + (mcc | (MNC_2_BYTES if wide else 0)).to_bytes(2, "big")
+    content += mnc.to_bytes(2 if wide else 1, "big")
+    for lac, cid, rssi in [*cells, *[(0, 0, 0)] * (7 - len(cells))]:
+        content += lac.to_bytes(lac_bytes, "big") + cid.to_bytes(cid_bytes, "big") + bytes([-rssi])
+    content += b"\xff"  # timing advance
+    if protocol == 0x2C:
+        aps = wifi or []
+        content += bytes([len(aps)]) + b"".join(_bssid_bytes(b) + bytes([-rssi]) for b, rssi in aps)
+    return build_frame(protocol, content, serial)
+
+
+def build_wifi_report(
+    when: datetime, aps: list[tuple[str, int]], mcc: int, mnc: int, cells: list[tuple[int, int, int]],
+    protocol: int = 0x69,
+) -> bytes:
+    """Counted Wi-Fi report (0x69 / 0x17): LEN is the access-point count, BCD UTC time, no serial or CRC."""
+    utc = when.astimezone(UTC) if when.tzinfo else when
+    digits = f"{utc.year - 2000:02d}{utc.month:02d}{utc.day:02d}{utc.hour:02d}{utc.minute:02d}{utc.second:02d}"
+    content = bytes.fromhex(digits)
+    content += b"".join(_bssid_bytes(b) + bytes([-rssi]) for b, rssi in aps)
+    content += bytes([len(cells)]) + mcc.to_bytes(2, "big") + bytes([mnc])
+    content += b"".join(lac.to_bytes(2, "big") + cid.to_bytes(2, "big") + bytes([-rssi]) for lac, cid, rssi in cells)
+    return SHORT_START + bytes([len(aps), protocol]) + content + STOP

@@ -102,6 +102,15 @@ def _unescape(s: str) -> str:
     return chr(int(s[2:], 16))
 
 
+def _unescape_match(m: re.Match) -> str:
+    return _unescape(m.group())
+
+
+# Escapes and characters that normalise to 0 or 2+ characters are mapped back one by one up
+# to this many in a text; beyond, a hit replaces the whole text (a pathological input).
+ESCAPE_BUDGET = 4096
+
+
 class Spans:
     """Where each stretch of a normalised text came from (text with escapes): ``(norm_start,
     orig_start, orig_end)``, ``orig_end`` None for a stretch copied character for character."""
@@ -153,7 +162,11 @@ def normalise(text: str) -> tuple[str, Spans | _Lengths | None]:
     spans = Spans()
     pieces: list[str] = []
     n = pos = 0
-    for m in _SPECIAL.finditer(folded):
+    for count, m in enumerate(_SPECIAL.finditer(folded)):
+        if count == ESCAPE_BUDGET:  # so many: decode all at once, and a hit covers the whole text
+            spans = Spans()
+            spans.add(0, 0, len(text))
+            return _ESCAPED.sub(_unescape_match, text).translate(_FULL), spans
         a, b = m.span()
         if a > pos:
             spans.add(n, pos, None)
@@ -187,14 +200,15 @@ _KEYWORD = r"""(?:
         |A(?:pi_?[Kk]ey|ccess_?[Kk]ey|PI_?KEY)|O(?:tp|TP)|C(?:redentials?|REDENTIALS?)|PrivateKey))
   (?:[_.-]?(?i:key|code|value|hash))?"""
 _SECRET = re.compile(
-    rf"""(?<![A-Za-z0-9])(?i:proxy-)?(?i:authorization)["']?\s*[=:]\s*["']?
+    rf"""(?=[A-Da-dOoPpSsTtUu])  # the first letters of the keywords: other positions fail fast
+    (?:(?<![A-Za-z0-9])(?i:proxy-)?(?i:authorization)["']?\s*[=:]\s*["']?
         (?:(?i:bearer|basic|token|digest|negotiate|ntlm|apikey|hmac|jwt)\s+)?(?P<auth>[^\s"',;&}}]+)
   | (?<![A-Za-z0-9])(?i:bearer|basic|token)\s++(?=[A-Za-z0-9._~+/=-]*?(?:[0-9+/=]|[a-z][A-Z]))
         (?P<bearer>[A-Za-z0-9._~+/=-]{{8,}})
-  | {_KEYWORD}["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}}]+)
-  | (?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@""",
+  | {_KEYWORD}["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}}]+))""",
     re.VERBOSE,
 )
+_USERINFO = re.compile(r"(?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@")
 _SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|credential")
 _AT = re.compile(r"(?<![\w.%+-])(?P<local>[\w.%+-]++)@(?P<domain>[\w-]++(?:\.[\w-]++)*+)")
 # An IPv4 address may be followed by a full stop, a letter or other glue ("203.0.113.77.",
@@ -208,9 +222,13 @@ _IPV6 = re.compile(
 # A run of digit groups joined by single separators: spaces, tabs and dashes (strong), or
 # ".", "/" and "_" (weak, see _window). Letters may touch it ("card4111...", "tel98765...").
 _SEP = r"[ \t./_-]"
+# The pattern starts with a digit class so that the regex engine skips other characters at
+# C speed; a "+" or "(" just before the first digit is added by _digit_runs. A run holds 10
+# or more digits, or 8 after a "+": fewer is no identifier.
 _DIGITS = re.compile(
-    rf"(?<![0-9+])(?<!\d[.,])(?=\+?(?:\(\d{{1,5}}\)[ -]?)?(?:\d\)?{_SEP}?\(?){{5}}\d)"
-    rf"(?>\+?(?:\(\d{{1,5}}\)[ -]?)?\d++(?:\)?{_SEP}?\(?\d++)*+\)?)",
+    rf"\d(?<![0-9].)(?<!\d[.,].)"
+    rf"(?:(?<=\+.)(?=(?:\)?{_SEP}?\(?\d){{7}})|(?<=\+\(.)(?=(?:\)?{_SEP}?\(?\d){{7}})|(?=(?:\)?{_SEP}?\(?\d){{9}}))"
+    rf"(?>\d*+(?:\)?{_SEP}?\(?\d++)*+\)?)",
     re.ASCII,
 )
 _COARSE = re.compile(
@@ -228,9 +246,11 @@ _PAIR = re.compile(
     rf"(?<![\d.]){_NUM}(?:\s*+[,;/|]\s*+|\s++)(?:(?i:lat|latitude|lon|lng|long|longitude)\s*+[:=]?\s*+)?{_NUM}(?!\d|\.\d)",
     re.ASCII,
 )
+_FIVE_DECIMALS = re.compile(rb"\.[0-9]{5}")  # a cheap gate (a literal first) before _PAIR
 _PAIR_NUMBER = re.compile(r"[-+]?\d{1,3}\.\d+", re.ASCII)
 _DIGIT_BYTES = b"0123456789"
 _NOT_HEX = str.maketrans(dict.fromkeys("0123456789ABCDEFabcdef"))
+_ONLY_DIGITS = str.maketrans(dict.fromkeys(" \t-()+./_"))  # a digit run's digits
 # A value that is exactly an ISO 8601 timestamp holds no identifier; timestamps
 # are the commonest kept strings with many digits, so they skip the scans.
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?)?(?:Z|[+-]\d\d:?\d\d)?", re.ASCII)
@@ -332,7 +352,17 @@ def _float_decimals(x: float) -> int:
 _RANK = {"card": 0, "imei": 0, "utr": 1, "phone": 2}
 
 
-def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
+def _digit_runs(text: str, m: re.Match) -> list[tuple[int, int, str]]:
+    """_digit_run over the match, with a "+", "(" or "+(" written just before it."""
+    start = m.start()
+    if start and text[start - 1] == "(":
+        start -= 1
+    if start and text[start - 1] == "+" and (start < 2 or text[start - 2] not in "0123456789+"):
+        start -= 1
+    return _digit_run(text[start : m.end()], start)
+
+
+def _digit_run(run: str, offset: int) -> list[tuple[int, int, str]]:
     """Identifiers in a run of digit groups: windows of whole groups, Luhn-checked numbers
     first, then UTRs, then phones, longer before shorter. A window starts at a group of two
     or more digits (or a "+", or the whole run), never at a date or after a decimal point,
@@ -340,7 +370,15 @@ def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
     joined by a weak separator (".", "/", "_") uses that one separator throughout and has
     3+ groups of 2+ digits ("4111.1111.1111.1111", "+91.98765.43210"; not "12.50 13.75",
     "10.0.19045.3693", "3.14159265358979" or an IPv4 address)."""
-    run = m.group()
+    digits = run.translate(_ONLY_DIGITS)
+    if len(digits) < 10 and "+" not in run:
+        return []  # fewer than 10 digits and no "+": no identifier ("0x80070005")
+    if "." not in run and "/" not in run and "_" not in run and not _DATE.match(run):
+        head = len(run) - len(run.lstrip("0123456789"))
+        if not (head == 8 and _COMPACT_DATE.match(run)):  # the whole run as one identifier
+            kind = _kind(digits, len(digits) == len(run.strip("()")), run[0] == "+")
+            if kind:
+                return [(offset, offset + len(run), kind)]
     groups = []
     for g in _GROUP.finditer(run):
         text = g.group()
@@ -383,7 +421,7 @@ def _digit_run(m: re.Match) -> list[tuple[int, int, str]]:
     for _, _, start, end, kind in sorted(candidates):
         if not any(taken[start:end]):
             taken[start:end] = b"\x01" * (end - start)
-            hits.append((m.start() + start, m.start() + end, kind))
+            hits.append((offset + start, offset + end, kind))
     return sorted(hits)
 
 
@@ -435,6 +473,8 @@ def _pair(m: re.Match) -> bool:
 def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]:
     """``(detector, start, end)`` for every enabled identifier (and every precise coordinate
     pair), in order, not overlapping, as spans of ``text``."""
+    if text.isascii() and "%" not in text and "&#" not in text and "\\u" not in text:
+        return _find(text, enabled)  # the common case, read as it is
     norm, spans = normalise(text)
     hits = _find(norm, enabled)
     if spans is None or not hits:
@@ -455,10 +495,13 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
     raw = text.encode("utf-8", "surrogatepass")
     digits = len(raw) - len(raw.translate(None, _DIGIT_BYTES))
     hits: list[tuple[int, int, str]] = []
-    if "secret" in enabled and (b"://" in raw or _SECRET_WORDS.search(raw.lower())):
-        for m in _SECRET.finditer(text):
-            group = m.lastgroup
-            hits.append((m.start(group), m.end(group), "secret"))
+    if "secret" in enabled:
+        if _SECRET_WORDS.search(raw.lower()):
+            for m in _SECRET.finditer(text):
+                group = m.lastgroup
+                hits.append((m.start(group), m.end(group), "secret"))
+        if b"://" in raw:
+            hits.extend((m.start(1), m.end(1), "secret") for m in _USERINFO.finditer(text))
     if b"@" in raw and not enabled.isdisjoint(("email", "upi_vpa")):
         for m in _AT.finditer(text):
             kind = _at(m)
@@ -470,7 +513,7 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
         if raw.count(b":") >= 2:
             hits.extend((m.start(), m.end(), "ip") for m in _IPV6.finditer(text) if _ipv6(m))
     if digits >= 8:
-        if raw.count(b".") >= 2:
+        if raw.count(b".") >= 2 and _FIVE_DECIMALS.search(raw):
             hits.extend((m.start(), m.end(), COORDINATE) for m in _PAIR.finditer(text) if _pair(m))
         # A UUID's groups are hex, and an all-digit one is not a UTR or phone; nor is a hash.
         ignore = [m.span() for m in _UUID.finditer(text)] if b"-" in raw else []
@@ -482,7 +525,7 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
                 kind = next((k for k in ("phone", "card", "imei", "utr") if k in enabled), "phone")
                 found.extend((c.start(), c.end(), kind) for c in _COARSE.finditer(text, m.start()))
                 break
-            found.extend(_digit_run(m))
+            found.extend(_digit_runs(text, m))
         for hit in found:
             if not any(a <= hit[0] and hit[1] <= b for a, b in ignore) and not _in_hash(text, hit[0], hit[1]):
                 hits.append(hit)

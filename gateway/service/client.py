@@ -12,7 +12,7 @@ So the packets that are the traffic are handled here, straight from one socket b
 - **in**: the socket is read in 256 KiB chunks; whole packets are cut from the buffer.
   PUBLISH (QoS 0/1) goes to ``on_message(topic, payload, qos, mid, dup)`` (MQTT 5
   properties are skipped: the gateway subscribes without topic aliases and reads none);
-  PUBACK goes to ``on_puback(mid, failed)``. No object is built per packet beyond the
+  PUBACK goes to ``on_puback(mid, reason)`` (0, or a refusal's code >= 0x80). No object is built per packet beyond the
   topic and payload themselves.
 - **out**: ``publish_nowait`` encodes a PUBLISH into the write buffer (pre-packed
   properties may be passed as bytes), ``puback`` appends four bytes; the buffer is
@@ -51,7 +51,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 __all__ = ["Client", "OnMessage", "OnPuback", "fixed_header"]
 
 OnMessage = Callable[[str, bytes, int, int, bool], None]  # topic, payload, qos, mid, dup
-OnPuback = Callable[[int, bool], None]  # mid, failed (reason code >= 0x80)
+OnPuback = Callable[[int, int], None]  # mid, 0 or the refusal's reason code (>= 0x80)
 
 READ_SIZE = 256 * 1024
 _PUBACK = Struct("!BBH").pack
@@ -92,6 +92,7 @@ class Client(aiomqtt.Client):
         self._flush_scheduled = False
         self._live = False  # CONNACK accepted and socket open: publish_nowait/puback may write
         self._hold = False  # PUBLISH delivery waits until __aenter__ has returned
+        self._reading_paused = False  # backpressure: see pause_reading
         self._rest = b""  # bytes read but not yet a whole packet
         self._chunks: list[bytes] = []  # a large packet's pieces until it is complete
         self._chunks_len = 0
@@ -281,7 +282,7 @@ class Client(aiomqtt.Client):
                     return
                 kind = head >> 4
                 if kind == 3 and on_message is not None and head & 6 != 6:  # PUBLISH, QoS 0 or 1
-                    if self._hold:
+                    if self._hold or self._reading_paused:
                         return
                     qos = (head >> 1) & 3
                     p = start + 2 + (buf[start] << 8 | buf[start + 1])
@@ -314,7 +315,7 @@ class Client(aiomqtt.Client):
                 elif kind == 4 and length >= 2 and (mid := buf[start] << 8 | buf[start + 1]) not in c._out_messages:
                     pos = end  # PUBACK of a publish_nowait (paho's own publishes are in _out_messages)
                     if on_puback is not None:
-                        on_puback(mid, length > 2 and buf[start + 2] >= 0x80)
+                        on_puback(mid, buf[start + 2] if length > 2 and buf[start + 2] >= 0x80 else 0)
                 else:
                     self._feed = buf[pos:end]
                     self._feed_pos = 0
@@ -409,10 +410,30 @@ class Client(aiomqtt.Client):
             self._sock = sock
             self._rest, self._chunks, self._chunks_len, self._need = b"", [], 0, 0
             self._feed, self._feed_pos, self._feed_end = b"", 0, None
+            self._reading_paused = False  # a new connection; the worker re-applies the uplink's pressure
             self._loop.add_reader(sock.fileno(), self._on_readable)
             self._misc_task = self._loop.create_task(self._misc_loop())
 
         self._loop.call_soon_threadsafe(start)
+
+    def pause_reading(self, paused: bool) -> None:
+        """Stop (True) or resume (False) taking messages; on the event loop thread only.
+
+        Backpressure for a broker that sends more than our Receive Maximum (Mosquitto
+        2.0 does, once PUBACKs flow): unread data stays in the kernel and TCP holds the
+        rest back at the broker, where it is safe (not acknowledged). Paused past twice
+        the keepalive, paho ends the connection and the broker redelivers on the next."""
+        if paused == self._reading_paused:
+            return
+        self._reading_paused = paused
+        sock = self._sock
+        if sock is None or self._client._sock is not sock:
+            return
+        if paused:
+            self._loop.remove_reader(sock.fileno())
+        else:
+            self._loop.add_reader(sock.fileno(), self._on_readable)
+            self._loop.call_soon(self._resume)  # whole packets already buffered get no readiness event
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._live = False

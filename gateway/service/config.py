@@ -22,6 +22,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.ingest.gt06.limits import Limits
+from gateway.ingest.jt808.limits import Limits as Jt808Limits
 from gateway.service.consent import ConsentKeyError, public_key
 
 __all__ = ["Config", "ConfigError", "Endpoint", "load_config"]
@@ -88,7 +89,7 @@ class Endpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     @property
     def tls(self) -> bool:
-        return self.url.startswith("mqtts://")
+        return urlsplit(self.url).scheme == "mqtts"  # urlsplit lower-cases the scheme: "MQTTS://" is TLS too
 
     @property
     def port(self) -> int:
@@ -98,9 +99,9 @@ class Endpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """(username, password) from the environment or files, read when connecting.
 
         Read per connection attempt, so a rotated password file is picked up on
-        the next reconnect without a restart.
+        the next reconnect without a restart. A ConfigError names the key and the
+        variable or file, never the secret.
         """
-        user = os.environ.get(self.username_env, "") if self.username_env else self.username
         password: str | None = None
         if self.password_env:
             password = os.environ.get(self.password_env)
@@ -109,18 +110,49 @@ class Endpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         elif self.password_file:
             try:
                 text = Path(self.password_file).read_text()
-            except OSError as exc:
-                raise ConfigError(f"password_file {self.password_file}: {exc.strerror or exc.__class__.__name__}") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"password_file {self.password_file}: {_why(exc)}") from None
             password = text.splitlines()[0] if text else ""
+            if not password:
+                raise ConfigError(f"password_file {self.password_file}: the first line is empty")
+        user = self.username
+        if self.username_env:
+            user = os.environ.get(self.username_env, "")
+            if not user:
+                raise ConfigError(f"environment variable {self.username_env} (username_env) is not set")
         return (user or None), password
 
     def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for mqtts:// (CA bundle, client certificate); None for mqtt://."""
         if not self.tls:
             return None
-        ctx = ssl.create_default_context(cafile=self.ca_file or None)
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"ca_file {self.ca_file}: {_why(exc)}") from None
         if self.cert_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
+            try:
+                ctx.load_cert_chain(self.cert_file, self.key_file, password=_no_passphrase)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise ConfigError(f"cert_file {self.cert_file} / key_file {self.key_file}: {_why(exc)}") from None
         return ctx
+
+
+def _no_passphrase() -> str:
+    """A passphrase-protected key cannot be used unattended: refuse rather than prompt on a TTY."""
+    raise ValueError("the key is protected by a passphrase; the gateway needs an unencrypted key (mode 0600)")
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong with a file, without its contents: the OS error or OpenSSL's reason."""
+    if isinstance(exc, ssl.SSLError):
+        text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc.args[1]) if len(exc.args) > 1 else str(exc))
+        return f"cannot load: {'not valid PEM' if 'PEM lib' in text else 'OpenSSL says'} ({text})"
+    if isinstance(exc, OSError):
+        return exc.strerror or exc.__class__.__name__
+    if isinstance(exc, UnicodeDecodeError):
+        return "not text (UTF-8)"
+    return str(exc) if isinstance(exc, ValueError) else exc.__class__.__name__
 
 
 class Spool(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -252,8 +284,77 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return frozenset(self.allowed_imeis) if self.allowed_imeis is not None else None
 
 
+class Supervisor(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``gateway run --workers N``: how a worker that dies is restarted (see docs/operations.md)."""
+
+    restart_min_s: float = 0.5  # first restart delay; doubles with each quick failure
+    restart_max_s: float = 30.0
+    healthy_after_s: float = 60.0  # a worker that ran this long before exiting restarts from restart_min_s again
+
+    def __post_init__(self) -> None:
+        if not 0 < self.restart_min_s <= self.restart_max_s <= 3600:
+            raise ValueError("need 0 < restart_min_s <= restart_max_s <= 3600")
+        if not 0 < self.healthy_after_s <= 86400:
+            raise ValueError("healthy_after_s must be between 0 and 86400")
+
+
+_JT808 = Jt808Limits()
+
+
+class Jt808(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Native TCP ingress for JT/T 808 terminals (see gateway/ingest/jt808/listener.py)."""
+
+    listen: str = ""  # e.g. "0.0.0.0:8808"; "" = off
+    max_connections: int = _JT808.max_connections
+    max_connections_per_peer: int = _JT808.max_connections_per_peer
+    max_buffer: int = _JT808.max_buffer
+    idle_timeout_s: float = _JT808.idle_timeout
+    login_timeout_s: float = _JT808.login_timeout
+    max_frames_per_second: float = _JT808.max_frames_per_second
+    frame_burst: int = _JT808.frame_burst
+    max_bad_frames: int = _JT808.max_bad_frames
+    max_subpackages: int = _JT808.max_subpackages
+    allowed_terminals: list[str] | None = None  # None: any terminal that registers
+    allowed_terminals_file: str = ""  # or one terminal number per line
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            _, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError('listen must be "host:port"')
+        if self.allowed_terminals is not None and self.allowed_terminals_file:
+            raise ValueError("set allowed_terminals or allowed_terminals_file, not both")
+        self._limits(None)
+
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def limits(self) -> Jt808Limits:
+        return self._limits(self.allow_list())
+
+    def _limits(self, allowed: frozenset[str] | None) -> Jt808Limits:
+        return Jt808Limits(
+            max_connections=self.max_connections, max_connections_per_peer=self.max_connections_per_peer,
+            max_buffer=self.max_buffer, idle_timeout=self.idle_timeout_s, login_timeout=self.login_timeout_s,
+            max_frames_per_second=self.max_frames_per_second, frame_burst=self.frame_burst,
+            max_bad_frames=self.max_bad_frames, max_subpackages=self.max_subpackages, allowed_terminals=allowed,
+        )
+
+    def allow_list(self) -> frozenset[str] | None:
+        """The terminal allow-list (a file is read when the listener starts and on SIGHUP)."""
+        if self.allowed_terminals_file:
+            try:
+                lines = Path(self.allowed_terminals_file).read_text().split()
+            except OSError as exc:
+                raise ConfigError(f"allowed_terminals_file {self.allowed_terminals_file}: {exc.strerror}") from None
+            return frozenset(x for x in lines if not x.startswith("#"))
+        return frozenset(self.allowed_terminals) if self.allowed_terminals is not None else None
+
+
 class Ingest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gt06: Gt06 = msgspec.field(default_factory=Gt06)
+    jt808: Jt808 = msgspec.field(default_factory=Jt808)
 
 
 class Keys(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -281,6 +382,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log: Log = msgspec.field(default_factory=Log)
     consent: Consent = msgspec.field(default_factory=Consent)
     reconnect: Reconnect = msgspec.field(default_factory=Reconnect)
+    supervisor: Supervisor = msgspec.field(default_factory=Supervisor)
     ingest: Ingest = msgspec.field(default_factory=Ingest)
     keys: Keys = msgspec.field(default_factory=Keys)
     path: str = ""  # set by load_config: the file it came from
@@ -369,6 +471,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     cfg.keys_file = _resolve(base, cfg.keys_file)
     cfg.spool.path = _resolve(base, cfg.spool.path)
     cfg.ingest.gt06.allowed_imeis_file = _resolve(base, cfg.ingest.gt06.allowed_imeis_file)
+    cfg.ingest.jt808.allowed_terminals_file = _resolve(base, cfg.ingest.jt808.allowed_terminals_file)
     cfg.consent.public_keys_file = _resolve(base, cfg.consent.public_keys_file)
     cfg.consent.verify_keys()
     cfg.path = str(path.resolve())
@@ -381,6 +484,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 LIVE_KEYS = frozenset({
     "policies", "shadow_policies", "trusted_policy_keys", "keys_file", "dead_letter", "shutdown_timeout_s",
     "consent", "log", "reconnect", "keys", "ingest.gt06.allowed_imeis", "ingest.gt06.allowed_imeis_file",
+    "ingest.jt808.allowed_terminals", "ingest.jt808.allowed_terminals_file",
 })
 
 

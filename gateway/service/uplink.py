@@ -18,12 +18,25 @@ contract; everything below keeps it while preserving each device's order:
   local broker stops sending (its in-flight window is full) and the backlog waits
   there. Held items whose local connection is gone are dropped: the broker
   redelivers them on the next session.
+- Any spool error (disk full, I/O, busy, corrupt) is handled like a full spool:
+  the items are held unacknowledged, the write is retried on a timer with backoff,
+  and ``spool_writable`` is False (so /readyz says 503) until a write succeeds.
+- Memory is bounded: past `HIGH_WATER` items taken but not yet safe, the uplink
+  asks the worker to stop reading the local socket (``pressure(True)``); TCP then
+  holds the rest back at the broker. Needed because the site broker may send more
+  than our Receive Maximum (Mosquitto 2.0 does, once PUBACKs flow).
+- The drain is supervised (an exception is logged, counted and the drain restarts)
+  and retries on its own timer with backoff, not only when new traffic arrives.
+- A message the cloud refuses (PUBACK reason >= 0x80) is retried in later drain
+  batches, never ahead of the others; after `REFUSED_TRIES` refusals it moves to the
+  spool's quarantine (``gateway spool list|resend|purge``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,7 +49,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.service.client import Client
 from gateway.service.config import Endpoint, Reconnect
-from gateway.spool import Spool
+from gateway.spool import Spool, SpoolError
 from gateway.telemetry import Metrics, get_logger
 
 __all__ = ["Backoff", "Item", "Provenance", "Uplink", "describe", "provenance"]
@@ -44,6 +57,11 @@ __all__ = ["Backoff", "Item", "Provenance", "Uplink", "describe", "provenance"]
 log = get_logger("gateway.uplink")
 DRAIN_BATCH = 500
 DRAIN_TIMEOUT = 30.0
+REFUSED_TRIES = 3  # refusals of one spooled message before it is quarantined
+HIGH_WATER = 2000  # items taken but not yet safe: above this, stop reading the local broker
+LOW_WATER = 1000  # ... and resume at or below this
+IDLE_CHECK_S = 5.0  # the drain looks at a non-empty spool at least this often, traffic or not
+_ID_LIKE = re.compile(r"\d|^[^/]{17,}$")
 
 
 class Provenance(NamedTuple):
@@ -146,6 +164,15 @@ class Uplink:
         self._full_logged = False
         self._drain_props: dict[tuple[bytes, int | None], _Packed] = {}
         self._drained_total = 0  # republished from the spool in this outage (for the log)
+        self.spool_writable = True  # False from a failed spool write until one succeeds (/readyz)
+        self.spool_error = ""  # the kind of the last spool error while not writable
+        self._retry_backoff = Backoff(reconnect)
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._refused: dict[int, int] = {}  # spool id -> reason, refused in the current drain batch
+        self._tries: dict[int, int] = {}  # spool id -> refusals so far
+        self._refusal_logged: set[tuple[int, str, str]] = set()
+        self.pressure: Callable[[bool], None] | None = None  # set by the worker: pause/resume local reads
+        self.paused = False
         self.first_attempt = asyncio.Event()  # set once the first connection attempt is over
         self._update_gauges()
 
@@ -172,12 +199,28 @@ class Uplink:
         if self.direct:
             if len(self._window) >= self._limit or self._overflow:
                 self._overflow.append(item)
+                if len(self._overflow) + self._limit >= HIGH_WATER:
+                    self._check_pressure()
                 return
             if self._publish(item):
                 return
             self._go_offline()
         self._pending.append(item)
+        if len(self._pending) + len(self._held) >= HIGH_WATER:
+            self._check_pressure()
         self._schedule_flush()
+
+    def _check_pressure(self) -> None:
+        """Stop reading the local broker above HIGH_WATER items not yet safe; resume at LOW_WATER."""
+        backlog = self.backlog
+        if not self.paused and backlog >= HIGH_WATER:
+            self.paused = True
+            if self.pressure is not None:
+                self.pressure(True)
+        elif self.paused and backlog <= LOW_WATER:
+            self.paused = False
+            if self.pressure is not None:
+                self.pressure(False)
 
     def _publish(self, item: Item) -> bool:
         client = self.client
@@ -194,11 +237,12 @@ class Uplink:
         if item.ack is not None and (item.gen == 0 or item.gen == self.local_gen):
             item.ack()
 
-    def _on_puback(self, mid: int, failed: bool) -> None:
+    def _on_puback(self, mid: int, failed: int) -> None:
+        """``failed``: 0, or the PUBACK's reason code (>= 0x80) when the cloud refused the message."""
         window = self._window
         if mid in window:
-            if failed:  # the cloud refused it (quota, authorisation): spool it in its place, retry later
-                self.metrics.cloud_refused.inc()
+            if failed:  # refused (authorisation, quota): spool it in its place; the drain retries, then quarantines
+                self.metrics.cloud_refused.labels(_reason(failed)).inc()
                 self._go_offline()
                 return
             self.metrics.uplink_acked.inc()
@@ -210,12 +254,14 @@ class Uplink:
                     self._go_offline()  # the item stays first in line, for the spool
                     break
                 overflow.popleft()
+            if self.paused:
+                self._check_pressure()
             return
         sid = self._draining.pop(mid, None)
         if sid is not None:
             if failed:
-                self.metrics.cloud_refused.inc()
-                self._drain_failed = True
+                self.metrics.cloud_refused.labels(_reason(failed)).inc()
+                self._refused[sid] = failed
             else:
                 self.metrics.uplink_acked.inc()
                 self.metrics.last_forward.set(time.time())
@@ -246,10 +292,23 @@ class Uplink:
         self._pending.clear()
         self._held = []
         if not items:
+            if self.paused:
+                self._check_pressure()
             return
-        stored = self.spool.append_many(
-            [(i.label, i.topic, i.payload, i.qos, i.prov.spooled) for i in items]
-        )
+        try:
+            stored = self.spool.append_many(
+                [(i.label, i.topic, i.payload, i.qos, i.prov.spooled) for i in items]
+            )
+        except SpoolError as exc:  # like a full spool: hold, do not acknowledge, retry on a timer
+            self._held = items
+            self._spool_failed(exc)
+            self._arm_retry()
+            self._check_pressure()
+            return
+        if not self.spool_writable:
+            self.spool_writable, self.spool_error = True, ""
+            self._retry_backoff.reset()
+            log.info("spool_writable_again", spool_depth=self.spool.depth, spool_bytes=self.spool.bytes)
         self.metrics.spooled.inc(stored)
         for item in items[:stored]:
             self._done(item)
@@ -265,11 +324,32 @@ class Uplink:
             self._full_logged = False
             log.info("spool_accepting_again", spool_bytes=self.spool.bytes)
         self._update_gauges()
+        self._check_pressure()
         self._wake.set()
+
+    def _spool_failed(self, exc: SpoolError) -> None:
+        """Count a spool error; log a failing write once per outage (its kind, never stored data)."""
+        self.metrics.spool_errors.labels(exc.op).inc()
+        if self.spool_writable or exc.op != "append":
+            log.error("spool_error", op=exc.op, kind=exc.kind, held=len(self._held),
+                      action="not acknowledging; retrying with backoff")
+        if exc.op == "append":
+            self.spool_writable, self.spool_error = False, exc.kind
+
+    def _arm_retry(self) -> None:
+        """Retry the held items on a timer with backoff: space may come back with no traffic at all."""
+        if self._retry_timer is None and not self._stop.is_set():
+            def fire() -> None:
+                self._retry_timer = None
+                if self._held or self._pending:
+                    self.flush()
+
+            self._retry_timer = asyncio.get_running_loop().call_later(self._retry_backoff.next_delay(), fire)
 
     def _update_gauges(self) -> None:
         self.metrics.spool_depth.set(self.spool.depth)
         self.metrics.spool_bytes.set(self.spool.bytes)
+        self.metrics.spool_quarantined.set(self.spool.quarantine_depth)
 
     # -- connection and drain --------------------------------------------------------------
 
@@ -341,30 +421,65 @@ class Uplink:
             self._drain_event.set()
 
     async def _drain_loop(self) -> None:
-        while True:
-            await self._wake.wait()
+        """Supervised: an exception is logged and counted, and the drain goes on after a backoff."""
+        backoff = Backoff(self.reconnect)
+        while not self._stop.is_set():
+            try:
+                await self._drain_until_stopped(backoff)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, SpoolError):
+                    self._spool_failed(exc)
+                else:
+                    self.metrics.spool_errors.labels("drain").inc()
+                    log.error("spool_drain_failed", error=describe(exc), action="drain restarts after a backoff")
+                self._draining.clear()
+                await wait_first(self._stop.wait(), timeout=backoff.next_delay())
+
+    async def _drain_until_stopped(self, backoff: Backoff) -> None:
+        while not self._stop.is_set():
+            # Woken by traffic or a (re)connection; and on a timer while anything waits,
+            # so that a quiet site's spool drains too.
+            idle = self.direct or not self.connected or not (self.spool.depth or self._held or self._pending)
+            await wait_first(self._wake.wait(), self._stop.wait(), timeout=None if idle else IDLE_CHECK_S)
             self._wake.clear()
             while self.connected and not self.direct and not self._stop.is_set():
-                if not await self._drain_batch():
-                    await wait_first(self._stop.wait(), timeout=Backoff(self.reconnect).next_delay())
-                    break
+                if await self._drain_batch():
+                    backoff.reset()
+                else:  # retry on a timer with backoff, whether or not new traffic comes
+                    await wait_first(self._stop.wait(), timeout=backoff.next_delay())
 
     async def _drain_batch(self) -> bool:
         """Republish the oldest spooled batch; False if that failed (retry later)."""
         if self._pending or self._held:
             self.flush()
         entries = self.spool.peek(min(DRAIN_BATCH, self._limit))
+        if not entries and (self._pending or self._held):  # the spool refused them, though empty: free its space
+            self.spool.compact()
+            self.flush()
+            if self._held or self._pending:
+                return False  # retry after a backoff (never a busy loop: this path awaits nothing)
+            return True
         if not entries:
             if not self._pending and not self._held:
                 self.direct = True
                 self._full_logged = False
+                if not self.spool_writable:  # nothing waits for it, and deletes just went through
+                    self.spool_writable, self.spool_error = True, ""
                 if self._drained_total:
                     log.info("spool_drained", messages=self._drained_total)
                     self._drained_total = 0
+                    self._tries.clear()
+                    try:
+                        self.spool.compact()  # give the space back, truncate the WAL
+                    except SpoolError as exc:
+                        self._spool_failed(exc)
             return True
         client = self.client
         assert client is not None
         self._drained = []
+        self._refused = {}
         self._drain_failed = False
         self._drain_event.clear()
         now = time.time()
@@ -396,13 +511,40 @@ class Uplink:
         self._draining.clear()
         if expired:
             self.metrics.spool_expired.inc(len(expired))
-        self.spool.delete(self._drained + expired)
-        self._drained_total += len(self._drained)
-        self._drained = []
+        drained, self._drained = self._drained, []
+        self.spool.delete(drained + expired)  # SpoolError: the supervisor retries; rows stay (duplicates, not loss)
+        self._drained_total += len(drained)
+        if self._refused:
+            ok = self._refusals(entries) and ok
         self._update_gauges()
         if self._held:
             self.flush()  # room was made
         return ok
+
+    def _refusals(self, entries: list[Any]) -> bool:
+        """Count this batch's refusals; quarantine what was refused REFUSED_TRIES times.
+
+        False (retry after a backoff) while a refused message still waits for its next try."""
+        by_id = {e.id: e for e in entries}
+        waiting = False
+        refused, self._refused = self._refused, {}
+        for sid, reason in refused.items():
+            tries = self._tries.get(sid, 0) + 1
+            if tries < REFUSED_TRIES:
+                self._tries[sid] = tries
+                waiting = True
+                continue
+            self._tries.pop(sid, None)
+            if self.spool.quarantine(sid, reason):
+                entry = by_id.get(sid)
+                policy = entry.device if entry is not None else ""
+                pattern = topic_pattern(entry.topic) if entry is not None else ""
+                if (reason, policy, pattern) not in self._refusal_logged:  # once per kind; the rest are counted
+                    self._refusal_logged.add((reason, policy, pattern))
+                    log.warning("cloud_refused_quarantined", reason=_reason(reason), policy=policy, topic=pattern,
+                                tries=tries, action="moved to the quarantine; see `gateway spool list`",
+                                note="further refusals of this kind are only counted")
+        return not waiting
 
     async def close(self, timeout: float) -> None:
         """Shutdown: wait up to ``timeout`` for in-flight PUBACKs, spool the rest, disconnect."""
@@ -410,8 +552,32 @@ class Uplink:
         while self._window and self.connected and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         self._go_offline()
-        self.flush()
+        self.flush()  # never raises: a failing spool leaves the items unacknowledged at the broker
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         self._stop.set()
+
+    def readiness(self) -> tuple[bool, str]:
+        """The uplink's part of /readyz: not ready while the spool cannot write; the quarantine as a detail."""
+        details = []
+        if not self.spool_writable:
+            details.append(f"spool: cannot write ({self.spool_error}); messages wait at the local broker")
+        self.spool.refresh()  # `gateway spool purge` may have emptied it meanwhile
+        if self.spool.quarantine_depth:
+            details.append(f"quarantine: {self.spool.quarantine_depth} message(s) refused by the cloud"
+                           " (gateway spool list)")
+        return self.spool_writable, "".join(d + "\n" for d in details)
+
+
+def _reason(code: int) -> str:
+    """A PUBACK reason code as a metric label: 0x87 (not authorised), 0x97 (quota exceeded), ..."""
+    return f"0x{code:02x}"
+
+
+def topic_pattern(topic: str) -> str:
+    """A topic with id-like levels (digits, or long tokens such as pseudonyms) as ``+``, for a log line."""
+    return "/".join("+" if _ID_LIKE.search(level) else level for level in topic.split("/"))
 
 
 def describe(exc: BaseException | None) -> str:

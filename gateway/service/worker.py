@@ -29,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.ingest.gt06 import listener as gt06_listener
+from gateway.ingest.jt808 import listener as jt808_listener
 from gateway.keys import KeyFileError, Keyring
 from gateway.ops.base import BoundedCache
 from gateway.pipeline import Engine, Forward, Reject
@@ -128,6 +129,7 @@ class Worker:
         self._sealer: Sealer | None = None
         self._conn: Client | None = None  # the current local connection, from before its CONNACK
         self._trackers: Any = None  # the GT06 listener (worker 0, when configured)
+        self._terminals: Any = None  # the JT/T 808 listener (worker 0, when configured)
         self.uplink: Uplink | None = None
         self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
 
@@ -155,7 +157,7 @@ class Worker:
         http = None
         address = cfg.metrics.address()
         if address is not None:
-            http = serve(self.metrics, address[0], address[1], ready=self.ready)
+            http = serve(self.metrics, address[0], address[1], ready=self.ready, detail=self.ready_detail)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -172,13 +174,18 @@ class Worker:
         down = asyncio.create_task(self._local_loop(), name="local")
         sweep = asyncio.create_task(self._sweep_stale_sessions(), name="sweep") if self.index == 0 else None
         trackers = self._trackers = None
+        terminals = self._terminals = None
         try:
             if cfg.ingest.gt06.listen and self.index == 0:
                 trackers = self._trackers = await self._start_gt06()
+            if cfg.ingest.jt808.listen and self.index == 0:
+                terminals = self._terminals = await self._start_jt808()
             await self._stop.wait()
         finally:
             if trackers is not None:  # first: an unacknowledged frame is resent by the tracker
                 await gt06_listener.stop(trackers)
+            if terminals is not None:
+                await jt808_listener.stop(terminals)
             if sweep is not None:  # what it has not acknowledged stays in the old session, swept next time
                 sweep.cancel()
                 await asyncio.gather(sweep, return_exceptions=True)
@@ -208,14 +215,19 @@ class Worker:
         await asyncio.wait_for(asyncio.gather(up, return_exceptions=True), timeout=15)
 
     def ready(self) -> bool:
-        """Ready: the local side is connected, and the cloud is connected or the spool accepts."""
+        """Ready: the local side is connected, the spool can write, and the cloud is connected or the spool accepts."""
         up = self.uplink
         return (
             self.local is not None
             and not self.local.is_disconnected
             and up is not None
+            and up.spool_writable
             and (up.connected or up.accepting)
         )
+
+    def ready_detail(self) -> str:
+        """/readyz body lines: a spool that cannot write, quarantined messages (see docs/operations.md)."""
+        return self.uplink.readiness()[1] if self.uplink is not None else ""
 
     # -- GT06 trackers over TCP -------------------------------------------------------------
 
@@ -227,6 +239,16 @@ class Worker:
         host, port = g.address()
         server = await gt06_listener.serve(host, port, self._on_tracker_message, limits, counters)
         self.gt06_port = server.sockets[0].getsockname()[1]
+        return server
+
+    async def _start_jt808(self) -> Any:
+        j = self.cfg.ingest.jt808
+        counters = jt808_listener.Counters()
+        self.metrics.register_ingest("jt808", "JT/T 808 listener", "terminal", counters)
+        host, port = j.address()
+        auth_key = self.engine.keyring.derive("jt808|authentication-code")  # the same on every worker and host
+        server = await jt808_listener.serve(host, port, self._on_tracker_message, auth_key, j.limits(), counters)
+        self.jt808_port = server.sockets[0].getsockname()[1]
         return server
 
     async def _on_tracker_message(self, topic: str, payload: bytes) -> None:
@@ -260,6 +282,7 @@ class Worker:
                 self.uplink.local_gen = self.gen
                 self._ack = acker(client)
                 self._conn = client  # dead letters of that backlog go out on it too
+                self.uplink.pressure = client.pause_reading  # backpressure: see Uplink._check_pressure
                 async with client:
                     self.local = client
                     self.metrics.connected.labels("local").set(1)
@@ -267,6 +290,7 @@ class Worker:
                         self.metrics.reconnects.labels("local").inc()
                     connected_once = True
                     backoff.reset()
+                    client.pause_reading(self.uplink.paused)  # as it stands after an earlier connection
                     await self._subscribe(client)
                     log.info("local_connected", host=self.cfg.local.host, port=self.cfg.local.port,
                              subscriptions=len(self._subscribed))
@@ -522,6 +546,7 @@ class Worker:
             consents = self.consents if new.consent == self.cfg.consent else _consents(new, self._consent_store)
             sealer = _dead_letters(new, engine)
             limits = new.ingest.gt06.limits() if self._trackers is not None else None
+            jt808_limits = new.ingest.jt808.limits() if self._terminals is not None else None
         except (ConfigError, PolicyError, KeyFileError, PolicySetError, OSError, ValueError) as exc:
             self.metrics.policy_reloads.labels("refused").inc()
             self.metrics.config_reload_success.set(0)
@@ -541,6 +566,8 @@ class Worker:
             self.uplink.reconnect = new.reconnect
         if limits is not None:
             gt06_listener.update_limits(self._trackers, limits)
+        if jt808_limits is not None:
+            jt808_listener.update_limits(self._terminals, jt808_limits)
         if new.log != old.log:
             configure_logging(json={"auto": None, "json": True, "console": False}[new.log.format], level=new.log.level)
         self.metrics.policy_reloads.labels("ok").inc()

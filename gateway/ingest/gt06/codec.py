@@ -51,31 +51,6 @@ PROTO_ADDRESS_REPLY = 0x97
 WIFI_COUNTED = frozenset({0x17, 0x69})  # Wi-Fi reports whose LEN byte counts access points
 _EXTENDED_REPLY = frozenset({0x32, 0x33})  # AZ735: answered in an extended frame
 
-UNITS_PER_DEGREE = 1_800_000  # coordinates travel as minutes * 30000
-COURSE_MASK = 0x03FF
-NORTH = 1 << 10
-WEST = 1 << 11
-FIX = 1 << 12
-MNC_2_BYTES = 0x8000  # flag in the MCC word
-ACC_ON = 0x02  # terminal-info bits
-CHARGING = 0x04
-
-ALARMS = {
-    0x00: "normal",
-    0x01: "sos",
-    0x02: "power_cut",
-    0x03: "vibration",
-    0x04: "enter_fence",
-    0x05: "exit_fence",
-    0x06: "overspeed",
-    0x09: "moving",
-    0x0E: "low_battery",
-    0x11: "power_off",
-    0x13: "tamper",
-    0x14: "door",
-}
-
-
 # CRC-16/X-25 is the reflected form of the CRC-CCITT that ``binascii.crc_hqx`` computes in C:
 # reversing the bits of every input byte and of the result turns one into the other (the init
 # and xorout values 0xFFFF are their own reflection). A pure-Python loop would cost the listener
@@ -211,8 +186,11 @@ class Framer:
     def _take_frame(self) -> bytes | None:
         """Cut the frame at the head of the buffer; None while it is incomplete."""
         buf = self._buf
-        if len(buf) >= 4 and buf[:2] == SHORT_START and buf[3] in WIFI_COUNTED:
-            return self._take_wifi()
+        if buf[:2] == SHORT_START:
+            if len(buf) < 4:
+                return None  # the protocol byte decides how LEN is read (a Wi-Fi count or a length)
+            if buf[3] in WIFI_COUNTED:
+                return self._take_wifi()
         size = _frame_size(buf)
         if size is None:
             return None

@@ -415,15 +415,13 @@ def _alarm_95(r: Content) -> Fields:
     jc400 = extended and r.data[:2] == b"\xff\xff"
     if jc400:
         r.take(3)  # marker, version
+    fields: Fields = {"time": _time(r)}
     if extended:
-        fields = {"time": _time(r)}
         if jc400:
             fields["satellites"] = r.uint(1) & 0x0F
         _coordinates(r, fields, speed_bytes=2 if jc400 else 0)
         if jc400:
             fields["power_v"] = round(r.uint(2) * 0.1, 1)
-    else:
-        fields = {"time": _time(r)}
     event = r.uint(1)
     if event == 0x01:
         fields["alarm"] = "sos" if extended else "general"

@@ -1,0 +1,1 @@
+"""JT/T 808 terminals (Jimi IoT and most Chinese 4G trackers): frame builders and a simulator."""
