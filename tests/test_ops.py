@@ -223,6 +223,18 @@ def test_pseudonym_keep_prefix():
         assert fn(other) == expected_pseudonym(other), other
 
 
+def test_default_shapes_are_imei_for_a_prefix_and_vpa_after_an_at():
+    prefix = build(Pseudonymise, path="imei", keep_prefix=8)
+    after = build(Pseudonymise, path="vpa", keep_after="@")
+    assert prefix("490154203237518") == "49015420-" + expected_pseudonym("490154203237518")
+    assert prefix("9876543210") == expected_pseudonym("9876543210")
+    assert after("alice@okaxis") == expected_pseudonym("alice@okaxis") + "@okaxis"
+    assert after("okaxis@9876543210") == expected_pseudonym("okaxis@9876543210")
+    pattern = build(Pseudonymise, path="x", keep_after="-", pattern="[a-z]+-[a-z]{2}")
+    assert pattern("asha-in") == expected_pseudonym("asha-in") + "-in"
+    assert pattern("asha-9876543210") == expected_pseudonym("asha-9876543210")
+
+
 def test_pseudonym_keep_after():
     fn = build(Pseudonymise, path="vpa", keep_after="@", shape="vpa")
     assert fn("alice@okaxis") == expected_pseudonym("alice@okaxis") + "@okaxis"
@@ -713,13 +725,15 @@ def test_scrub_detector_subset():
         (Pseudonymise, {"length": "16"}),
         (Pseudonymise, {"keep_prefix": -1}),
         (Pseudonymise, {"keep_prefix": 2, "keep_after": "@"}),
-        (Pseudonymise, {"keep_prefix": 8}),  # an affix needs a declared shape
-        (Pseudonymise, {"keep_after": "@"}),
+        (Pseudonymise, {"keep_prefix": 12}),  # more than an IMEI's TAC needs a pattern
+        (Pseudonymise, {"keep_after": "-"}),  # a separator other than @ needs a pattern
+        (Pseudonymise, {"keep_prefix": 8, "handles": ["okaxis"]}),
         (Pseudonymise, {"keep_prefix": 9, "shape": "imei"}),  # more than the TAC
         (Pseudonymise, {"keep_after": "-", "shape": "vpa"}),
         (Pseudonymise, {"keep_prefix": 8, "shape": "vpa"}),
         (Pseudonymise, {"keep_after": "@", "shape": "imei"}),
         (Pseudonymise, {"shape": "imei"}),  # a shape without an affix
+        (Pseudonymise, {"pattern": "[0-9]+"}),
         (Pseudonymise, {"on_mismatch": "reject"}),
         (Pseudonymise, {"keep_after": "@", "shape": "vpa", "handles": ["OK AXIS"]}),
         (Pseudonymise, {"keep_after": "@", "pattern": "([a-z"}),

@@ -81,7 +81,9 @@ class Pseudonymise(FieldRule, tag="pseudonymise"):
     link_domain: str = ""  # share pseudonyms with other packs declaring the same name ("" = the policy's)
     keep_prefix: int = 0  # keep the first N characters, e.g. 8 for an IMEI's type code (TAC)
     keep_after: str = ""  # keep what follows the last separator, e.g. "@" for a UPI bank handle
-    shape: Literal["", "imei", "vpa"] = ""  # what a value must be for its affix to be kept
+    # What a value must be for its affix to be kept: by default "imei" with keep_prefix and "vpa"
+    # with keep_after = "@" (any other separator needs a pattern).
+    shape: Literal["auto", "imei", "vpa"] = "auto"
     pattern: str = ""  # or a regular expression the whole value must match
     handles: list[str] = []  # shape "vpa": the bank handles that may be kept ([] = any of letters)
     on_mismatch: Literal["pseudonymise", "reject"] = "pseudonymise"  # a value without the shape
@@ -98,21 +100,24 @@ class Pseudonymise(FieldRule, tag="pseudonymise"):
         if self.link_domain and not LINK.fullmatch(self.link_domain):
             raise ValueError("link_domain must match [a-z][a-z0-9_-]* (at most 63 characters)")
         affix = bool(self.keep_prefix or self.keep_after)
-        if affix and not (self.shape or self.pattern):
-            raise ValueError(
-                "keep_prefix and keep_after need shape or pattern: what a value must look like for part of it "
-                'to be kept in clear (e.g. shape = "imei" with keep_prefix = 8, shape = "vpa" with keep_after = "@")'
-            )
-        if not affix and (self.shape or self.pattern or self.handles or self.on_mismatch != "pseudonymise"):
+        if not affix and (self.shape != "auto" or self.pattern or self.handles or self.on_mismatch != "pseudonymise"):
             raise ValueError("shape, pattern, handles and on_mismatch go with keep_prefix or keep_after")
-        if self.shape and self.pattern:
+        if self.shape != "auto" and self.pattern:
             raise ValueError("use shape or pattern, not both")
+        if affix and self.shape == "auto" and not self.pattern:
+            if self.keep_after and self.keep_after != "@":
+                raise ValueError(f"keep_after = {self.keep_after!r} needs a pattern: what a value must look like "
+                                 "for the part after it to be kept in clear")
+            if self.keep_prefix > 8:
+                raise ValueError("keep_prefix above 8 needs a pattern: what a value must look like for its "
+                                 "prefix to be kept in clear (the default shape, imei, keeps at most the 8-digit TAC)")
         if self.shape == "imei" and not 1 <= self.keep_prefix <= 8:
             raise ValueError('shape = "imei" goes with keep_prefix between 1 and 8 (the type allocation code)')
         if self.shape == "vpa" and self.keep_after != "@":
             raise ValueError('shape = "vpa" goes with keep_after = "@"')
-        if self.handles and self.shape != "vpa":
-            raise ValueError('handles go with shape = "vpa"')
+        vpa = self.shape == "vpa" or (self.shape == "auto" and not self.pattern and self.keep_after == "@")
+        if self.handles and not vpa:
+            raise ValueError('handles go with shape = "vpa" (the default with keep_after = "@")')
         bad = [h for h in self.handles if not HANDLE.fullmatch(h)]
         if bad:
             raise ValueError(f"handles must be lower-case bank handles such as okaxis, got {bad[:3]}")
@@ -132,6 +137,8 @@ def affix_of(rule: Pseudonymise):
     shape and the leak guard finds nothing in that part."""
     prefix, after, shape, handles = rule.keep_prefix, rule.keep_after, rule.shape, frozenset(rule.handles)
     pattern = re.compile(rule.pattern) if rule.pattern else None
+    if shape == "auto" and pattern is None:
+        shape = "imei" if prefix else "vpa"
 
     def affix(text: str) -> str | None:
         if shape == "imei":

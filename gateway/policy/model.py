@@ -85,6 +85,8 @@ def fold(text: str) -> str:
     """Text as ``drop_when`` compares it: NFKC, case-folded, without white space or invisible
     (control and format) characters, so ``"PIN"``, ``" pin "``, fullwidth ``"\\uff30in"`` and
     ``"p\\u200bin"`` are one."""
+    if text.isascii() and text.isalnum():  # the common case, e.g. "card": nothing to normalise or remove
+        return text.lower()
     text = unicodedata.normalize("NFKC", text).casefold()
     return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf"))
 

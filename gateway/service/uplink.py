@@ -48,7 +48,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.service.client import Client
-from gateway.service.config import Endpoint, Reconnect
+from gateway.service.config import ConfigError, Endpoint, Reconnect
 from gateway.spool import Spool, SpoolError
 from gateway.telemetry import Metrics, get_logger
 
@@ -305,6 +305,17 @@ class Uplink:
             self._arm_retry()
             self._check_pressure()
             return
+        if self.spool.disk_full:  # stored a prefix only: the rest waits like after an error
+            self._held = items[stored:]
+            for item in items[:stored]:
+                self._done(item)
+            self.metrics.spooled.inc(stored)
+            self._spool_failed(SpoolError("append", "full", "file system full"))
+            self._arm_retry()
+            self._update_gauges()
+            self._check_pressure()
+            self._wake.set()
+            return
         if not self.spool_writable:
             self.spool_writable, self.spool_error = True, ""
             self._retry_backoff.reset()
@@ -458,9 +469,7 @@ class Uplink:
         if not entries and (self._pending or self._held):  # the spool refused them, though empty: free its space
             self.spool.compact()
             self.flush()
-            if self._held or self._pending:
-                return False  # retry after a backoff (never a busy loop: this path awaits nothing)
-            return True
+            return not (self._held or self._pending)  # False: retry after a backoff (this path awaits nothing)
         if not entries:
             if not self._pending and not self._held:
                 self.direct = True
@@ -583,10 +592,11 @@ def topic_pattern(topic: str) -> str:
 def describe(exc: BaseException | None) -> str:
     """An error for a log line: its class, plus the text of connection errors only.
 
-    MQTT and socket errors say things like "Connection refused"; any other exception's
-    text could quote a topic or payload, so only its class is logged."""
+    MQTT and socket errors say things like "Connection refused", and a ConfigError names
+    a key and a file or variable (a password file removed while running); any other
+    exception's text could quote a topic or payload, so only its class is logged."""
     if exc is None:
         return ""
-    if isinstance(exc, (aiomqtt.MqttError, OSError)):
+    if isinstance(exc, (aiomqtt.MqttError, OSError, ConfigError)):
         return f"{exc.__class__.__name__}: {exc}"
     return exc.__class__.__name__
