@@ -469,7 +469,9 @@ async def _serve(cfg: Any, index: int, workers: int) -> int:
     worker.metrics.worker_restarts.inc(int(os.environ.get(RESTARTS_ENV, "0") or 0))
     try:
         return await worker.run()
-    except (PolicyError, PolicySetError, KeyFileError) as exc:  # changed between the check and the start
+    except KeyFileError as exc:  # changed between the check and the start
+        raise pf.StartupError("keys_file", str(exc)) from None
+    except (PolicyError, PolicySetError) as exc:
         raise pf.StartupError("policies", str(exc)) from None
     except ConfigError as exc:
         raise pf.StartupError("config", str(exc)) from None

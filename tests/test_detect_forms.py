@@ -289,6 +289,9 @@ def test_secret_keywords_with_a_prefix(prefix, keyword, upper, value, assign, be
         ('{"dbPassword": "hunter2"}', '{"dbPassword": "[SECRET]"}'),
         ("DB_PASS=Winter2026!", "DB_PASS=[SECRET]"),
         ("ｐａｓｓｗｏｒｄ＝hunter2", "ｐａｓｓｗｏｒｄ＝[SECRET]"),  # fullwidth keyword
+        ("mpin=4321, atm_pin: 1234", "mpin=[SECRET], atm_pin: [SECRET]"),
+        ('{"cvv": "123", "card_cvv2": "456"}', '{"cvv": "[SECRET]", "card_cvv2": "[SECRET]"}'),
+        ("door passcode=7788", "door passcode=[SECRET]"),
     ],
 )
 def test_issue_examples_secrets(text, expected):

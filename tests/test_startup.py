@@ -189,3 +189,18 @@ def test_operations_doc_exit_codes_and_log_examples_match() -> None:
     assert {int(c) for c in re.findall(r"(?:exit codes: |; )(\d+) ", help_text)} == table - {1}  # run never exits 1
     for block in re.findall(r"```json\n(.*?)```", doc, re.S):
         assert_json_lines(block, "docs/operations.md example")
+
+
+def test_a_secret_gone_while_running_is_logged_with_its_key_and_file(tmp_path: Path) -> None:
+    """Checked at start; if the file goes later, each reconnection's log line says which (never the value)."""
+    from gateway.service.config import Endpoint
+    from gateway.service.uplink import describe
+
+    (tmp_path / "pw").write_text(CANARY + "\n")
+    ep = Endpoint(url="mqtt://127.0.0.1:1", password_file=str(tmp_path / "pw"))
+    assert ep.credentials() == (None, CANARY)
+    (tmp_path / "pw").unlink()
+    with pytest.raises(Exception) as info:
+        ep.credentials()
+    text = describe(info.value)
+    assert "password_file" in text and str(tmp_path / "pw") in text and CANARY not in text
