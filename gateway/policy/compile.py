@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -85,7 +86,7 @@ class Condition:
     unless_test: Any = None
 
 
-def matcher(m: Match):
+def matcher(m: Match) -> Callable[[Any], bool]:
     """``value -> bool`` for one ``drop_when`` test; text compared folded (see model.fold)."""
     if m.present is not None:
         want = m.present
