@@ -74,6 +74,8 @@ def check_engine(cfg: Config) -> Engine:
         raise StartupError("keys_file", str(exc)) from None
     except (PolicyError, PolicySetError) as exc:
         raise StartupError("policies", str(exc)) from None
+    except ConfigError as exc:  # a dead_letter prefix the gateway itself subscribes to
+        raise StartupError("dead_letter", str(exc)) from None
     except OSError as exc:
         raise StartupError("policies", f"{exc.filename or ''}: {exc.strerror or exc.__class__.__name__}") from None
 
