@@ -222,7 +222,7 @@ _IPV6 = re.compile(
 )
 # A run of digit groups joined by single separators: spaces, tabs and dashes (strong), or
 # ".", "/" and "_" (weak, see _digit_run). Letters may touch it ("card4111...", "tel98765...").
-_SEP = r"[ \t./_-]"
+_SEP = r"(?:[ \t-]{1,3}+|[./_])"  # "4111  1111", "4111 - 1111": up to three spaces and dashes
 # The pattern starts with a digit class so that the regex engine skips other characters at
 # C speed; a "+" or "(" just before the first digit is added by _digit_runs. A run holds 10
 # or more digits, or 8 after a "+": fewer is no identifier.

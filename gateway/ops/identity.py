@@ -183,7 +183,7 @@ def pseudonymiser(
     def pseudonymise(value: str | int) -> str:
         if state[1] != epochs.generation:
             rekey()
-        hit = cache.get(value)
+        hit: str | None = cache.get(value)
         if hit is not None:
             return hit
         text = str(value)
@@ -199,7 +199,8 @@ def pseudonymiser(
                 token = f"{part}-{token}"
             else:
                 token = f"{token}{part}"
-        return cache.put(value, token)
+        cache.put(value, token)
+        return token
 
     def refresh() -> None:
         """Re-key now if the epoch rolled over (the fused form below reads the cache directly)."""
@@ -255,11 +256,13 @@ def encryptor(keyring: Keyring, cache_size: int, key_scope: str = "pack:", domai
     cache: BoundedCache[Any, str] = BoundedCache(cache_size)
 
     def encrypt(value: str | int) -> str:
-        hit = cache.get(value)
+        hit: str | None = cache.get(value)
         if hit is not None:
             return hit
         sealed = seal(str(value).encode("utf-8", "surrogatepass"), None)
-        return cache.put(value, prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode())
+        token = prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+        cache.put(value, token)
+        return token
 
     def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:  # a cache hit without the call
         return f"(r := {p}cache.get(v)) is not None", ["v = r"], {f"{p}cache": cache}
