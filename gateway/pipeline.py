@@ -80,7 +80,9 @@ class Engine:
             else:
                 plan.run = partial(interpret, plan)
         # Fused pseudonymisers read their cache directly: re-key them as soon as an epoch rolls over.
-        self._refresh = [step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")]
+        self._refresh = [
+            step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")
+        ]
         self._routes = BoundedCache(cache_size)
         self._generation = self.epochs.generation
         self._previous = _previous_devices(self.plans, keyring, self.epochs, cache_size)

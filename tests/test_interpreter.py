@@ -6,6 +6,8 @@ the five packs, the five simulators' own streams (awkward cases included) and mu
 them, both must forward the same topic and payload or reject for the same reason.
 """
 
+# ruff: noqa: RUF001  (fullwidth and other scripts' characters are what these tests are about)
+
 from __future__ import annotations
 
 import itertools
@@ -57,10 +59,23 @@ def test_generated_runner_and_interpreter_agree_on_each_simulator_stream(system:
 
 
 _VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**64), 2**64), st.floats(allow_nan=False),
-    st.text(max_size=30), st.sampled_from(["4111 1111 1111 1111", "203.0.113.77.", "asha@example.com",
-                                           "+91 98450 12345", "１２.９７１５９８,７７.５９４５６２", "358756091234567.0"]),
-    st.lists(st.integers(0, 99), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
+    st.sampled_from(
+        [
+            "4111 1111 1111 1111",
+            "203.0.113.77.",
+            "asha@example.com",
+            "+91 98450 12345",
+            "１２.９７１５９８,７７.５９４５６２",
+            "358756091234567.0",
+        ]
+    ),
+    st.lists(st.integers(0, 99), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 
 

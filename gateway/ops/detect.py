@@ -193,14 +193,14 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 # A keyword may carry a prefix (db_password, client-secret, x.api_key, refreshToken) but not
 # be the tail of a word (keypin, spinner); "pass" only with a prefix (DB_PASS).
 _KEYWORD = r"""(?:
-    (?<![A-Za-z0-9])(?i:password|passwd|passphrase|pwd|secret|token|api[_-]?key|access[_-]?key
-        |private[_-]?key|credentials?|upi[_-]?pin|pin|otp)
+    (?<![A-Za-z0-9])(?i:password|passwd|passphrase|passcode|pwd|secret|token|api[_-]?key|access[_-]?key
+        |private[_-]?key|credentials?|upi[_-]?pin|m?pin|otp|cvv2?|cvc2?)
   | (?<=[_.-])(?i:pass)
   | (?<=[a-z0-9])(?:P(?:assword|asswd|assphrase|wd|in|ASSWORD|IN)|S(?:ecret|ECRET)|T(?:oken|OKEN)
         |A(?:pi_?[Kk]ey|ccess_?[Kk]ey|PI_?KEY)|O(?:tp|TP)|C(?:redentials?|REDENTIALS?)|PrivateKey))
   (?:[_.-]?(?i:key|code|value|hash))?"""
 _SECRET = re.compile(
-    rf"""(?=[A-Da-dOoPpSsTtUu])  # the first letters of the keywords: other positions fail fast
+    rf"""(?=[A-Da-dMmOoPpSsTtUu])  # the first letters of the keywords: other positions fail fast
     (?:(?<![A-Za-z0-9])(?i:proxy-)?(?i:authorization)["']?\s*[=:]\s*["']?
         (?:(?i:bearer|basic|token|digest|negotiate|ntlm|apikey|hmac|jwt)\s+)?(?P<auth>[^\s"',;&}}]+)
   | (?<![A-Za-z0-9])(?i:bearer|basic|token)\s++(?=[A-Za-z0-9._~+/=-]*?(?:[0-9+/=]|[a-z][A-Z]))
@@ -209,7 +209,7 @@ _SECRET = re.compile(
     re.VERBOSE,
 )
 _USERINFO = re.compile(r"(?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@")
-_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|credential")
+_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|credential|cvv|cvc")
 _AT = re.compile(r"(?<![\w.%+-])(?P<local>[\w.%+-]++)@(?P<domain>[\w-]++(?:\.[\w-]++)*+)")
 # An IPv4 address may be followed by a full stop, a letter or other glue ("203.0.113.77.",
 # "198.51.100.23.jpg", "203.0.113.77abc"), not by another number ("1.2.3.4.5").
@@ -220,8 +220,8 @@ _IPV6 = re.compile(
     re.ASCII,
 )
 # A run of digit groups joined by single separators: spaces, tabs and dashes (strong), or
-# ".", "/" and "_" (weak, see _window). Letters may touch it ("card4111...", "tel98765...").
-_SEP = r"[ \t./_-]"
+# ".", "/" and "_" (weak, see _digit_run). Letters may touch it ("card4111...", "tel98765...").
+_SEP = r"(?:[ \t-]{1,3}+|[./_])"  # "4111  1111", "4111 - 1111": up to three spaces and dashes
 # The pattern starts with a digit class so that the regex engine skips other characters at
 # C speed; a "+" or "(" just before the first digit is added by _digit_runs. A run holds 10
 # or more digits, or 8 after a "+": fewer is no identifier.

@@ -111,7 +111,9 @@ def _build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, he
             lines += ["granted = EMPTY if consents is NO_CONSENT else granted_of(plan, obj, device, consents)"]
         else:
             lines += ["granted = EMPTY"]  # no rule of this plan depends on consent
-        guard = _guard(root, ns, plan.leak_guard, scan, coarsen, lambda label, kind: f"return leak({label}, {kind})", skip)
+        guard = _guard(
+            root, ns, plan.leak_guard, scan, coarsen, lambda label, kind: f"return leak({label}, {kind})", skip
+        )
         return [
             *lines,
             "try:",
@@ -165,8 +167,8 @@ def bounded_struct(node: Node, steps: list[Step]) -> type:
     for f in msgspec.structs.fields(node.struct):
         kind = f.type
         if f.name in attrs:
-            assert kind == int | None | UnsetType or kind == int, kind  # what _finish declares for a kept integer
-            kind = small | None | UnsetType if kind != int else small
+            assert kind == int | None | UnsetType or kind is int, kind  # what _finish declares for a kept integer
+            kind = small | None | UnsetType if kind is not int else small
         fields.append((f.name, kind, f.default if f.required is False else msgspec.NODEFAULT))
     rename = {f.name: f.encode_name for f in msgspec.structs.fields(node.struct)}
     return msgspec.defstruct(node.struct.__name__ + "Bounded", fields, kw_only=True, rename=rename, gc=False)

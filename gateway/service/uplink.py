@@ -129,7 +129,7 @@ async def wait_first(*aws: Any, timeout: float | None = None) -> None:
     try:
         await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t, a in zip(tasks, aws):
+        for t, a in zip(tasks, aws, strict=True):
             if t is not a:
                 if t.done() and not t.cancelled():
                     t.exception()  # retrieved: the caller looks at the state, not at this result
@@ -139,7 +139,9 @@ async def wait_first(*aws: Any, timeout: float | None = None) -> None:
 class Uplink:
     """The cloud connection, the spool and the drain. Runs on the worker's event loop."""
 
-    def __init__(self, endpoint: Endpoint, client_id: str, spool: Spool, metrics: Metrics, reconnect: Reconnect) -> None:
+    def __init__(
+        self, endpoint: Endpoint, client_id: str, spool: Spool, metrics: Metrics, reconnect: Reconnect
+    ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self.spool = spool
@@ -329,8 +331,13 @@ class Uplink:
             self.metrics.spool_refused.inc(len(items) - max(stored, held))
             if not self._full_logged:
                 self._full_logged = True
-                log.warning("spool_full", held=len(self._held), spool_bytes=self.spool.bytes,
-                            max_bytes=self.spool.max_bytes, action="not acknowledging; backlog waits at the local broker")
+                log.warning(
+                    "spool_full",
+                    held=len(self._held),
+                    spool_bytes=self.spool.bytes,
+                    max_bytes=self.spool.max_bytes,
+                    action="not acknowledging; backlog waits at the local broker",
+                )
         elif self._full_logged:
             self._full_logged = False
             log.info("spool_accepting_again", spool_bytes=self.spool.bytes)
