@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from brokers import Mosquitto
-from service_harness import GATEWAY, POLICY, ROOT, Gateway, Publisher, Sink, free_port, wait_until
+from service_harness import GATEWAY, POLICY, ROOT, Gateway, Publisher, Sink, assert_json_lines, free_port, wait_until
 
 from gateway.service.config import Config, ConfigError, Endpoint, load_config
 
@@ -161,6 +161,8 @@ def test_the_sample_config_runs_against_one_local_mosquitto(tmp_path: Path, brok
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+        assert proc.stderr is not None
+        assert_json_lines(proc.stderr.read().decode(), "stderr")  # format "auto", not a terminal: JSON lines
         fleet.close()
         pub.close()
 
