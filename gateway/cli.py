@@ -70,7 +70,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             source = load(path, trusted)
             if trusted is not None:
                 print(f"signature ok {path}: signed by key {source.signer}")
-            Engine([source], Keyring.test())  # compile: catches rule conflicts, not just schema
+            engine = Engine([source], Keyring.test())  # compile: catches rule conflicts, not just schema
+            if args.dump_code:
+                _dump_code(engine)
             ran, failures = run_tests(source)
         except PolicyError as exc:
             print(f"invalid: {exc}", file=sys.stderr)
@@ -82,6 +84,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             status = max(status, EXIT_FAIL)
         print(f"{'ok' if not failures else 'FAIL'} {path}: {ran - len(failures)}/{ran} inline tests passed")
     return status
+
+
+def _dump_code(engine: Engine) -> None:
+    """The Python generated for each plan (what a traceback through the hot path points into)."""
+    from gateway.policy.codegen import sources
+
+    for plan in engine.plans:
+        generated = sources(plan.run)
+        if not generated:
+            print(f"# {plan.name}: default = \"keep\", run by the dict interpreter (no generated code)")
+        for filename, source in generated:
+            print(f"# --- {filename}\n{source}")
 
 
 def _reject_line(result, topic: str | None = None) -> str:
@@ -604,6 +618,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("policy", nargs="+", metavar="POLICY", help="policy TOML file(s)")
     sp.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                     help="a signer's public key (repeatable): refuse packs without a valid signature from one")
+    sp.add_argument("--dump-code", action="store_true",
+                    help="also print the Python generated for each policy's hot path (for debugging)")
     sp.set_defaults(func=cmd_check)
 
     sp = add("minimise", "minimise JSON lines from stdin",
