@@ -168,7 +168,7 @@ def pseudonymiser(
     """Compiled ``pseudonymise``: key derived per epoch, recent results cached.
 
     A closure rather than a class: it is called once per field per message."""
-    cache = BoundedCache(cache_size)
+    cache: BoundedCache[Any, str] = BoundedCache(cache_size)
     state: list[Any] = [None, -1]  # HMAC object of the current epoch, its generation
     kid, length, prefix = keyring.active, rule.length, rule.keep_prefix
     affix = affix_of(rule) if (rule.keep_prefix or rule.keep_after) else None
@@ -253,7 +253,7 @@ def encryptor(keyring: Keyring, cache_size: int, key_scope: str = "pack:", domai
     label = key_scope[5:] if key_scope.startswith("pack:") else key_scope
     prefix = f"{ENC_PREFIX}{keyring.active}.{label}.{domain}."
     seal = _siv(keyring, None, key_scope, domain).encrypt
-    cache = BoundedCache(cache_size)
+    cache: BoundedCache[Any, str] = BoundedCache(cache_size)
 
     def encrypt(value: str | int) -> str:
         hit: str | None = cache.get(value)
