@@ -414,6 +414,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except pf.StartupError as exc:
         log.error("startup_failed", key=exc.key, error=str(exc), code=exc.code)
         return exc.code
+    except Exception as exc:  # a bug in a check: its type and place, never its text
+        log.critical("gateway_crashed", exc_info=exc, code=pf.EX_SOFTWARE)
+        return pf.EX_SOFTWARE
     if args.workers > 1 and args.worker is None:
         from gateway.service.supervisor import supervise
 
@@ -469,10 +472,12 @@ async def _serve(cfg: Any, index: int, workers: int) -> int:
     worker.metrics.worker_restarts.inc(int(os.environ.get(RESTARTS_ENV, "0") or 0))
     try:
         return await worker.run()
-    except (PolicyError, PolicySetError, KeyFileError) as exc:  # changed between the check and the start
+    except KeyFileError as exc:  # changed between the check and the start
+        raise pf.StartupError("keys_file", str(exc)) from None
+    except (PolicyError, PolicySetError) as exc:
         raise pf.StartupError("policies", str(exc)) from None
     except ConfigError as exc:
-        raise pf.StartupError("config", str(exc)) from None
+        raise pf.StartupError(str(exc).split(" ", 1)[0].rstrip(":"), str(exc)) from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -499,8 +504,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             report(False, str(exc))
             status = pf.EX_CONFIG
     ports = [("[metrics] listen", cfg.metrics.address())]
-    if cfg.ingest.gt06.listen:
-        ports.append(("[ingest.gt06] listen", cfg.ingest.gt06.address()))
+    for name, ingest in (("gt06", cfg.ingest.gt06), ("jt808", cfg.ingest.jt808)):
+        if ingest.listen:
+            ports.append((f"[ingest.{name}] listen", ingest.address()))
     for key, address in ports:
         if address is None or not address[1]:
             continue

@@ -20,6 +20,7 @@ from msgspec import UNSET
 
 from gateway.keys import Keyring
 from gateway.ops.base import BoundedCache, BuildEnv, Epochs
+from gateway.ops.basic import Keep
 from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, find, precise_pair
 from gateway.ops.identity import AffixRefused, Pseudonymise
 from gateway.policy import codegen
@@ -78,13 +79,15 @@ class Engine:
             if plan.structs:
                 plan.run = codegen.build_runner(plan, unknown_sample, _kept_scanner(plan), _coarsen, _HELPERS)
             else:
-                plan.run = partial(_run_dict, plan)
+                plan.run = partial(interpret, plan)
         # Fused pseudonymisers read their cache directly: re-key them as soon as an epoch rolls over.
-        self._refresh = [step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")]
-        self._routes = BoundedCache(cache_size)
+        self._refresh = [
+            step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")
+        ]
+        self._routes: BoundedCache[str, tuple[Any, str | None, str | None]] = BoundedCache(cache_size)
         self._generation = self.epochs.generation
         self._previous = _previous_devices(self.plans, keyring, self.epochs, cache_size)
-        self._previous_by_topic = BoundedCache(cache_size)
+        self._previous_by_topic: BoundedCache[str, Any] = BoundedCache(cache_size)
 
     def route(self, topic: str) -> tuple[Plan, dict[str, str]] | None:
         """The first plan (in configuration order) whose filters match ``topic``."""
@@ -113,9 +116,9 @@ class Engine:
                 if level is None:
                     return plan, None, device
                 values[name] = level
-                kept = plan.policy.route.capture[name].op_name() == "keep"
-                if kept and plan.leak_guard:  # a topic level is forwarded like a kept field
-                    hits = find(level, ALL - set(plan.policy.route.capture[name].guard_allow))
+                rule = plan.policy.route.capture[name]
+                if isinstance(rule, Keep) and plan.leak_guard:  # a topic level is forwarded like a kept field
+                    hits = find(level, ALL - set(rule.guard_allow))
                     if hits:
                         return plan, Reject("leak", plan, f"route.capture.{name}", hits[0][0]), device
         return plan, plan.template.render(values), device
@@ -126,7 +129,7 @@ class Engine:
         plan, upstream, device = self._resolve(topic)
         if plan is None:
             return _rejecter(Reject("no_route")), None, None
-        if upstream.__class__ is not str:
+        if not isinstance(upstream, str):
             return _rejecter(upstream if upstream is not None else Reject("bad_topic", plan)), None, None
         return plan.run, upstream, device
 
@@ -196,7 +199,8 @@ def _rejecter(reject: Reject):
 def _leaves(node: Node):
     yield from node.leaves
     for step in node.children:
-        yield from _leaves(step.child)
+        if step.child is not None:
+            yield from _leaves(step.child)
 
 
 def _granted(plan: Plan, obj: Any, device: str | None, consents: Mapping[str, frozenset[str]]) -> frozenset[str]:
@@ -225,15 +229,21 @@ def _sample_unknown(plan: Plan, payload: bytes) -> int:
     return unknown
 
 
-def _run_dict(plan: Plan, payload: bytes, upstream: str, device: str | None, consents) -> Forward | Reject:
-    """The hot path of a ``default = "keep"`` policy, over plain dicts."""
+def interpret(plan: Plan, payload: bytes, upstream: str, device: str | None, consents) -> Forward | Reject:
+    """The reference interpreter of any plan, over plain dicts: how a ``default = "keep"`` policy
+    runs, and what the generated runner of a fail-closed one must agree with (a property test
+    compares them). A fail-closed plan's message is first decoded into its declared Struct, so its
+    undeclared fields are gone before the rules run, as in the generated code."""
     if len(payload) > plan.max_bytes:
         return Reject("too_large", plan)
     try:
-        obj = plan.decode(payload)
-        if obj.__class__ is not dict:
-            return Reject("not_object", plan)
-        msgspec.convert(obj, plan.root.struct)  # types and required fields
+        if plan.structs:
+            obj = msgspec.to_builtins(plan.decode(payload))
+        else:
+            obj = plan.decode(payload)
+            if obj.__class__ is not dict:
+                return Reject("not_object", plan)
+            msgspec.convert(obj, plan.root.struct)  # types and required fields
     except msgspec.ValidationError as exc:
         return _invalid(plan, str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec passes bad UTF-8 in strings through
@@ -398,11 +408,8 @@ def _apply_dict(node: Node, d: dict, granted: frozenset[str]) -> None:
         if v is None:
             continue
         step.count += 1
-        if step.array:
-            fn = step.fn
-            out = [x for x in (None if e is None else fn(e) for e in v) if x is not UNSET]
-        else:
-            out = step.fn(v)
+        fn: Any = step.fn  # a leaf has its operation
+        out = [x for x in (None if e is None else fn(e) for e in v) if x is not UNSET] if step.array else fn(v)
         if out is UNSET:
             del d[step.key]
         else:
@@ -420,7 +427,7 @@ def _apply_dict(node: Node, d: dict, granted: frozenset[str]) -> None:
         if v is None:
             continue
         for element in v if step.array else (v,):
-            if element is not None:
+            if element is not None and step.child is not None:
                 _apply_dict(step.child, element, granted)
 
 

@@ -453,7 +453,7 @@ class Spool:
         with self._lock:
             where, args = _which(ids)
 
-            def body() -> int:
+            def body() -> list[Any]:
                 rows = self._db.execute(
                     f"DELETE FROM quarantine {where} RETURNING {_COLUMNS}", args).fetchall()
                 rows.sort(key=lambda r: r[5])  # oldest first, as they were spooled

@@ -607,3 +607,18 @@ def test_endpoint_error_text_never_contains_the_url():
         with pytest.raises(msgspec.ValidationError) as info:
             msgspec.convert({"url": url}, Endpoint)
         assert "CANARY" not in str(info.value)
+
+
+def test_the_refused_url_examples_in_configuration_md(tmp_path):
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    blocks = re.findall(r"```toml\n(# (refused|accepted): ([^\n]*)\n(.*?))```", doc, re.S)
+    assert len(blocks) >= 4
+    for text, verdict, message, body in blocks:
+        other = LOCAL if body.startswith("[cloud]") else CLOUD
+        path = config(tmp_path, other + text)
+        if verdict == "refused":
+            with pytest.raises(ConfigError, match=re.escape(message)) as info:
+                load_config(path)
+            assert "hunter2" not in str(info.value)
+        else:
+            assert load_config(path)

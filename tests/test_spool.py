@@ -82,7 +82,7 @@ def test_full_spool_refuses_counts_and_frees_after_delete(tmp_path: Path) -> Non
     batch = [("d", "t", b"12345678", 1, b"p"), ("d", "t", b"x" * 24, 1, b""), ("d", "t", b"", 0, b"")]
     assert spool.append_many(batch) == 1
     assert spool.refused == 4
-    assert [e.id for e in spool.peek(10)][0] == ids[2]
+    assert next(e.id for e in spool.peek(10)) == ids[2]
     spool.close()
 
 

@@ -34,7 +34,7 @@ class Keep(FieldRule, tag="keep"):
             raise ValueError(f"guard_allow: unknown detector(s) {sorted(unknown)}; known: {list(DETECTORS)}")
 
     @property
-    def accepts(self) -> Any:  # type: ignore[override]
+    def accepts(self) -> Any:
         return TYPES[self.type]
 
     def build(self, env: BuildEnv) -> Transform:
@@ -63,7 +63,10 @@ class Replace(FieldRule, tag="replace"):
 
     def build(self, env: BuildEnv) -> Transform:
         constant = self.value
-        return fusable(lambda _: constant, lambda p: ("v is not UNSET and v is not None", [f"v = {p}value"], {f"{p}value": constant}))
+        return fusable(
+            lambda _: constant,
+            lambda p: ("v is not UNSET and v is not None", [f"v = {p}value"], {f"{p}value": constant}),
+        )
 
 
 class Generalise(FieldRule, tag="generalise"):
@@ -85,13 +88,17 @@ class Generalise(FieldRule, tag="generalise"):
         if self.match == "exact":
             generalise = lambda v: table.get(v if v.__class__ is str else _key(v), default)  # noqa: E731
 
-            def fuse(p: str) -> tuple[str, list[str], dict]:
-                return "v.__class__ is str", [f"v = {p}table.get(v, {p}default)"], {f"{p}table": table, f"{p}default": default}
+            def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:
+                return (
+                    "v.__class__ is str",
+                    [f"v = {p}table.get(v, {p}default)"],
+                    {f"{p}table": table, f"{p}default": default},
+                )
 
             return fusable(generalise, fuse)
         prefixes = sorted(table, key=len, reverse=True)
 
-        def generalise_prefix(v):
+        def generalise_prefix(v: Any) -> Any:
             text = v if isinstance(v, str) else _key(v)
             for p in prefixes:
                 if text.startswith(p):

@@ -16,7 +16,7 @@ The generated source is kept on each function (``__source__``) for debugging.
 from __future__ import annotations
 
 import linecache
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -32,10 +32,11 @@ VERDICT_MAX_LEN = 64  # only short values are remembered
 # ``v`` is an ISO 8601 timestamp (gateway.ops.detect.iso_time, inline; a shape is at most 35
 # ASCII characters, so no length test is needed): find() would return nothing.
 # (A str from msgspec has no lone surrogate, so encode() cannot fail.)
+Fn = Callable[..., Any]  # a generated function or a runtime helper
 _ISO = "v.encode().translate(ZERO) in SHAPES"
 
 
-def build(node: Node, guard: bool, scan: Callable, coarsen: Callable) -> tuple[Callable, Callable]:
+def build(node: Node, guard: bool, scan: Fn, coarsen: Fn) -> tuple[Fn, Fn]:
     """``(apply, guard)`` for ``node`` and, recursively, its children."""
     ns = _namespace(scan, coarsen)
     apply_lines = ["def apply(obj, granted):", *_indent(_apply(node, ns, guard, scan, coarsen), 1), "    return None"]
@@ -47,7 +48,7 @@ def build(node: Node, guard: bool, scan: Callable, coarsen: Callable) -> tuple[C
     return _define(apply_lines, ns, "apply"), _define(guard_lines, ns, "guard")
 
 
-def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, helpers: dict[str, Any]) -> Callable:
+def build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[str, Any]) -> Fn:
     """``run(payload, upstream, device, consents) -> Forward | Reject`` for a fail-closed plan.
 
     ``helpers`` come from gateway.pipeline: Forward, Reject, TooDeep, invalid,
@@ -64,14 +65,14 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
     _SOURCES.append([])
     try:
         run = _build_runner(plan, sample, scan, coarsen, helpers)
-        run.__sources__ = _SOURCES[-1]
+        run.__sources__ = _SOURCES[-1]  # type: ignore[attr-defined]
         return run
     finally:
         _BUILDING.pop()
         _SOURCES.pop()
 
 
-def _build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, helpers: dict[str, Any]) -> Callable:
+def _build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[str, Any]) -> Fn:
     ns = _namespace(scan, coarsen)
     ns.update(helpers)
     ns.update(plan=plan, stats=plan.stats, decode=plan.decode, encode=plan.encode, conditions=plan.conditions)
@@ -111,7 +112,9 @@ def _build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, he
             lines += ["granted = EMPTY if consents is NO_CONSENT else granted_of(plan, obj, device, consents)"]
         else:
             lines += ["granted = EMPTY"]  # no rule of this plan depends on consent
-        guard = _guard(root, ns, plan.leak_guard, scan, coarsen, lambda label, kind: f"return leak({label}, {kind})", skip)
+        guard = _guard(
+            root, ns, plan.leak_guard, scan, coarsen, lambda label, kind: f"return leak({label}, {kind})", skip
+        )
         return [
             *lines,
             "try:",
@@ -153,8 +156,8 @@ def _build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, he
     lines += ["    return run, tallies"]
     make = _define(lines, ns, "make")
     run, plan.tallies = make()
-    run.__source__ = make.__source__
-    return run
+    run.__source__ = make.__source__  # type: ignore[attr-defined]
+    return run  # type: ignore[no-any-return]
 
 
 def bounded_struct(node: Node, steps: list[Step]) -> type:
@@ -162,17 +165,18 @@ def bounded_struct(node: Node, steps: list[Step]) -> type:
     small = Annotated[int, msgspec.Meta(gt=-NUMBER_LIMIT, lt=NUMBER_LIMIT)]
     attrs = {s.attr for s in steps}
     fields = []
+    assert node.struct is not None  # a fail-closed plan declares every node's fields
     for f in msgspec.structs.fields(node.struct):
         kind = f.type
         if f.name in attrs:
-            assert kind == int | None | UnsetType or kind == int, kind  # what _finish declares for a kept integer
-            kind = small | None | UnsetType if kind != int else small
+            assert kind == int | None | UnsetType or kind is int, kind  # what _finish declares for a kept integer
+            kind = small | None | UnsetType if kind is not int else small
         fields.append((f.name, kind, f.default if f.required is False else msgspec.NODEFAULT))
     rename = {f.name: f.encode_name for f in msgspec.structs.fields(node.struct)}
     return msgspec.defstruct(node.struct.__name__ + "Bounded", fields, kw_only=True, rename=rename, gc=False)
 
 
-def _namespace(scan: Callable, coarsen: Callable) -> dict[str, Any]:
+def _namespace(scan: Fn, coarsen: Fn) -> dict[str, Any]:
     return {
         "UNSET": UNSET, "scan": scan, "coarsen": coarsen, "find": find, "number": classify_number,
         "ZERO": ZERO_DIGITS, "SHAPES": ISO_SHAPES, "tuple_new": tuple.__new__,
@@ -180,7 +184,9 @@ def _namespace(scan: Callable, coarsen: Callable) -> dict[str, Any]:
 
 
 def _uses_consent(node: Node) -> bool:
-    return any(loc.rule.consent for loc in node.locations) or any(_uses_consent(s.child) for s in node.children)
+    return any(loc.rule.consent for loc in node.locations) or any(
+        _uses_consent(s.child) for s in node.children if s.child
+    )
 
 
 def _why(rule: Any) -> str:
@@ -200,7 +206,12 @@ def _indent(lines: list[str], levels: int) -> list[str]:
 
 
 def _apply(
-    node: Node, ns: dict[str, Any], guard: bool, scan: Callable, coarsen: Callable, counters: list | None = None
+    node: Node,
+    ns: dict[str, Any],
+    guard: bool,
+    scan: Fn,
+    coarsen: Fn,
+    counters: list[tuple[str, str]] | None = None,
 ) -> list[str]:
     """Statements running the field operations of ``node`` on ``obj`` (``granted`` in scope).
 
@@ -277,6 +288,7 @@ def _apply(
             f"        {lat}, {lon} = pt",
         ]
     for i, step in enumerate(node.children):
+        assert step.child is not None  # children are the steps with a nested node
         child_apply, child_guard = build(step.child, guard, scan, coarsen)
         ns[f"ca{i}"], ns[f"cg{i}"] = child_apply, child_guard
         lines += [f"# {step.key}{'[]' if step.array else ''}: the nested object's rules (ca{i})",
@@ -292,10 +304,10 @@ def _guard(
     node: Node,
     ns: dict[str, Any],
     guard: bool,
-    scan: Callable,
-    coarsen: Callable,
+    scan: Fn,
+    coarsen: Fn,
     hit: Callable[[str, str], str],
-    skip: list[Step] = (),
+    skip: Sequence[Step] = (),
 ) -> list[str]:
     """Statements of the leak guard over the kept values of ``obj`` (``depth`` in scope).
 
@@ -361,6 +373,7 @@ def _guard(
                 *_indent(other, 1),
             ]
     for i, step in enumerate(node.children):
+        assert step.child is not None  # children are the steps with a nested node
         ns[f"cg{i}"] = ns.get(f"cg{i}") or build(step.child, guard, scan, coarsen)[1]
         lines += [f"v = obj.{step.attr}", "if v is not UNSET and v is not None:"]
         if step.array:
@@ -376,7 +389,7 @@ def _guard(
     return lines
 
 
-def _define(lines: list[str], ns: dict[str, Any], name: str) -> Callable:
+def _define(lines: list[str], ns: dict[str, Any], name: str) -> Fn:
     """Compile generated ``lines`` defining ``name``, under a file name that carries the policy and is
     registered in ``linecache`` (as attrs does), so a traceback through it shows the line and the
     comment naming the field and rule; the source is also kept on the function (``__source__``)."""
@@ -387,8 +400,8 @@ def _define(lines: list[str], ns: dict[str, Any], name: str) -> Callable:
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     local: dict[str, Any] = {}
     exec(compile(source, filename, "exec"), dict(ns), local)
-    fn = local[name]
-    fn.__source__ = source
+    fn: Fn = local[name]
+    fn.__source__ = source  # type: ignore[attr-defined]
     if _SOURCES:
         _SOURCES[-1].append((filename, source))
     return fn
@@ -399,6 +412,6 @@ _BUILDING: list[str] = []  # the policy whose code is being generated (compiling
 _SOURCES: list[list[tuple[str, str]]] = []  # its generated functions, for ``gateway check --dump-code``
 
 
-def sources(run: Callable) -> list[tuple[str, str]]:
+def sources(run: Fn) -> list[tuple[str, str]]:
     """``(file name, source)`` of every function generated for a plan's ``run``, outermost last."""
     return list(getattr(run, "__sources__", []))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,12 +20,12 @@ import msgspec
 from msgspec import NODEFAULT, UNSET, UnsetType
 
 from gateway.keys import Keyring
-from gateway.ops import Drop, Keep
+from gateway.ops import Drop, Generalise, Keep, Mask, Replace
 from gateway.ops.base import BuildEnv, Epochs, Rule, Transform
 from gateway.ops.detect import ALL, classify_number, find
 from gateway.ops.location import CoarsenLocation
 from gateway.policy.load import PolicyError, Source, locate
-from gateway.policy.model import DropWhen, Match, Policy, fold
+from gateway.policy.model import DropWhen, FieldRuleT, Match, Policy, fold
 from gateway.policy.topics import Template, TopicFilter, safe_level
 
 _SEGMENT = re.compile(r"([^.\[\]]+)(\[\])?")
@@ -85,7 +86,7 @@ class Condition:
     unless_test: Any = None
 
 
-def matcher(m: Match):
+def matcher(m: Match) -> Callable[[Any], bool]:
     """``value -> bool`` for one ``drop_when`` test; text compared folded (see model.fold)."""
     if m.present is not None:
         want = m.present
@@ -126,7 +127,7 @@ class Plan:
     device_steps: list[Step] | None
     key_id: str
     coordinate_decimals: int
-    stats: Counter
+    stats: Counter[Any]
     paths: frozenset[str]  # every declared path, for safe error details
     structs: bool  # fail-closed policy decoded into Structs
     max_bytes: int = 0
@@ -148,9 +149,9 @@ class Plan:
     def name(self) -> str:
         return self.policy.policy.name
 
-    def action_counts(self) -> Counter:
+    def action_counts(self) -> Counter[str]:
         """How often each operation acted so far (``coarsen_location`` counts points)."""
-        counts: Counter = Counter()
+        counts: Counter[str] = Counter()
         nodes = [self.root]
         while nodes:
             node = nodes.pop()
@@ -158,7 +159,7 @@ class Plan:
                 counts[step.op] += step.count
             for loc in node.locations:
                 counts["coarsen_location"] += loc.count
-            nodes.extend(step.child for step in node.children)
+            nodes.extend(step.child for step in node.children if step.child is not None)
         for op, n in self.tallies() if self.tallies is not None else ():
             counts[op] += n
         return counts
@@ -248,7 +249,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         for key, _ in parse_path(path):
             out.append(node.steps[key])
             node.steps[key].read = True
-            node = node.steps[key].child
+            node = node.steps[key].child  # type: ignore[assignment]  # a path's inner keys have children
         paths.add(path)
         return out
 
@@ -292,14 +293,23 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
     for name, rule in _constants(policy):
         hit = _first_leak(rule)
         if hit:
-            raise fail(f"this rule writes a constant that looks like a {hit}: the leak guard would block every message", name)
+            raise fail(
+                f"this rule writes a constant that looks like a {hit}: the leak guard would block every message", name
+            )
 
     for name, rule in policy.route.capture.items():
-        constants = [rule.value] if rule.op_name() == "replace" else [*rule.map.values(), rule.default] if rule.op_name() == "generalise" else []
-        if rule.op_name() == "mask":
+        constants: list[Any] = []
+        if isinstance(rule, Replace):
+            constants = [rule.value]
+        elif isinstance(rule, Generalise):
+            constants = [*rule.map.values(), rule.default]
+        elif isinstance(rule, Mask):
             constants = [rule.char]
         if any(safe_level(c) is None for c in constants):
-            raise fail("this capture rule writes a value that is not a topic level (empty, '/', '+' or '#')", f"route.capture.{name}")
+            raise fail(
+                "this capture rule writes a value that is not a topic level (empty, '/', '+' or '#')",
+                f"route.capture.{name}",
+            )
     locations = [r for r in policy.field if isinstance(r, CoarsenLocation)]
     if any(r.consent for r in locations) and not meta.device:
         raise fail("a consent-dependent rule needs [policy] device, to know whose consent counts", "policy.device")
@@ -332,7 +342,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
     return plan
 
 
-def _constants(policy: Policy):
+def _constants(policy: Policy) -> Iterator[tuple[str, FieldRuleT]]:
     for i, rule in enumerate(policy.field):
         yield f"field[{i}]", rule
     for name, rule in policy.route.capture.items():
@@ -341,10 +351,10 @@ def _constants(policy: Policy):
 
 def _first_leak(rule: Rule) -> str | None:
     """Constants a rule emits (replace, generalise) must not themselves look like identifiers."""
-    values = []
-    if rule.op_name() == "replace":
+    values: list[Any] = []
+    if isinstance(rule, Replace):
         values = [rule.value]
-    elif rule.op_name() == "generalise":
+    elif isinstance(rule, Generalise):
         values = [*rule.map.values(), rule.default]
     for v in values:
         if isinstance(v, str):
@@ -363,7 +373,8 @@ def _finish(node: Node, structs: bool, name: str) -> None:
     skips it while decoding, like any undeclared field. A dropped field that a
     condition or the device lookup reads is decoded, then removed.
     """
-    fields = []
+    fields: list[tuple[str, Any, Any]] = []
+    inner: Any
     for i, step in enumerate(node.steps.values()):
         step.attr = f"f{i}"
         plain_drop = isinstance(step.rule, Drop) or (step.rule is None and step.child is None)

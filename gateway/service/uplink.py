@@ -48,7 +48,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.service.client import Client
-from gateway.service.config import Endpoint, Reconnect
+from gateway.service.config import ConfigError, Endpoint, Reconnect
 from gateway.spool import Spool, SpoolError
 from gateway.telemetry import Metrics, get_logger
 
@@ -129,7 +129,7 @@ async def wait_first(*aws: Any, timeout: float | None = None) -> None:
     try:
         await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t, a in zip(tasks, aws):
+        for t, a in zip(tasks, aws, strict=True):
             if t is not a:
                 if t.done() and not t.cancelled():
                     t.exception()  # retrieved: the caller looks at the state, not at this result
@@ -139,7 +139,9 @@ async def wait_first(*aws: Any, timeout: float | None = None) -> None:
 class Uplink:
     """The cloud connection, the spool and the drain. Runs on the worker's event loop."""
 
-    def __init__(self, endpoint: Endpoint, client_id: str, spool: Spool, metrics: Metrics, reconnect: Reconnect) -> None:
+    def __init__(
+        self, endpoint: Endpoint, client_id: str, spool: Spool, metrics: Metrics, reconnect: Reconnect
+    ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self.spool = spool
@@ -331,8 +333,13 @@ class Uplink:
             self.metrics.spool_refused.inc(len(items) - max(stored, held))
             if not self._full_logged:
                 self._full_logged = True
-                log.warning("spool_full", held=len(self._held), spool_bytes=self.spool.bytes,
-                            max_bytes=self.spool.max_bytes, action="not acknowledging; backlog waits at the local broker")
+                log.warning(
+                    "spool_full",
+                    held=len(self._held),
+                    spool_bytes=self.spool.bytes,
+                    max_bytes=self.spool.max_bytes,
+                    action="not acknowledging; backlog waits at the local broker",
+                )
         elif self._full_logged:
             self._full_logged = False
             log.info("spool_accepting_again", spool_bytes=self.spool.bytes)
@@ -594,10 +601,11 @@ def topic_pattern(topic: str) -> str:
 def describe(exc: BaseException | None) -> str:
     """An error for a log line: its class, plus the text of connection errors only.
 
-    MQTT and socket errors say things like "Connection refused"; any other exception's
-    text could quote a topic or payload, so only its class is logged."""
+    MQTT and socket errors say things like "Connection refused", and a ConfigError names
+    a key and a file or variable (a password file removed while running); any other
+    exception's text could quote a topic or payload, so only its class is logged."""
     if exc is None:
         return ""
-    if isinstance(exc, (aiomqtt.MqttError, OSError)):
+    if isinstance(exc, (aiomqtt.MqttError, OSError, ConfigError)):
         return f"{exc.__class__.__name__}: {exc}"
     return exc.__class__.__name__
