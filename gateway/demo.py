@@ -375,7 +375,7 @@ def _offline() -> int:
                 rule = f" (rule {result.rule})" if result.rule else ""
                 print(_colour(f"    DROPPED: {result.reason}{rule}", "33", tty))
                 totals["dropped"] += 1
-        actions = engine.plans[0].action_counts()
+        actions = engine.plans[0].stats.snapshot().actions
         summary = ", ".join(f"{k} {v}" for k, v in sorted(actions.items()) if v)
         print(f"  -> {totals['forwarded']} forwarded, {totals['dropped']} dropped; field actions: {summary}\n")
     return 0

@@ -27,6 +27,7 @@ from gateway.policy import codegen
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step, compile_policy
 from gateway.policy.load import Source
 from gateway.policy.model import BUILT_IN_REASONS
+from gateway.policy.stats import SAMPLED_MESSAGES, UNKNOWN_FIELDS
 from gateway.policy.topics import safe_level
 
 REASONS = BUILT_IN_REASONS  # besides the ``reason`` of each policy's own drop_when rules
@@ -224,8 +225,8 @@ def _sample_unknown(plan: Plan, payload: bytes) -> int:
         unknown = _count_unknown(plan.root, msgspec.json.decode(payload), plan.max_depth)
     except (RecursionError, ValueError):  # ValueError: bad UTF-8 in a field the Struct skipped
         unknown = 0
-    plan.stats[("", "unknown_field")] += unknown
-    plan.stats[("", "unknown_field_sampled_messages")] += 1
+    plan.stats[UNKNOWN_FIELDS] += unknown
+    plan.stats[SAMPLED_MESSAGES] += 1
     return unknown
 
 

@@ -211,6 +211,10 @@ def test_readyz_follows_the_local_broker_and_secrets_stay_out_of_logs(
         assert len(documented) > 20
         for name in documented:
             assert f"# TYPE {name} " in page or f"# TYPE {name.removesuffix('_total')} " in page, name
+        # and the other way: every gateway metric on the live page is documented (a counter's
+        # TYPE line names it without _total; an info metric's carries _info).
+        shown = re.findall(r"^# TYPE (gateway_[a-z0-9_]+) ", page, re.M)
+        assert [n for n in shown if not {n, f"{n}_total", n.removesuffix("_info")} & documented] == []
         local.stop()
         wait_until(lambda: gw.http("/readyz")[0] == 503, 20, "not ready without the local broker")
         assert gw.http("/healthz")[0] == 200

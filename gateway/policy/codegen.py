@@ -52,8 +52,8 @@ def build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[s
     """``run(payload, upstream, device, consents) -> Forward | Reject`` for a fail-closed plan.
 
     ``helpers`` come from gateway.pipeline: Forward, Reject, TooDeep, invalid,
-    sample_unknown, granted_of, holds, read, refused, AffixRefused, NO_CONSENT, EMPTY. Sets
-    ``plan.tallies`` (the counts the generated code keeps in local cells).
+    sample_unknown, granted_of, holds, read, refused, AffixRefused, NO_CONSENT, EMPTY. Hands
+    ``plan.stats`` the ``tallies()`` of the counts the generated code keeps in local cells.
 
     With the leak guard on, kept root ``integer`` fields are decoded by a second
     Struct type that only admits values the guard would pass without a look
@@ -155,7 +155,8 @@ def _build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[
         lines += ["    run = run_full"]
     lines += ["    return run, tallies"]
     make = _define(lines, ns, "make")
-    run, plan.tallies = make()
+    run, tallies = make()
+    plan.stats.track(tallies)
     run.__source__ = make.__source__  # type: ignore[attr-defined]
     return run  # type: ignore[no-any-return]
 

@@ -26,6 +26,7 @@ from gateway.ops.detect import ALL, classify_number, find
 from gateway.ops.location import CoarsenLocation
 from gateway.policy.load import PolicyError, Source, locate
 from gateway.policy.model import DropWhen, FieldRuleT, Match, Policy, fold
+from gateway.policy.stats import PlanStats
 from gateway.policy.topics import Template, TopicFilter, safe_level
 
 _SEGMENT = re.compile(r"([^.\[\]]+)(\[\])?")
@@ -127,7 +128,7 @@ class Plan:
     device_steps: list[Step] | None
     key_id: str
     coordinate_decimals: int
-    stats: Counter[Any]
+    stats: PlanStats  # every count of this plan; telemetry reads stats.snapshot()
     paths: frozenset[str]  # every declared path, for safe error details
     structs: bool  # fail-closed policy decoded into Structs
     max_bytes: int = 0
@@ -136,7 +137,6 @@ class Plan:
     decode: Any = None
     encode: Any = None
     run: Any = None  # (payload, upstream, device, consents) -> Forward | Reject, set by the Engine
-    tallies: Any = None  # () -> [(operation, count)]: counts the generated code keeps outside the steps
 
     def __repr__(self) -> str:
         return f"Plan({self.name!r})"
@@ -151,18 +151,7 @@ class Plan:
 
     def action_counts(self) -> Counter[str]:
         """How often each operation acted so far (``coarsen_location`` counts points)."""
-        counts: Counter[str] = Counter()
-        nodes = [self.root]
-        while nodes:
-            node = nodes.pop()
-            for step in node.leaves + node.drops:
-                counts[step.op] += step.count
-            for loc in node.locations:
-                counts["coarsen_location"] += loc.count
-            nodes.extend(step.child for step in node.children if step.child is not None)
-        for op, n in self.tallies() if self.tallies is not None else ():
-            counts[op] += n
-        return counts
+        return self.stats.actions()
 
 
 def parse_path(path: str) -> list[tuple[str, bool]]:
@@ -185,7 +174,8 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         return PolicyError(file, message, locate(text, where) if text else None, where)
 
     meta = policy.policy
-    env = BuildEnv(keyring, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain)
+    stats = PlanStats()  # the operations count their events in it as they run
+    env = BuildEnv(keyring, epochs, stats, cache_size, pack=meta.name, link_domain=meta.link_domain)
     root = Node()
     paths: set[str] = set()
 
@@ -319,6 +309,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
 
     structs = meta.default == "drop"
     _finish(root, structs, "Root")
+    stats.bind(root, (c.rule.reason for c in conditions))
     plan = Plan(
         source=source,
         filters=filters,
@@ -330,7 +321,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         device_steps=device_steps,
         key_id=keyring.active,
         coordinate_decimals=coordinate_decimals,
-        stats=env.stats,
+        stats=stats,
         paths=frozenset(paths),
         structs=structs,
         max_bytes=meta.max_bytes,
