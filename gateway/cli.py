@@ -560,7 +560,7 @@ def cmd_spool(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INVALID
     try:
-        spool = Spool(path, cfg.spool.max_bytes, exclusive=args.action == "resend")
+        spool = Spool(path, cfg.spool.max_bytes, exclusive=args.action == "resend", lock_wait_s=0)
     except SpoolError as exc:
         hint = "; stop the gateway first (resend changes the spool it is draining)" if exc.kind == "busy" else ""
         print(f"gateway spool: {exc}{hint}", file=sys.stderr)

@@ -362,7 +362,7 @@ def test_one_gateway_per_spool_file(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     first = Spool(path, BIG)
     with pytest.raises(SpoolError) as caught:
-        Spool(path, BIG)
+        Spool(path, BIG, lock_wait_s=0.3)
     assert caught.value.kind == "busy"
     reader = Spool(path, BIG, exclusive=False)  # `gateway spool list` while the gateway runs
     assert reader.depth == 0
@@ -466,3 +466,16 @@ def test_counters_and_order_survive_any_sequence_of_full_disks(ops: list[tuple[s
         topics = [r[2] for r in rows_in_db(path)]
         assert topics == [t for t in stored if t in set(topics)]  # the survivors, still in order
         spool.close()
+
+
+def test_a_new_owner_waits_for_the_previous_one_to_let_go(tmp_path: Path) -> None:
+    """A restarted worker may start while its predecessor still exits: it waits for the lock."""
+    import threading
+
+    path = tmp_path / "s.db"
+    first = Spool(path, BIG)
+    first.append("d", "t", b"kept", 1)
+    threading.Timer(0.3, first.close).start()
+    second = Spool(path, BIG, lock_wait_s=10)
+    assert [e.payload for e in second.peek(5)] == [b"kept"]
+    second.close()
