@@ -91,7 +91,7 @@ def _dump_code(engine: Engine) -> None:
     from gateway.policy.codegen import sources
 
     for plan in engine.plans:
-        generated = sources(plan.run)
+        generated = sources(engine.runner(plan))
         if not generated:
             print(f"# {plan.name}: default = \"keep\", run by the dict interpreter (no generated code)")
         for filename, source in generated:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -76,11 +76,14 @@ class Engine:
         self.unknown_sample = unknown_sample
         self.epochs = Epochs(now)
         self.plans = [compile_policy(s, keyring, self.epochs, cache_size) for s in sources]
-        for plan in self.plans:
-            if plan.structs:
-                plan.run = codegen.build_runner(plan, unknown_sample, _kept_scanner(plan), _coarsen, _HELPERS)
-            else:
-                plan.run = partial(interpret, plan)
+        # What the Engine compiles from each (immutable) plan: ``run(payload, upstream, device,
+        # consents) -> Forward | Reject``, generated for a fail-closed plan, else the interpreter.
+        self._runs: dict[Plan, Callable[..., Forward | Reject]] = {
+            plan: codegen.build_runner(plan, unknown_sample, _kept_scanner(plan), _coarsen, _HELPERS)
+            if plan.structs
+            else partial(interpret, plan)
+            for plan in self.plans
+        }
         # Fused pseudonymisers read their cache directly: re-key them as soon as an epoch rolls over.
         self._refresh = [
             step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")
@@ -89,6 +92,10 @@ class Engine:
         self._generation = self.epochs.generation
         self._previous = _previous_devices(self.plans, keyring, self.epochs, cache_size)
         self._previous_by_topic: BoundedCache[str, Any] = BoundedCache(cache_size)
+
+    def runner(self, plan: Plan) -> Callable[..., Forward | Reject]:
+        """The compiled ``run`` of one of ``self.plans`` (``codegen.sources(run)`` shows its code)."""
+        return self._runs[plan]
 
     def route(self, topic: str) -> tuple[Plan, dict[str, str]] | None:
         """The first plan (in configuration order) whose filters match ``topic``."""
@@ -132,7 +139,7 @@ class Engine:
             return _rejecter(Reject("no_route")), None, None
         if not isinstance(upstream, str):
             return _rejecter(upstream if upstream is not None else Reject("bad_topic", plan)), None, None
-        return plan.run, upstream, device
+        return self._runs[plan], upstream, device
 
     def previous_device(self, topic: str) -> str | None:
         """The device's pseudonym under the key that was active before the last rotation, for

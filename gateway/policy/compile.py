@@ -114,9 +114,10 @@ def matcher(m: Match) -> Callable[[Any], bool]:
     return equal
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class Plan:
-    """Everything the hot path needs for one policy."""
+    """Everything the hot path needs for one policy: built once by ``compile_policy``, never
+    changed after. The Engine holds what it compiles from a plan (its runner, gateway.pipeline)."""
 
     source: Source
     filters: list[TopicFilter]
@@ -136,7 +137,6 @@ class Plan:
     leak_guard: bool = True
     decode: Any = None
     encode: Any = None
-    run: Any = None  # (payload, upstream, device, consents) -> Forward | Reject, set by the Engine
 
     def __repr__(self) -> str:
         return f"Plan({self.name!r})"
@@ -327,9 +327,9 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         max_bytes=meta.max_bytes,
         max_depth=meta.max_depth,
         leak_guard=meta.leak_guard,
+        decode=msgspec.json.Decoder(root.struct if structs else Any).decode,
+        encode=(msgspec.msgpack.Encoder() if meta.output == "msgpack" else msgspec.json.Encoder()).encode,
     )
-    plan.decode = msgspec.json.Decoder(root.struct if structs else Any).decode
-    plan.encode = (msgspec.msgpack.Encoder() if meta.output == "msgpack" else msgspec.json.Encoder()).encode
     return plan
 
 
