@@ -91,7 +91,7 @@ def _dump_code(engine: Engine) -> None:
     from gateway.policy.codegen import sources
 
     for plan in engine.plans:
-        generated = sources(plan.run)
+        generated = sources(engine.runner(plan))
         if not generated:
             print(f"# {plan.name}: default = \"keep\", run by the dict interpreter (no generated code)")
         for filename, source in generated:
@@ -414,6 +414,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except pf.StartupError as exc:
         log.error("startup_failed", key=exc.key, error=str(exc), code=exc.code)
         return exc.code
+    except Exception as exc:  # a bug in a check: its type and place, never its text
+        log.critical("gateway_crashed", exc_info=exc, code=pf.EX_SOFTWARE)
+        return pf.EX_SOFTWARE
     if args.workers > 1 and args.worker is None:
         from gateway.service.supervisor import supervise
 
@@ -474,7 +477,7 @@ async def _serve(cfg: Any, index: int, workers: int) -> int:
     except (PolicyError, PolicySetError) as exc:
         raise pf.StartupError("policies", str(exc)) from None
     except ConfigError as exc:
-        raise pf.StartupError("config", str(exc)) from None
+        raise pf.StartupError(str(exc).split(" ", 1)[0].rstrip(":"), str(exc)) from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -501,8 +504,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             report(False, str(exc))
             status = pf.EX_CONFIG
     ports = [("[metrics] listen", cfg.metrics.address())]
-    if cfg.ingest.gt06.listen:
-        ports.append(("[ingest.gt06] listen", cfg.ingest.gt06.address()))
+    for name, ingest in (("gt06", cfg.ingest.gt06), ("jt808", cfg.ingest.jt808)):
+        if ingest.listen:
+            ports.append((f"[ingest.{name}] listen", ingest.address()))
     for key, address in ports:
         if address is None or not address[1]:
             continue
@@ -556,7 +560,7 @@ def cmd_spool(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INVALID
     try:
-        spool = Spool(path, cfg.spool.max_bytes, exclusive=args.action == "resend")
+        spool = Spool(path, cfg.spool.max_bytes, exclusive=args.action == "resend", lock_wait_s=0)
     except SpoolError as exc:
         hint = "; stop the gateway first (resend changes the spool it is draining)" if exc.kind == "busy" else ""
         print(f"gateway spool: {exc}{hint}", file=sys.stderr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -20,12 +20,14 @@ from msgspec import UNSET
 
 from gateway.keys import Keyring
 from gateway.ops.base import BoundedCache, BuildEnv, Epochs
+from gateway.ops.basic import Keep
 from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, find, precise_pair
 from gateway.ops.identity import AffixRefused, Pseudonymise
 from gateway.policy import codegen
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step, compile_policy
 from gateway.policy.load import Source
 from gateway.policy.model import BUILT_IN_REASONS
+from gateway.policy.stats import SAMPLED_MESSAGES, UNKNOWN_FIELDS
 from gateway.policy.topics import safe_level
 
 REASONS = BUILT_IN_REASONS  # besides the ``reason`` of each policy's own drop_when rules
@@ -74,19 +76,26 @@ class Engine:
         self.unknown_sample = unknown_sample
         self.epochs = Epochs(now)
         self.plans = [compile_policy(s, keyring, self.epochs, cache_size) for s in sources]
-        for plan in self.plans:
-            if plan.structs:
-                plan.run = codegen.build_runner(plan, unknown_sample, _kept_scanner(plan), _coarsen, _HELPERS)
-            else:
-                plan.run = partial(interpret, plan)
+        # What the Engine compiles from each (immutable) plan: ``run(payload, upstream, device,
+        # consents) -> Forward | Reject``, generated for a fail-closed plan, else the interpreter.
+        self._runs: dict[Plan, Callable[..., Forward | Reject]] = {
+            plan: codegen.build_runner(plan, unknown_sample, _kept_scanner(plan), _coarsen, _HELPERS)
+            if plan.structs
+            else partial(interpret, plan)
+            for plan in self.plans
+        }
         # Fused pseudonymisers read their cache directly: re-key them as soon as an epoch rolls over.
         self._refresh = [
             step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")
         ]
-        self._routes = BoundedCache(cache_size)
+        self._routes: BoundedCache[str, tuple[Any, str | None, str | None]] = BoundedCache(cache_size)
         self._generation = self.epochs.generation
         self._previous = _previous_devices(self.plans, keyring, self.epochs, cache_size)
-        self._previous_by_topic = BoundedCache(cache_size)
+        self._previous_by_topic: BoundedCache[str, Any] = BoundedCache(cache_size)
+
+    def runner(self, plan: Plan) -> Callable[..., Forward | Reject]:
+        """The compiled ``run`` of one of ``self.plans`` (``codegen.sources(run)`` shows its code)."""
+        return self._runs[plan]
 
     def route(self, topic: str) -> tuple[Plan, dict[str, str]] | None:
         """The first plan (in configuration order) whose filters match ``topic``."""
@@ -115,9 +124,9 @@ class Engine:
                 if level is None:
                     return plan, None, device
                 values[name] = level
-                kept = plan.policy.route.capture[name].op_name() == "keep"
-                if kept and plan.leak_guard:  # a topic level is forwarded like a kept field
-                    hits = find(level, ALL - set(plan.policy.route.capture[name].guard_allow))
+                rule = plan.policy.route.capture[name]
+                if isinstance(rule, Keep) and plan.leak_guard:  # a topic level is forwarded like a kept field
+                    hits = find(level, ALL - set(rule.guard_allow))
                     if hits:
                         return plan, Reject("leak", plan, f"route.capture.{name}", hits[0][0]), device
         return plan, plan.template.render(values), device
@@ -128,9 +137,9 @@ class Engine:
         plan, upstream, device = self._resolve(topic)
         if plan is None:
             return _rejecter(Reject("no_route")), None, None
-        if upstream.__class__ is not str:
+        if not isinstance(upstream, str):
             return _rejecter(upstream if upstream is not None else Reject("bad_topic", plan)), None, None
-        return plan.run, upstream, device
+        return self._runs[plan], upstream, device
 
     def previous_device(self, topic: str) -> str | None:
         """The device's pseudonym under the key that was active before the last rotation, for
@@ -198,7 +207,8 @@ def _rejecter(reject: Reject):
 def _leaves(node: Node):
     yield from node.leaves
     for step in node.children:
-        yield from _leaves(step.child)
+        if step.child is not None:
+            yield from _leaves(step.child)
 
 
 def _granted(plan: Plan, obj: Any, device: str | None, consents: Mapping[str, frozenset[str]]) -> frozenset[str]:
@@ -222,8 +232,8 @@ def _sample_unknown(plan: Plan, payload: bytes) -> int:
         unknown = _count_unknown(plan.root, msgspec.json.decode(payload), plan.max_depth)
     except (RecursionError, ValueError):  # ValueError: bad UTF-8 in a field the Struct skipped
         unknown = 0
-    plan.stats[("", "unknown_field")] += unknown
-    plan.stats[("", "unknown_field_sampled_messages")] += 1
+    plan.stats[UNKNOWN_FIELDS] += unknown
+    plan.stats[SAMPLED_MESSAGES] += 1
     return unknown
 
 
@@ -406,11 +416,8 @@ def _apply_dict(node: Node, d: dict, granted: frozenset[str]) -> None:
         if v is None:
             continue
         step.count += 1
-        if step.array:
-            fn = step.fn
-            out = [x for x in (None if e is None else fn(e) for e in v) if x is not UNSET]
-        else:
-            out = step.fn(v)
+        fn: Any = step.fn  # a leaf has its operation
+        out = [x for x in (None if e is None else fn(e) for e in v) if x is not UNSET] if step.array else fn(v)
         if out is UNSET:
             del d[step.key]
         else:
@@ -428,7 +435,7 @@ def _apply_dict(node: Node, d: dict, granted: frozenset[str]) -> None:
         if v is None:
             continue
         for element in v if step.array else (v,):
-            if element is not None:
+            if element is not None and step.child is not None:
                 _apply_dict(step.child, element, granted)
 
 

@@ -61,6 +61,7 @@ WAL_LIMIT = 256 * 1024  # journal_size_limit: a checkpointed WAL is truncated ba
 # room too, and on a completely full disk they would fail and nothing could be freed.
 DISK_MARGIN = 256 * 1024
 BUSY_TIMEOUT_MS = 2000  # `gateway spool` and the service may share the file briefly
+LOCK_WAIT_S = 10.0  # how long a new owner waits for the previous one to let go of the file
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -159,10 +160,12 @@ class Spool:
     ``delete`` of ids the cloud acknowledged can never hit a newer entry.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int, *, exclusive: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int, *, exclusive: bool = True,
+                 lock_wait_s: float = LOCK_WAIT_S) -> None:
         """Open (or create) the spool. ``exclusive``: hold an advisory lock for this process's
         lifetime (the service does), so a second gateway, or ``gateway spool resend``, is refused
-        instead of changing rows behind the running gateway's counters."""
+        instead of changing rows behind the running gateway's counters. The lock is waited for
+        up to ``lock_wait_s`` (a restarted worker may start while its predecessor still exits)."""
         path = Path(path)
         # Create the file ourselves so it is never readable by others, not even
         # for a moment; SQLite gives its -wal and -shm files the same mode.
@@ -170,7 +173,15 @@ class Spool:
         try:
             os.fchmod(fd, 0o600)
             if exclusive:  # flock, not SQLite's own POSIX locks: the two do not interfere on Linux
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                deadline = time.monotonic() + lock_wait_s
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise
+                        time.sleep(0.1)
         except BlockingIOError:
             os.close(fd)
             raise SpoolError("open", "busy", f"{path} is in use by another process (a running gateway?)") from None
@@ -453,7 +464,7 @@ class Spool:
         with self._lock:
             where, args = _which(ids)
 
-            def body() -> int:
+            def body() -> list[Any]:
                 rows = self._db.execute(
                     f"DELETE FROM quarantine {where} RETURNING {_COLUMNS}", args).fetchall()
                 rows.sort(key=lambda r: r[5])  # oldest first, as they were spooled

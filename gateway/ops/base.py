@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 from msgspec import UNSET
@@ -51,11 +51,11 @@ class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="
     accepts: ClassVar[Any] = Any
 
     def label(self) -> str:
-        return self.name or getattr(self, "path", "") or self.op_name()
+        return self.name or str(getattr(self, "path", "")) or self.op_name()
 
     @classmethod
     def op_name(cls) -> str:
-        return cls.__struct_config__.tag
+        return str(cls.__struct_config__.tag)
 
     def build(self, env: BuildEnv) -> Transform:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -96,21 +96,25 @@ class BuildEnv:
 
     keyring: Keyring
     epochs: Epochs
-    stats: Counter = field(default_factory=Counter)  # (rule label, event) -> count
+    stats: Counter[tuple[str, str]] = field(default_factory=Counter)  # (rule label, event) -> count
     cache_size: int = 65536
     pack: str = ""  # the policy's name: keys are per pack unless a link domain is declared
     link_domain: str = ""  # the policy's declared linkage domain ("" = none)
     field: str = ""  # the rule's field path, or "topic_<name>" for a topic level
 
 
-class BoundedCache(dict):
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedCache(dict[K, V]):
     """A dict that forgets its oldest entry beyond ``limit`` (FIFO, O(1))."""
 
     def __init__(self, limit: int):
         super().__init__()
         self.limit = limit
 
-    def put(self, key: Any, value: Any) -> Any:
+    def put(self, key: K, value: V) -> V:
         if len(self) >= self.limit:
             del self[next(iter(self))]
         self[key] = value

@@ -34,7 +34,7 @@ class Keep(FieldRule, tag="keep"):
             raise ValueError(f"guard_allow: unknown detector(s) {sorted(unknown)}; known: {list(DETECTORS)}")
 
     @property
-    def accepts(self) -> Any:  # type: ignore[override]
+    def accepts(self) -> Any:
         return TYPES[self.type]
 
     def build(self, env: BuildEnv) -> Transform:
@@ -88,7 +88,7 @@ class Generalise(FieldRule, tag="generalise"):
         if self.match == "exact":
             generalise = lambda v: table.get(v if v.__class__ is str else _key(v), default)  # noqa: E731
 
-            def fuse(p: str) -> tuple[str, list[str], dict]:
+            def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:
                 return (
                     "v.__class__ is str",
                     [f"v = {p}table.get(v, {p}default)"],
@@ -98,7 +98,7 @@ class Generalise(FieldRule, tag="generalise"):
             return fusable(generalise, fuse)
         prefixes = sorted(table, key=len, reverse=True)
 
-        def generalise_prefix(v):
+        def generalise_prefix(v: Any) -> Any:
             text = v if isinstance(v, str) else _key(v)
             for p in prefixes:
                 if text.startswith(p):

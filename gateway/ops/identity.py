@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
@@ -132,7 +133,7 @@ class Pseudonymise(FieldRule, tag="pseudonymise"):
         return pseudonymiser(env.keyring, env.epochs, self, env.cache_size, key_scope)
 
 
-def affix_of(rule: Pseudonymise):
+def affix_of(rule: Pseudonymise) -> Callable[[str], str | None]:
     """``text -> kept part or None``: the affix ``rule`` may keep of a value, if it has the declared
     shape and the leak guard finds nothing in that part."""
     prefix, after, shape, handles = rule.keep_prefix, rule.keep_after, rule.shape, frozenset(rule.handles)
@@ -167,8 +168,8 @@ def pseudonymiser(
     """Compiled ``pseudonymise``: key derived per epoch, recent results cached.
 
     A closure rather than a class: it is called once per field per message."""
-    cache = BoundedCache(cache_size)
-    state: list = [None, -1]  # HMAC object of the current epoch, its generation
+    cache: BoundedCache[Any, str] = BoundedCache(cache_size)
+    state: list[Any] = [None, -1]  # HMAC object of the current epoch, its generation
     kid, length, prefix = keyring.active, rule.length, rule.keep_prefix
     affix = affix_of(rule) if (rule.keep_prefix or rule.keep_after) else None
     reject, label = rule.on_mismatch == "reject", rule.label()
@@ -182,7 +183,7 @@ def pseudonymiser(
     def pseudonymise(value: str | int) -> str:
         if state[1] != epochs.generation:
             rekey()
-        hit = cache.get(value)
+        hit: str | None = cache.get(value)
         if hit is not None:
             return hit
         text = str(value)
@@ -198,14 +199,15 @@ def pseudonymiser(
                 token = f"{part}-{token}"
             else:
                 token = f"{token}{part}"
-        return cache.put(value, token)
+        cache.put(value, token)
+        return token
 
     def refresh() -> None:
         """Re-key now if the epoch rolled over (the fused form below reads the cache directly)."""
         if state[1] != epochs.generation:
             rekey()
 
-    def fuse(p: str) -> tuple[str, list[str], dict]:
+    def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:
         # A cache hit without the call (the cache never holds None or UNSET). Only valid while
         # whoever runs the fused code calls ``refresh`` when the epoch generation changes:
         # Engine.process does, before a message.
@@ -251,16 +253,18 @@ def encryptor(keyring: Keyring, cache_size: int, key_scope: str = "pack:", domai
     label = key_scope[5:] if key_scope.startswith("pack:") else key_scope
     prefix = f"{ENC_PREFIX}{keyring.active}.{label}.{domain}."
     seal = _siv(keyring, None, key_scope, domain).encrypt
-    cache = BoundedCache(cache_size)
+    cache: BoundedCache[Any, str] = BoundedCache(cache_size)
 
     def encrypt(value: str | int) -> str:
-        hit = cache.get(value)
+        hit: str | None = cache.get(value)
         if hit is not None:
             return hit
         sealed = seal(str(value).encode("utf-8", "surrogatepass"), None)
-        return cache.put(value, prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode())
+        token = prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+        cache.put(value, token)
+        return token
 
-    def fuse(p: str) -> tuple[str, list[str], dict]:  # a cache hit without the call
+    def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:  # a cache hit without the call
         return f"(r := {p}cache.get(v)) is not None", ["v = r"], {f"{p}cache": cache}
 
     return fusable(encrypt, fuse)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -85,16 +85,18 @@ class CoarsenLocation(Rule, tag="coarsen_location"):
         """The finest precision this rule emits without consent (used by the leak guard)."""
         if self.decimals is not None:
             return self.decimals
+        assert self.grid_m is not None  # __post_init__: decimals or grid_m
         return _repr_decimals(self.grid_m / M_PER_DEG)
 
-    def build(self, env: BuildEnv) -> Coarsen:
-        snap = _rounder(self.decimals) if self.decimals is not None else _grid(self.grid_m)
+    def build(self, env: BuildEnv) -> Coarsen:  # type: ignore[override]  # a point, not one value
+        assert self.decimals is not None or self.grid_m is not None  # __post_init__
+        snap = _rounder(self.decimals) if self.decimals is not None else _grid(self.grid_m)  # type: ignore[arg-type]
         precise = _rounder(self.consent_decimals) if self.consent_decimals is not None else None
         zones = [(math.radians(z.lat), math.radians(z.lon), z.radius_m) for z in self.zones]
         stats, label = env.stats, self.label()
-        fixed = snap(*self.at) if self.mode == "fixed" else None
+        fixed = snap(*self.at) if self.at is not None else None  # set exactly for mode = "fixed"
 
-        def coarsen_location(lat: float, lon: float, consented: bool):
+        def coarsen_location(lat: float, lon: float, consented: bool) -> tuple[float, float] | None:
             if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # False for NaN too
                 stats[(label, "invalid_location")] += 1
                 return None
@@ -107,7 +109,7 @@ class CoarsenLocation(Rule, tag="coarsen_location"):
                 return precise(lat, lon) if precise else (lat, lon)
             return snap(lat, lon)
 
-        def fuse(p: str, consented: str) -> tuple[str, list[str], dict] | None:
+        def fuse(p: str, consented: str) -> tuple[str, list[str], dict[str, Any]] | None:
             """The common case inline (see gateway.ops.base.Fuse), over the float locals ``la``
             and ``lo``: when ``test`` holds (a valid point, no consent, no zones), ``lines``
             set ``pt`` to the snapped point; anything else is the call. ``consented`` is the
@@ -154,8 +156,8 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
     # Cell indices are whole floats, q // 1.0 (the exact floor for q >= 0, and 2x cheaper
     # than int(q) here); a cell's key is i * 2**26 + j (j < 40,075,200 cells round the
     # equator at 1 m < 2**26; the key stays below 2**51, so it is exact).
-    bands = BoundedCache(65536)
-    centres = BoundedCache(65536)
+    bands: BoundedCache[float, tuple[int, float]] = BoundedCache(65536)
+    centres: BoundedCache[float, tuple[float, float]] = BoundedCache(65536)
     top = n_lat - 1.0
 
     def band(i: float) -> tuple[int, float]:
@@ -180,7 +182,7 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
         j = (lon + 180.0) / b[1] // 1.0 % b[0]
         return centres.get(i * 67108864.0 + j) or centre(i, j, b)
 
-    def fuse(p: str) -> tuple[list[str], dict]:
+    def fuse(p: str) -> tuple[list[str], dict[str, Any]]:
         """``snap`` inline: ``pt`` from the locals ``la``, ``lo`` (valid, and ``lo < 180``)."""
         lines = [
             f"i = (la + 90.0) / {step_lat!r} // 1.0",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,12 +20,13 @@ import msgspec
 from msgspec import NODEFAULT, UNSET, UnsetType
 
 from gateway.keys import Keyring
-from gateway.ops import Drop, Keep
+from gateway.ops import Drop, Generalise, Keep, Mask, Replace
 from gateway.ops.base import BuildEnv, Epochs, Rule, Transform
 from gateway.ops.detect import ALL, classify_number, find
 from gateway.ops.location import CoarsenLocation
 from gateway.policy.load import PolicyError, Source, locate
-from gateway.policy.model import DropWhen, Match, Policy, fold
+from gateway.policy.model import DropWhen, FieldRuleT, Match, Policy, fold
+from gateway.policy.stats import PlanStats
 from gateway.policy.topics import Template, TopicFilter, safe_level
 
 _SEGMENT = re.compile(r"([^.\[\]]+)(\[\])?")
@@ -85,7 +87,7 @@ class Condition:
     unless_test: Any = None
 
 
-def matcher(m: Match):
+def matcher(m: Match) -> Callable[[Any], bool]:
     """``value -> bool`` for one ``drop_when`` test; text compared folded (see model.fold)."""
     if m.present is not None:
         want = m.present
@@ -112,9 +114,10 @@ def matcher(m: Match):
     return equal
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class Plan:
-    """Everything the hot path needs for one policy."""
+    """Everything the hot path needs for one policy: built once by ``compile_policy``, never
+    changed after. The Engine holds what it compiles from a plan (its runner, gateway.pipeline)."""
 
     source: Source
     filters: list[TopicFilter]
@@ -126,7 +129,7 @@ class Plan:
     device_steps: list[Step] | None
     key_id: str
     coordinate_decimals: int
-    stats: Counter
+    stats: PlanStats  # every count of this plan; telemetry reads stats.snapshot()
     paths: frozenset[str]  # every declared path, for safe error details
     structs: bool  # fail-closed policy decoded into Structs
     max_bytes: int = 0
@@ -134,8 +137,6 @@ class Plan:
     leak_guard: bool = True
     decode: Any = None
     encode: Any = None
-    run: Any = None  # (payload, upstream, device, consents) -> Forward | Reject, set by the Engine
-    tallies: Any = None  # () -> [(operation, count)]: counts the generated code keeps outside the steps
 
     def __repr__(self) -> str:
         return f"Plan({self.name!r})"
@@ -148,20 +149,9 @@ class Plan:
     def name(self) -> str:
         return self.policy.policy.name
 
-    def action_counts(self) -> Counter:
+    def action_counts(self) -> Counter[str]:
         """How often each operation acted so far (``coarsen_location`` counts points)."""
-        counts: Counter = Counter()
-        nodes = [self.root]
-        while nodes:
-            node = nodes.pop()
-            for step in node.leaves + node.drops:
-                counts[step.op] += step.count
-            for loc in node.locations:
-                counts["coarsen_location"] += loc.count
-            nodes.extend(step.child for step in node.children)
-        for op, n in self.tallies() if self.tallies is not None else ():
-            counts[op] += n
-        return counts
+        return self.stats.actions()
 
 
 def parse_path(path: str) -> list[tuple[str, bool]]:
@@ -184,7 +174,8 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         return PolicyError(file, message, locate(text, where) if text else None, where)
 
     meta = policy.policy
-    env = BuildEnv(keyring, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain)
+    stats = PlanStats()  # the operations count their events in it as they run
+    env = BuildEnv(keyring, epochs, stats, cache_size, pack=meta.name, link_domain=meta.link_domain)
     root = Node()
     paths: set[str] = set()
 
@@ -248,7 +239,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         for key, _ in parse_path(path):
             out.append(node.steps[key])
             node.steps[key].read = True
-            node = node.steps[key].child
+            node = node.steps[key].child  # type: ignore[assignment]  # a path's inner keys have children
         paths.add(path)
         return out
 
@@ -297,14 +288,12 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
             )
 
     for name, rule in policy.route.capture.items():
-        constants = (
-            [rule.value]
-            if rule.op_name() == "replace"
-            else [*rule.map.values(), rule.default]
-            if rule.op_name() == "generalise"
-            else []
-        )
-        if rule.op_name() == "mask":
+        constants: list[Any] = []
+        if isinstance(rule, Replace):
+            constants = [rule.value]
+        elif isinstance(rule, Generalise):
+            constants = [*rule.map.values(), rule.default]
+        elif isinstance(rule, Mask):
             constants = [rule.char]
         if any(safe_level(c) is None for c in constants):
             raise fail(
@@ -320,6 +309,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
 
     structs = meta.default == "drop"
     _finish(root, structs, "Root")
+    stats.bind(root, (c.rule.reason for c in conditions))
     plan = Plan(
         source=source,
         filters=filters,
@@ -331,19 +321,19 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         device_steps=device_steps,
         key_id=keyring.active,
         coordinate_decimals=coordinate_decimals,
-        stats=env.stats,
+        stats=stats,
         paths=frozenset(paths),
         structs=structs,
         max_bytes=meta.max_bytes,
         max_depth=meta.max_depth,
         leak_guard=meta.leak_guard,
+        decode=msgspec.json.Decoder(root.struct if structs else Any).decode,
+        encode=(msgspec.msgpack.Encoder() if meta.output == "msgpack" else msgspec.json.Encoder()).encode,
     )
-    plan.decode = msgspec.json.Decoder(root.struct if structs else Any).decode
-    plan.encode = (msgspec.msgpack.Encoder() if meta.output == "msgpack" else msgspec.json.Encoder()).encode
     return plan
 
 
-def _constants(policy: Policy):
+def _constants(policy: Policy) -> Iterator[tuple[str, FieldRuleT]]:
     for i, rule in enumerate(policy.field):
         yield f"field[{i}]", rule
     for name, rule in policy.route.capture.items():
@@ -352,10 +342,10 @@ def _constants(policy: Policy):
 
 def _first_leak(rule: Rule) -> str | None:
     """Constants a rule emits (replace, generalise) must not themselves look like identifiers."""
-    values = []
-    if rule.op_name() == "replace":
+    values: list[Any] = []
+    if isinstance(rule, Replace):
         values = [rule.value]
-    elif rule.op_name() == "generalise":
+    elif isinstance(rule, Generalise):
         values = [*rule.map.values(), rule.default]
     for v in values:
         if isinstance(v, str):
@@ -374,7 +364,8 @@ def _finish(node: Node, structs: bool, name: str) -> None:
     skips it while decoding, like any undeclared field. A dropped field that a
     condition or the device lookup reads is decoded, then removed.
     """
-    fields = []
+    fields: list[tuple[str, Any, Any]] = []
+    inner: Any
     for i, step in enumerate(node.steps.values()):
         step.attr = f"f{i}"
         plain_drop = isinstance(step.rule, Drop) or (step.rule is None and step.child is None)

@@ -303,6 +303,7 @@ class Uplink:
             )
         except SpoolError as exc:  # like a full spool: hold, do not acknowledge, retry on a timer
             self._held = items
+            self.metrics.spool_refused.inc(len(items) - held)  # each message once
             self._spool_failed(exc)
             self._arm_retry()
             self._check_pressure()
@@ -312,6 +313,7 @@ class Uplink:
             for item in items[:stored]:
                 self._done(item)
             self.metrics.spooled.inc(stored)
+            self.metrics.spool_refused.inc(len(items) - max(stored, held))
             self._spool_failed(SpoolError("append", "full", "file system full"))
             self._arm_retry()
             self._update_gauges()
