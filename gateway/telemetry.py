@@ -490,6 +490,10 @@ class Metrics:
         )
         for op in ("append", "delete", "peek", "compact", "quarantine", "drain"):
             self.spool_errors.labels(op)
+        self.spool_quarantine_dropped = PromCounter(
+            "gateway_spool_quarantine_dropped_total",
+            "Oldest quarantined messages dropped to keep the quarantine within a tenth of max_bytes", registry=r,
+        )
         self.spool_quarantined = Gauge(
             "gateway_spool_quarantined",
             "Messages in the spool's quarantine (refused by the cloud; gateway spool list)",

@@ -258,7 +258,7 @@ def test_canary_only_the_minimised_bytes_reach_disk(tmp_path: Path) -> None:
     # No way in but finished bytes: the public surface is exactly this.
     assert {n for n in dir(Spool) if not n.startswith("_")} == {
         "append", "append_many", "peek", "delete", "close", "depth", "bytes", "compact", "disk_bytes",
-        "quarantine", "quarantine_record", "quarantined", "resend", "purge", "quarantine_depth", "refresh",
+        "quarantine", "quarantined", "resend", "purge", "quarantine_depth", "refresh",
     }
 
 
@@ -479,3 +479,24 @@ def test_a_new_owner_waits_for_the_previous_one_to_let_go(tmp_path: Path) -> Non
     second = Spool(path, BIG, lock_wait_s=10)
     assert [e.payload for e in second.peek(5)] == [b"kept"]
     second.close()
+
+
+def test_quarantine_counts_against_max_bytes_and_keeps_to_a_tenth(tmp_path: Path) -> None:
+    """Refusals cannot fill the disk: the quarantine is part of max_bytes and holds at most a
+    tenth of it, dropping its oldest (counted) beyond that."""
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_bytes=BIG)
+    ids = [spool.append("p", "cloud/x/alarm", bytes([i % 256]) * 20_000, 1) for i in range(12)]  # 20,013 bytes each
+    for row_id in ids:
+        assert spool.quarantine(row_id, 0x87)
+    with sqlite3.connect(path) as db:
+        kept = db.execute("SELECT id, length(payload) + length(CAST(topic AS BLOB)) + length(properties)"
+                          " FROM quarantine ORDER BY id").fetchall()
+    assert sum(size for _, size in kept) <= BIG // 10 < sum(size for _, size in kept) + 20_013
+    assert spool.quarantine_dropped == 12 - len(kept) > 0
+    assert [q.id for q in spool.quarantined()] == [i for i, _ in kept]  # the newest are the ones kept
+    assert spool.quarantine_depth == len(kept) and spool.depth == 0
+    room = BIG - sum(size for _, size in kept)  # what the spool itself may still take
+    assert spool.append("p", "t", b"x" * (room - 1), 1) is not None
+    assert spool.append("p", "t", b"xx", 1) is None
+    spool.close()

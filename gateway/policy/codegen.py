@@ -25,6 +25,7 @@ from msgspec import UNSET, UnsetType
 from gateway.ops.base import BoundedCache
 from gateway.ops.detect import ISO_SHAPES, NUMBER_LIMIT, ZERO_DIGITS, classify_number, find
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step
+from gateway.policy.runtime import RUNTIME, coarsen
 
 VERDICT_CACHE = 1024  # per kept string field: recent values the guard found clean
 VERDICT_MAX_LEN = 64  # only short values are remembered
@@ -48,12 +49,12 @@ def build(node: Node, guard: bool, scan: Fn, coarsen: Fn) -> tuple[Fn, Fn]:
     return _define(apply_lines, ns, "apply"), _define(guard_lines, ns, "guard")
 
 
-def build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[str, Any]) -> Fn:
+def build_runner(plan: Plan, sample: int, scan: Fn) -> Fn:
     """``run(payload, upstream, device, consents) -> Forward | Reject`` for a fail-closed plan.
 
-    ``helpers`` come from gateway.pipeline: Forward, Reject, TooDeep, invalid,
-    sample_unknown, granted_of, holds, read, refused, AffixRefused, NO_CONSENT, EMPTY. Hands
-    ``plan.stats`` the ``tallies()`` of the counts the generated code keeps in local cells.
+    The generated code calls the helpers of gateway.policy.runtime (``RUNTIME``) and ``scan``,
+    the plan's leak-guard scanner. Hands ``plan.stats`` the ``tallies()`` of the counts the
+    generated code keeps in local cells.
 
     With the leak guard on, kept root ``integer`` fields are decoded by a second
     Struct type that only admits values the guard would pass without a look
@@ -64,7 +65,7 @@ def build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[s
     _BUILDING.append(plan.name)
     _SOURCES.append([])
     try:
-        run = _build_runner(plan, sample, scan, coarsen, helpers)
+        run = _build_runner(plan, sample, scan, coarsen)
         run.__sources__ = _SOURCES[-1]  # type: ignore[attr-defined]
         return run
     finally:
@@ -72,9 +73,9 @@ def build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[s
         _SOURCES.pop()
 
 
-def _build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[str, Any]) -> Fn:
+def _build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn) -> Fn:
     ns = _namespace(scan, coarsen)
-    ns.update(helpers)
+    ns.update(RUNTIME)
     ns.update(plan=plan, stats=plan.stats, decode=plan.decode, encode=plan.encode, conditions=plan.conditions)
     root = plan.root
     counters: list[tuple[str, str]] = []  # (cell name, operation name)

@@ -553,7 +553,13 @@ class Uplink:
                 waiting = True
                 continue
             self._tries.pop(sid, None)
+            dropped = self.spool.quarantine_dropped
             if self.spool.quarantine(sid, reason):
+                if self.spool.quarantine_dropped > dropped:
+                    self.metrics.spool_quarantine_dropped.inc(self.spool.quarantine_dropped - dropped)
+                    if not dropped:  # the first time since start
+                        log.warning("spool_quarantine_full", quarantined=self.spool.quarantine_depth,
+                                    action="dropping the oldest quarantined messages (counted)")
                 entry = by_id.get(sid)
                 policy = entry.device if entry is not None else ""
                 pattern = topic_pattern(entry.topic) if entry is not None else ""
