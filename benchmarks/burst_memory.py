@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from end_to_end import POLICY, Sink, _message, forget_session, generate  # noqa: E402
+from end_to_end import POLICY, Sink, _publishes, forget_session, publish  # noqa: E402
 
 from gateway.mosquitto import Mosquitto  # noqa: E402
 
@@ -82,47 +82,48 @@ async def probe(gw: GatewayProcess, local: Mosquitto, sink: Sink, index: int) ->
     """Wait until a probe message gets through: the gateway is subscribed and connected."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        before = len(sink.arrivals)
-        await generate(local.port, [_message(index)], 1)
+        before = sink.count
+        await publish(local.port, _publishes(index, 1))
         if await sink.wait(before + 1, 1.0):
             return
     raise RuntimeError("the gateway did not relay a probe:\n" + (gw.work / "gateway.log").read_text()[-2000:])
 
 
-async def run(scenario: str, n: int, timeout: float) -> dict:
+async def run(scenario: str, n: int, limit_s: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
         work = Path(tmp)
         with Mosquitto(work / "local", name="local", extra=BROKER_CONF) as local, \
                 Mosquitto(work / "cloud", name="cloud", extra=BROKER_CONF) as cloud:
-            sink = Sink(cloud.port)
-            await sink.start()
+            sink = Sink(cloud.port, "#")
+            await sink.start("bench-mem-sink")
             gw = GatewayProcess(work, local, cloud)
             try:
+                packets = _publishes(0, n)  # built before the clock starts
                 pid = gw.start()
                 await probe(gw, local, sink, 50_000_000)
                 if scenario == "backlog":
                     gw.stop()  # its persistent session now queues the backlog
                     t0 = time.monotonic()
-                    await generate(local.port, [_message(i) for i in range(n)], 1)
+                    await publish(local.port, packets)
                     publish_s = time.monotonic() - t0
-                    sink.arrivals.clear()
+                    sink.reset()
                     pid = gw.start()
                     await asyncio.sleep(0.5)
                     baseline = vm(pid, "VmHWM")
                     t0 = time.monotonic()
                 else:
                     baseline = vm(pid, "VmHWM")
-                    sink.arrivals.clear()
+                    sink.reset()
                     t0 = time.monotonic()
-                    await generate(local.port, [_message(i) for i in range(n)], 1)
+                    await publish(local.port, packets)
                     publish_s = time.monotonic() - t0
-                done = await sink.wait(n, timeout, idle=30.0)
+                done = await sink.wait(n, limit_s, idle=30.0)
                 elapsed = time.monotonic() - t0
                 peak, rss = vm(pid, "VmHWM"), vm(pid, "VmRSS")
                 got = len({i for _, i in sink.arrivals})
             finally:
                 gw.stop()
-                await sink.close()
+                sink.close()
                 await forget_session(local.port, CLIENT_ID)
     return {
         "scenario": scenario, "messages": n, "delivered": got, "complete": done,

@@ -106,11 +106,27 @@ class Clock:
 
 # Highways between Indian cities, as (lat, lon) waypoints; trackers drive them back and forth.
 ROUTES: tuple[tuple[tuple[float, float], ...], ...] = (
-    ((12.971599, 77.594566), (12.917155, 77.483710), (12.720712, 77.281685), (12.521862, 76.897472), (12.295810, 76.639381)),  # Bengaluru - Mysuru
+    (
+        (12.971599, 77.594566),
+        (12.917155, 77.483710),
+        (12.720712, 77.281685),
+        (12.521862, 76.897472),
+        (12.295810, 76.639381),
+    ),  # Bengaluru - Mysuru
     ((19.076090, 72.877426), (19.033049, 73.029663), (18.754789, 73.408325), (18.520430, 73.856743)),  # Mumbai - Pune
     ((28.613939, 77.209023), (28.459497, 77.026634), (27.553101, 76.634598), (26.912434, 75.787270)),  # Delhi - Jaipur
-    ((13.082680, 80.270721), (12.823000, 80.045000), (12.692600, 79.976700), (11.939100, 79.812200)),  # Chennai - Puducherry
-    ((17.385044, 78.486671), (17.240000, 78.430000), (16.750000, 78.000000), (15.828126, 78.037277)),  # Hyderabad - Kurnool
+    (
+        (13.082680, 80.270721),
+        (12.823000, 80.045000),
+        (12.692600, 79.976700),
+        (11.939100, 79.812200),
+    ),  # Chennai - Puducherry
+    (
+        (17.385044, 78.486671),
+        (17.240000, 78.430000),
+        (16.750000, 78.000000),
+        (15.828126, 78.037277),
+    ),  # Hyderabad - Kurnool
 )
 
 
@@ -137,7 +153,9 @@ class Route:
 
     def drive(self, rng: random.Random, seconds: float) -> tuple[float, float]:
         """Move for ``seconds`` at a traffic-like speed; return the new (lat, lon), 6 decimals."""
-        self.speed_kmh = max(0.0, min(110.0, self.speed_kmh + rng.uniform(-15, 15) if self.speed_kmh else rng.uniform(0, 60)))
+        self.speed_kmh = max(
+            0.0, min(110.0, self.speed_kmh + rng.uniform(-15, 15) if self.speed_kmh else rng.uniform(0, 60))
+        )
         self.along += self.speed_kmh * seconds / 3600 / self._leg_km()
         while self.along >= 1:
             self.along -= 1
@@ -206,7 +224,9 @@ def vpa(rng: random.Random) -> str:
 
 def email(rng: random.Random, domain: str | None = None) -> str:
     first, last = person(rng)
-    return f"{first}.{last}{rng.randrange(1000)}@{domain or rng.choice(('gmail.com', 'yahoo.co.in', 'outlook.com', 'rediffmail.com'))}"
+    number = rng.randrange(1000)
+    domain = domain or rng.choice(("gmail.com", "yahoo.co.in", "outlook.com", "rediffmail.com"))
+    return f"{first}.{last}{number}@{domain}"
 
 
 # Public prefixes of Indian carriers (Jio, Airtel, BSNL, ACT Fibernet).

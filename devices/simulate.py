@@ -36,7 +36,9 @@ from devices.smartlocker_jenix import simulator as smartlocker_jenix
 
 __all__ = ["SYSTEMS", "Summary", "client_for", "main", "publish"]
 
-SYSTEMS: dict[str, ModuleType] = {m.SYSTEM: m for m in (smartlocker_jenix, jimi_tracksolid, jimi_wifikit, mijack_power_inlock, smartjac)}
+SYSTEMS: dict[str, ModuleType] = {
+    m.SYSTEM: m for m in (smartlocker_jenix, jimi_tracksolid, jimi_wifikit, mijack_power_inlock, smartjac)
+}
 GT06 = "jimi-gt06"
 JT808 = "jimi-jt808"
 TCP_SYSTEMS = (GT06, JT808)
@@ -148,13 +150,20 @@ async def _gt06(args: argparse.Namespace) -> int:
     try:
         gt06 = importlib.import_module("devices.gt06.simulator")
     except ImportError as exc:
-        print(f"--system {GT06}: the GT06 tracker simulator (devices/gt06/simulator.py) is not available: {exc}", file=sys.stderr)
+        print(
+            f"--system {GT06}: the GT06 tracker simulator (devices/gt06/simulator.py) is not available: {exc}",
+            file=sys.stderr,
+        )
         return 2
     bounds = {"count": args.count} if args.count is not None else {}
     if args.seconds is not None:
         bounds["duration"] = args.seconds
-    stats = await gt06.run(host.strip("[]") or "127.0.0.1", int(port), devices=args.devices, rate=args.rate, seed=args.seed, **bounds)
-    print(Summary(sum(stats.sent.values()), stats.seconds).line(GT06) + ("" if stats.ok else f", errors {stats.errors}"))
+    stats = await gt06.run(
+        host.strip("[]") or "127.0.0.1", int(port), devices=args.devices, rate=args.rate, seed=args.seed, **bounds
+    )
+    print(
+        Summary(sum(stats.sent.values()), stats.seconds).line(GT06) + ("" if stats.ok else f", errors {stats.errors}")
+    )
     return 0 if stats.ok else 1
 
 
@@ -200,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.system == JT808:
             return asyncio.run(_jt808(args))
         samples = SYSTEMS[args.system].messages(devices=args.devices, seed=args.seed)
-        summary = asyncio.run(publish(args.url, samples, rate=args.rate, count=args.count, qos=args.qos, duration=args.seconds))
+        summary = asyncio.run(
+            publish(args.url, samples, rate=args.rate, count=args.count, qos=args.qos, duration=args.seconds)
+        )
     except KeyboardInterrupt:
         return 130
     except (aiomqtt.MqttError, OSError, ValueError) as exc:

@@ -25,7 +25,9 @@ def load_payloads(path: Path) -> list[bytes]:
     return [msgspec.json.encode(msgspec.json.decode(line)) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def run_bench(source: Source, keyring: Keyring, topic: str, input_path: Path, seconds: float, leak_guard: str = "policy") -> dict:
+def run_bench(
+    source: Source, keyring: Keyring, topic: str, input_path: Path, seconds: float, leak_guard: str = "policy"
+) -> dict:
     engine = Engine([with_leak_guard(source, leak_guard)], keyring)
     payloads = load_payloads(input_path)
     if not payloads:

@@ -70,7 +70,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             source = load(path, trusted)
             if trusted is not None:
                 print(f"signature ok {path}: signed by key {source.signer}")
-            Engine([source], Keyring.test())  # compile: catches rule conflicts, not just schema
+            engine = Engine([source], Keyring.test())  # compile: catches rule conflicts, not just schema
+            if args.dump_code:
+                _dump_code(engine)
             ran, failures = run_tests(source)
         except PolicyError as exc:
             print(f"invalid: {exc}", file=sys.stderr)
@@ -82,6 +84,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             status = max(status, EXIT_FAIL)
         print(f"{'ok' if not failures else 'FAIL'} {path}: {ran - len(failures)}/{ran} inline tests passed")
     return status
+
+
+def _dump_code(engine: Engine) -> None:
+    """The Python generated for each plan (what a traceback through the hot path points into)."""
+    from gateway.policy.codegen import sources
+
+    for plan in engine.plans:
+        generated = sources(plan.run)
+        if not generated:
+            print(f"# {plan.name}: default = \"keep\", run by the dict interpreter (no generated code)")
+        for filename, source in generated:
+            print(f"# --- {filename}\n{source}")
 
 
 def _reject_line(result, topic: str | None = None) -> str:
@@ -400,6 +414,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except pf.StartupError as exc:
         log.error("startup_failed", key=exc.key, error=str(exc), code=exc.code)
         return exc.code
+    except Exception as exc:  # a bug in a check: its type and place, never its text
+        log.critical("gateway_crashed", exc_info=exc, code=pf.EX_SOFTWARE)
+        return pf.EX_SOFTWARE
     if args.workers > 1 and args.worker is None:
         from gateway.service.supervisor import supervise
 
@@ -455,10 +472,12 @@ async def _serve(cfg: Any, index: int, workers: int) -> int:
     worker.metrics.worker_restarts.inc(int(os.environ.get(RESTARTS_ENV, "0") or 0))
     try:
         return await worker.run()
-    except (PolicyError, PolicySetError, KeyFileError) as exc:  # changed between the check and the start
+    except KeyFileError as exc:  # changed between the check and the start
+        raise pf.StartupError("keys_file", str(exc)) from None
+    except (PolicyError, PolicySetError) as exc:
         raise pf.StartupError("policies", str(exc)) from None
     except ConfigError as exc:
-        raise pf.StartupError("config", str(exc)) from None
+        raise pf.StartupError(str(exc).split(" ", 1)[0].rstrip(":"), str(exc)) from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -485,8 +504,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             report(False, str(exc))
             status = pf.EX_CONFIG
     ports = [("[metrics] listen", cfg.metrics.address())]
-    if cfg.ingest.gt06.listen:
-        ports.append(("[ingest.gt06] listen", cfg.ingest.gt06.address()))
+    for name, ingest in (("gt06", cfg.ingest.gt06), ("jt808", cfg.ingest.jt808)):
+        if ingest.listen:
+            ports.append((f"[ingest.{name}] listen", ingest.address()))
     for key, address in ports:
         if address is None or not address[1]:
             continue
@@ -604,6 +624,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("policy", nargs="+", metavar="POLICY", help="policy TOML file(s)")
     sp.add_argument("--trusted-key", action="append", default=[], metavar="PUB",
                     help="a signer's public key (repeatable): refuse packs without a valid signature from one")
+    sp.add_argument("--dump-code", action="store_true",
+                    help="also print the Python generated for each policy's hot path (for debugging)")
     sp.set_defaults(func=cmd_check)
 
     sp = add("minimise", "minimise JSON lines from stdin",

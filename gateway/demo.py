@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import re
@@ -193,7 +194,9 @@ async def _live(count: int, tty: bool) -> int:
             print(_colour(f"   out  {out.topic.value}  {_short(out.payload, 110)}", "32", tty))
         print()
 
-        print(_colour(f"== Load: {count} messages from each of the five systems, 20 GT06 trackers x 10 frames", "1", tty))
+        print(
+            _colour(f"== Load: {count} messages from each of the five systems, 20 GT06 trackers x 10 frames", "1", tty)
+        )
         before = _metrics(metrics_port)
         up.drain()
         dead.drain()
@@ -278,7 +281,11 @@ def _collect(queue: asyncio.Queue) -> list[aiomqtt.Message]:
 
 
 def _policy(message: aiomqtt.Message) -> str:
-    props = dict(message.properties.UserProperty) if message.properties and hasattr(message.properties, "UserProperty") else {}
+    props = (
+        dict(message.properties.UserProperty)
+        if message.properties and hasattr(message.properties, "UserProperty")
+        else {}
+    )
     return props.get("policy", "")
 
 
@@ -286,12 +293,12 @@ def _removed(samples: dict[str, list], upstream: list[aiomqtt.Message], dead: li
              keyring: Keyring) -> Counter:
     """Fields removed per policy: fields the devices sent in the messages that were forwarded,
     minus the fields the cloud received. Counted by the demo from both ends, not by the gateway."""
-    sent_in: Counter = Counter({name: sum(_leaves(msgspec.json.decode(x.payload)) for x in xs) for name, xs in samples.items()})
+    sent_in: Counter = Counter(
+        {name: sum(_leaves(msgspec.json.decode(x.payload)) for x in xs) for name, xs in samples.items()}
+    )
     for m in dead:  # dropped whole, not part of what was forwarded; opened with the site key as an operator would
-        try:
+        with contextlib.suppress(msgspec.DecodeError, ValueError):
             sent_in[_policy(m)] -= _leaves(msgspec.json.decode(open_letter(keyring, m.payload).payload))
-        except (msgspec.DecodeError, ValueError):
-            pass
     received: Counter = Counter()
     for m in upstream:
         received[_policy(m)] += _leaves(msgspec.json.decode(m.payload))
@@ -306,17 +313,22 @@ def _summary(before: dict, after: dict, removed: Counter, sent: int, seconds: fl
     ins, outs = delta("gateway_messages_in_total", "policy"), delta("gateway_messages_out_total", "policy")
     drops = delta("gateway_messages_dropped_total", "policy", "reason")
     actions = delta("gateway_field_actions_total", "policy", "op")
-    print(f"   {sent} messages in {seconds:.1f} s through one gateway worker; "
-          f"cloud acknowledged {int(_by(after, 'gateway_uplink_acked_total').total() - _by(before, 'gateway_uplink_acked_total').total())}\n")
-    head = f"   {'policy':<22}{'in':>7}{'out':>7}{'dropped':>9}  {'removed':>8}{'pseudonymised':>15}{'encrypted':>11}{'coarsened':>11}  dropped because"
+    acked = int(_by(after, "gateway_uplink_acked_total").total() - _by(before, "gateway_uplink_acked_total").total())
+    print(f"   {sent} messages in {seconds:.1f} s through one gateway worker; cloud acknowledged {acked}\n")
+    head = (
+        f"   {'policy':<22}{'in':>7}{'out':>7}{'dropped':>9}  "
+        f"{'removed':>8}{'pseudonymised':>15}{'encrypted':>11}{'coarsened':>11}  dropped because"
+    )
     print(_colour(head, "1", tty))
     for (policy,) in sorted(ins):
         d = {r: int(v) for (p, r), v in drops.items() if p == policy}
         a = {op: int(v) for (p, op), v in actions.items() if p == policy}
         why = ", ".join(f"{r} {n}" for r, n in sorted(d.items())) or "-"
         gone = f"{removed[policy]}" if policy in removed else "-"
-        print(f"   {policy:<22}{int(ins[(policy,)]):>7}{int(outs[(policy,)]):>7}{sum(d.values()):>9}  "
-              f"{gone:>8}{a.get('pseudonymise', 0):>15}{a.get('encrypt', 0):>11}{a.get('coarsen_location', 0):>11}  {why}")
+        print(
+            f"   {policy:<22}{int(ins[(policy,)]):>7}{int(outs[(policy,)]):>7}{sum(d.values()):>9}  "
+            f"{gone:>8}{a.get('pseudonymise', 0):>15}{a.get('encrypt', 0):>11}{a.get('coarsen_location', 0):>11}  {why}"
+        )
     print("\n   removed: fields the devices sent minus fields the cloud received, in forwarded MQTT messages")
     print("   (GT06 frames are binary, not counted). Undeclared fields count too: fail closed.")
     print("   Nothing raw left the site: identifiers are pseudonymised or encrypted, positions coarsened, "

@@ -15,8 +15,13 @@ UNDECLARED = "not declared by the policy: removed (fail closed)"
 UNDECLARED_KEEP = "not declared by the policy: kept (default = \"keep\")"
 
 
-def explain(engine: Engine, topic: str, payload: bytes, consents: Mapping[str, frozenset[str]] = NO_CONSENT) -> dict[str, Any]:
-    """``{"input", "output", "topic", "dropped", "reason", "rule", "detail", "fields": [{"path", "action", "why"}]}``."""
+def explain(
+    engine: Engine, topic: str, payload: bytes, consents: Mapping[str, frozenset[str]] = NO_CONSENT
+) -> dict[str, Any]:
+    """The explanation as plain data.
+
+    ``{"input", "output", "topic", "dropped", "reason", "rule", "detail", "fields": [{"path", "action", "why"}]}``.
+    """
     try:
         message = msgspec.json.decode(payload)
     except (msgspec.DecodeError, RecursionError):
@@ -26,7 +31,9 @@ def explain(engine: Engine, topic: str, payload: bytes, consents: Mapping[str, f
     result = engine.process(topic, payload, consents=consents)
     out: dict[str, Any] = {"input": message, "output": None, "topic": None, "dropped": True, "reason": None}
     if isinstance(result, Forward):
-        out.update(output=decode_output(result.payload, result.plan.policy.policy.output), topic=result.topic, dropped=False)
+        out.update(
+            output=decode_output(result.payload, result.plan.policy.policy.output), topic=result.topic, dropped=False
+        )
     else:
         out.update(reason=result.reason, rule=result.rule, detail=result.detail)
         out["reason_text"] = REASONS.get(result.reason) or _drop_why(plan, result.reason)

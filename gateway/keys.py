@@ -131,7 +131,7 @@ class Keyring:
         return cls(parsed.active, decoded, parsed.previous, parsed.rotated_at)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> Keyring:
+    def from_file(cls, path: str | os.PathLike[str]) -> Keyring:
         """Read a key file that only its owner can access (no group or other permission bits)."""
         name = str(path)
         try:
@@ -167,7 +167,7 @@ class Keyring:
         return msgspec.json.format(msgspec.json.encode(doc)) + b"\n"
 
 
-def keygen(path: str | os.PathLike, key_id: str | None = None, rotate: bool = False) -> str:
+def keygen(path: str | os.PathLike[str], key_id: str | None = None, rotate: bool = False) -> str:
     """Write a new key (0600). With ``rotate``, add it to an existing file and make it active
     (the old active key is recorded as ``previous``, with the time, for the pseudonym transition)."""
     path = Path(path)
@@ -185,7 +185,7 @@ def keygen(path: str | os.PathLike, key_id: str | None = None, rotate: bool = Fa
     return kid
 
 
-def retire(path: str | os.PathLike, key_id: str) -> None:
+def retire(path: str | os.PathLike[str], key_id: str) -> None:
     """Remove ``key_id`` from a key file (refused while it is active). Values it made can no longer
     be revealed, and its pseudonyms no longer computed: retire a key once nothing needs them."""
     path = Path(path)

@@ -78,9 +78,11 @@ class Engine:
             if plan.structs:
                 plan.run = codegen.build_runner(plan, unknown_sample, _kept_scanner(plan), _coarsen, _HELPERS)
             else:
-                plan.run = partial(_run_dict, plan)
+                plan.run = partial(interpret, plan)
         # Fused pseudonymisers read their cache directly: re-key them as soon as an epoch rolls over.
-        self._refresh = [step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")]
+        self._refresh = [
+            step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")
+        ]
         self._routes = BoundedCache(cache_size)
         self._generation = self.epochs.generation
         self._previous = _previous_devices(self.plans, keyring, self.epochs, cache_size)
@@ -225,15 +227,21 @@ def _sample_unknown(plan: Plan, payload: bytes) -> int:
     return unknown
 
 
-def _run_dict(plan: Plan, payload: bytes, upstream: str, device: str | None, consents) -> Forward | Reject:
-    """The hot path of a ``default = "keep"`` policy, over plain dicts."""
+def interpret(plan: Plan, payload: bytes, upstream: str, device: str | None, consents) -> Forward | Reject:
+    """The reference interpreter of any plan, over plain dicts: how a ``default = "keep"`` policy
+    runs, and what the generated runner of a fail-closed one must agree with (a property test
+    compares them). A fail-closed plan's message is first decoded into its declared Struct, so its
+    undeclared fields are gone before the rules run, as in the generated code."""
     if len(payload) > plan.max_bytes:
         return Reject("too_large", plan)
     try:
-        obj = plan.decode(payload)
-        if obj.__class__ is not dict:
-            return Reject("not_object", plan)
-        msgspec.convert(obj, plan.root.struct)  # types and required fields
+        if plan.structs:
+            obj = msgspec.to_builtins(plan.decode(payload))
+        else:
+            obj = plan.decode(payload)
+            if obj.__class__ is not dict:
+                return Reject("not_object", plan)
+            msgspec.convert(obj, plan.root.struct)  # types and required fields
     except msgspec.ValidationError as exc:
         return _invalid(plan, str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec passes bad UTF-8 in strings through

@@ -183,6 +183,7 @@ class Spool:
         self.path = path
         self.max_bytes = max_bytes
         self.refused = 0
+        self.disk_full = False  # the last append_many stopped short because the disk (not max_bytes) is full
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=BUSY_TIMEOUT_MS / 1000)
@@ -311,9 +312,18 @@ class Spool:
                 rows.append((device, topic, payload, qos, properties, now))
             if not rows and records and limit < self.max_bytes:  # the disk, not max_bytes, is what is full
                 self._check_room(_size(records[0][1], records[0][2], records[0][4]))
-            if rows:
-                self._write("append", lambda: self._db.executemany(
-                    f"INSERT INTO spool ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows))
+            self.disk_full = bool(records) and len(rows) < len(records) and limit < self.max_bytes
+            while rows:
+                try:
+                    self._write("append", lambda rows=rows: self._db.executemany(
+                        f"INSERT INTO spool ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows))
+                    break
+                except SpoolError as exc:  # full: the first half may still fit (order kept: a prefix)
+                    if exc.kind != "full" or len(rows) == 1:
+                        raise
+                    rows = rows[: len(rows) // 2]
+                    self.disk_full = True
+            total = self._bytes + sum(_size(r[1], r[2], r[4]) for r in rows)
             self.refused += len(records) - len(rows)
             self._depth += len(rows)
             self._bytes = total
@@ -378,7 +388,12 @@ class Spool:
         Called when a drain has emptied the spool; cheap when there is nothing to do."""
         with self._lock:
             try:
-                self._db.execute("PRAGMA incremental_vacuum").fetchall()
+                if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0 and not self._depth:
+                    # a file from before schema 1: switch it to incremental (VACUUM of an empty spool is cheap)
+                    self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                    self._db.execute("VACUUM")
+                # executescript steps the pragma to completion (execute() frees a single page)
+                self._db.executescript("PRAGMA incremental_vacuum;")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as exc:
                 self._rollback()

@@ -169,7 +169,7 @@ def _summarise_exception(_logger: Any, _method: str, event_dict: MutableMapping[
 
 def _render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
     """One JSON object, short enough for one atomic write (long strings and lists are cut)."""
-    line = json.dumps(event_dict, default=repr, separators=(",", ":"))
+    line = json.dumps(event_dict, default=repr)
     if len(line) < MAX_LINE:
         return line
     short: dict[str, Any] = {}
@@ -180,11 +180,11 @@ def _render_json(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
             val = [*list(val)[:8], f"... {len(val) - 8} more"]
         short[key] = val
     short["truncated"] = True
-    line = json.dumps(short, default=repr, separators=(",", ":"))
+    line = json.dumps(short, default=repr)
     if len(line) < MAX_LINE:
         return line
     core = {k: short[k] for k in _CORE_KEYS if k in short}
-    return json.dumps({**core, "truncated": True}, default=repr, separators=(",", ":"))[: MAX_LINE - 1]
+    return json.dumps({**core, "truncated": True}, default=repr)  # core strings are already cut to 200
 
 
 def _safe_text(text: str) -> str:
@@ -244,6 +244,7 @@ def configure_logging(
         raise ValueError(f"unknown log level {level!r}")
     if worker is not None:
         _context["worker"] = worker
+    _context["json"] = json
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -307,8 +308,8 @@ def route_process_output() -> None:
     """Make every error path of this process end as one JSON event (call after configure_logging).
 
     Uncaught exceptions (main thread, other threads, "exception ignored" cases),
-    warnings, and stray writes to ``sys.stderr`` all become events with the
-    exception type and location (see :func:`exception_fields`).
+    warnings, and (with JSON output) stray writes to ``sys.stderr`` all become
+    events with the exception type and location (see :func:`exception_fields`).
     """
     log = get_logger("gateway.process")
 
@@ -329,7 +330,8 @@ def route_process_output() -> None:
     threading.excepthook = thread_hook
     sys.unraisablehook = unraisable
     warnings.showwarning = showwarning
-    sys.stderr = _StrayOutput()
+    if _context.get("json") and not isinstance(sys.stderr, _StrayOutput):
+        sys.stderr = _StrayOutput()  # a person at a console may see raw text; a collector may not
 
 
 def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -476,7 +478,8 @@ class Metrics:
             "gateway_config_last_reload_success", "1 if the last config load (start or SIGHUP) was applied", registry=r
         )
         self.config_reload_time = Gauge(
-            "gateway_config_last_reload_timestamp_seconds", "When the config in force was loaded (Unix time)", registry=r
+            "gateway_config_last_reload_timestamp_seconds", "When the config in force was loaded (Unix time)",
+            registry=r,
         )
         self.policy_reloads = PromCounter(
             "gateway_policy_reloads_total", "Policy reloads by result (ok|refused)", ["result"], registry=r
@@ -501,7 +504,8 @@ class Metrics:
         for op in ("append", "delete", "peek", "compact", "quarantine", "drain"):
             self.spool_errors.labels(op)
         self.spool_quarantined = Gauge(
-            "gateway_spool_quarantined", "Messages in the spool's quarantine (refused by the cloud; gateway spool list)",
+            "gateway_spool_quarantined",
+            "Messages in the spool's quarantine (refused by the cloud; gateway spool list)",
             registry=r,
         )
         self.spooled = PromCounter("gateway_spooled_total", "Messages written to the spool", registry=r)

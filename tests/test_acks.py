@@ -162,5 +162,5 @@ async def test_missing_private_attribute_fails_loudly() -> None:
     """An aiomqtt upgrade that renames `_client` must break here, not ack silently."""
     client = aiomqtt.Client("127.0.0.1", 1)
     del client._client
-    with pytest.raises(ManualAckUnsupported, match="aiomqtt 2.5"):
+    with pytest.raises(ManualAckUnsupported, match=r"aiomqtt 2\.5"):
         enable_manual_acks(client)

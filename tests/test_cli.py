@@ -91,7 +91,9 @@ def test_minimise_without_keys_is_refused(monkeypatch):
 
 def test_explain_json_shape():
     message = {"imei": "358756091234562", "login_ip": "203.0.113.77", "peers": [{"id": 1}, {"id": 2}]}
-    result = gateway("explain", "--test-keys", "--json", "--policy", POLICY, "--topic", TOPIC, stdin=json.dumps(message))
+    result = gateway(
+        "explain", "--test-keys", "--json", "--policy", POLICY, "--topic", TOPIC, stdin=json.dumps(message)
+    )
     report = json.loads(result.stdout)
     assert {"input", "output", "dropped", "reason", "fields"} <= report.keys()
     assert report["input"] == message and report["dropped"] is False and report["reason"] is None
@@ -175,7 +177,14 @@ def test_live_demo_shows_every_system_end_to_end():
     result = gateway("demo", "--count", "60")
     out = result.stdout
     assert result.returncode == 0, result.stderr[-2000:]
-    for system in ("jimi-tracksolid", "jimi-wifikit", "mijack-power-inlock", "smartjac", "smartlocker-jenix", "jimi-gt06"):
+    for system in (
+        "jimi-tracksolid",
+        "jimi-wifikit",
+        "mijack-power-inlock",
+        "smartjac",
+        "smartlocker-jenix",
+        "jimi-gt06",
+    ):
         assert f"-- {system}:" in out
     assert out.count("   out  ") >= 15 and "DROPPED:" in out
     rows = {line.split()[0]: line.split()[1:4] for line in out.splitlines() if line.startswith("   jimi-") or

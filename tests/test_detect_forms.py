@@ -62,6 +62,7 @@ def test_every_script_is_covered():
 
 SCRIPT = st.sampled_from([0x30, 0xFF10, 0x966, 0x660, 0x9E6, 0xE50]) | st.deferred(lambda: st.sampled_from(zeros()))
 STRONG = ["", " ", "-", "\t", "\u00a0", "\u2009", "\u202f", "\u3000", "\u2011", "\u2013", "\u2212", "\uff0d"]
+STRONG += ["  ", " - ", "\u00a0 "]  # up to three spaces and dashes
 INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]
 WEAK = [".", "/", "_"]
 SEPARATOR = st.sampled_from(STRONG + INVISIBLE + WEAK)
@@ -148,6 +149,8 @@ def test_utr_and_phone_in_other_scripts(utr, phone, zero):
         ("4111_1111_1111_1111", "card"),
         ("4111\u200b1111\u200b1111\u200b1111", "card"),
         ("4111\u00a01111\u00a01111\u00a01111", "card"),
+        ("4111  1111  1111  1111", "card"),
+        ("4111 - 1111 - 1111 - 1111", "card"),
         ("card4111111111111111", "card"),
         ("tel9876543210", "phone"),
         ("IMG490154203237518_20261123.jpg", "imei"),
@@ -289,6 +292,9 @@ def test_secret_keywords_with_a_prefix(prefix, keyword, upper, value, assign, be
         ('{"dbPassword": "hunter2"}', '{"dbPassword": "[SECRET]"}'),
         ("DB_PASS=Winter2026!", "DB_PASS=[SECRET]"),
         ("ｐａｓｓｗｏｒｄ＝hunter2", "ｐａｓｓｗｏｒｄ＝[SECRET]"),  # fullwidth keyword
+        ("mpin=4321, atm_pin: 1234", "mpin=[SECRET], atm_pin: [SECRET]"),
+        ('{"cvv": "123", "card_cvv2": "456"}', '{"cvv": "[SECRET]", "card_cvv2": "[SECRET]"}'),
+        ("door passcode=7788", "door passcode=[SECRET]"),
     ],
 )
 def test_issue_examples_secrets(text, expected):
@@ -390,19 +396,20 @@ PATHOLOGICAL = {
 
 @pytest.mark.parametrize("name", list(PATHOLOGICAL))
 def test_64_kib_of_pathological_input_is_cheap(name):
-    """Issue 9: 64 KiB of "12 12 12 ..." cost about 160 ms on the event loop. Now every case
-    takes a few ms here (the bound is generous: the machine is shared)."""
+    """Issue 9: 64 KiB of "12 12 12 ..." cost about 160 ms on the event loop (150 ms of CPU
+    here). Now every case takes a few ms of CPU (2-15 ms here; the bound is generous)."""
     text = PATHOLOGICAL[name]
     assert 60_000 <= len(text) <= 70_000
     scrub(text)  # warm the lazily filled tables
     best = min(_timed(scrub, text) for _ in range(3))
-    assert best < 0.08, f"{name}: {best * 1000:.1f} ms"
+    assert best < 0.1, f"{name}: {best * 1000:.1f} ms"
 
 
 def _timed(fn, text):
-    start = time.perf_counter()
+    """CPU time: a shared machine's waits do not count, work done does."""
+    start = time.process_time()
     fn(text)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def test_scan_cost_is_linear():

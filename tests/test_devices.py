@@ -36,15 +36,87 @@ PACKAGES = {name: module.__name__.rsplit(".", 2)[1] for name, module in SYSTEMS.
 CONSENT = "precise_location"
 # Decimals a coordinate may keep without consent: 1 km grid (Tracksolid), 12 km grid (WiFiKit),
 # the fixed site point (SmartLocker). The other packs forward no coordinates at all.
-COORDINATES = {"jimi-tracksolid": ("latitude", "longitude", 4), "jimi-wifikit": ("lat", "lon", 2), "smartlocker-jenix": ("lat", "lon", 3)}
+COORDINATES = {
+    "jimi-tracksolid": ("latitude", "longitude", 4),
+    "jimi-wifikit": ("lat", "lon", 2),
+    "smartlocker-jenix": ("lat", "lon", 3),
+}
 # Keys that must never reach the cloud, whatever the message: credentials, card data, biometrics,
 # cell/Wi-Fi location proxies, SIM ids; for Mi-Jack every account and device link.
-FORBIDDEN = {"password", "pin", "upi_pin", "cvv", "cvc", "card_number", "card_expiry", "card_holder", "number", "face", "snapshot", "lac", "cell_id", "wifi_aps", "iccid", "imsi", "push_token", "cookie", "anon_id", "user_agent", "sw_inventory", "address", "alt"}
-FORBIDDEN_MIJACK = {"username", "user_id", "session_id", "device_id", "device_name", "auth_token", "serial", "mac", "advertising_id", "location"}
+FORBIDDEN = {
+    "password",
+    "pin",
+    "upi_pin",
+    "cvv",
+    "cvc",
+    "card_number",
+    "card_expiry",
+    "card_holder",
+    "number",
+    "face",
+    "snapshot",
+    "lac",
+    "cell_id",
+    "wifi_aps",
+    "iccid",
+    "imsi",
+    "push_token",
+    "cookie",
+    "anon_id",
+    "user_agent",
+    "sw_inventory",
+    "address",
+    "alt",
+}
+FORBIDDEN_MIJACK = {
+    "username",
+    "user_id",
+    "session_id",
+    "device_id",
+    "device_name",
+    "auth_token",
+    "serial",
+    "mac",
+    "advertising_id",
+    "location",
+}
 # Values under these keys identify a person, a device or a payment: canaries (when 6+ characters).
-ID_KEYS = {"imei", "device_uid", "credential", "user_id", "username", "session_id", "device_id", "device_name", "installation_id", "payer_vpa", "upi_ref", "email", "mobile", "name", "phone", "ble_mac", "auth_token", "order_id", "serial", "mac", "holder", "card_holder", "iccid", "imsi", "push_token", "cookie", "anon_id"}
+ID_KEYS = {
+    "imei",
+    "device_uid",
+    "credential",
+    "user_id",
+    "username",
+    "session_id",
+    "device_id",
+    "device_name",
+    "installation_id",
+    "payer_vpa",
+    "upi_ref",
+    "email",
+    "mobile",
+    "name",
+    "phone",
+    "ble_mac",
+    "auth_token",
+    "order_id",
+    "serial",
+    "mac",
+    "holder",
+    "card_holder",
+    "iccid",
+    "imsi",
+    "push_token",
+    "cookie",
+    "anon_id",
+}
 NOT_SCANNED = {"firmware", "app_version"}  # versions such as 2.1.0.4 look like IPv4 addresses and are kept
-TOPIC_IDS = {"jimi-tracksolid": 1, "jimi-wifikit": 1, "mijack-power-inlock": 2, "smartjac": 1}  # topic level holding a device id
+TOPIC_IDS = {
+    "jimi-tracksolid": 1,
+    "jimi-wifikit": 1,
+    "mijack-power-inlock": 2,
+    "smartjac": 1,
+}  # topic level holding a device id
 
 EMAIL_OR_VPA = re.compile(r"[\w.+-]+@[\w.-]+")
 DIGIT_RUN = re.compile(r"(?<![A-Za-z0-9])\+?\d[\d -]*\d(?![A-Za-z0-9])")
@@ -116,7 +188,13 @@ def luhn_numbers(value: Any) -> list[str]:
     since 13-14 digit integers are epoch milliseconds)."""
     hits = []
     for _, leaf in leaves(value):
-        runs = DIGIT_RUN.findall(leaf) if isinstance(leaf, str) else [str(leaf)] if type(leaf) is int and leaf >= 10**14 else []
+        runs = (
+            DIGIT_RUN.findall(leaf)
+            if isinstance(leaf, str)
+            else [str(leaf)]
+            if type(leaf) is int and leaf >= 10**14
+            else []
+        )
         for run in runs:
             digits = re.sub(r"\D", "", run)
             if 13 <= len(digits) <= 19 and luhn_complete(digits[:-1]) == digits:
@@ -173,11 +251,14 @@ def test_the_promise_holds_on_everything_forwarded(system):
 
 @pytest.mark.parametrize("system", ["jimi-tracksolid", "jimi-wifikit"])
 def test_the_device_with_consent_keeps_its_exact_position(system):
-    lat, _, places = COORDINATES[system]
+    lat, _, _places = COORDINATES[system]
     exact = [
         msgspec.json.decode(s.payload)[lat] == msgspec.json.decode(r.payload)[lat]
         for s, r, consent in processed(system)
-        if consent and isinstance(r, Forward) and isinstance(msgspec.json.decode(s.payload).get(lat), float) and s.kind == "location"
+        if consent
+        and isinstance(r, Forward)
+        and isinstance(msgspec.json.decode(s.payload).get(lat), float)
+        and s.kind == "location"
     ]
     assert exact and all(exact)
 
@@ -211,7 +292,11 @@ def test_realistic_identifiers():
     tracker = [s for s, _, _ in processed("jimi-tracksolid")][:200]
     imeis = {s.topic.split("/")[1] for s in tracker}
     assert all(len(i) == 15 and luhn_complete(i[:-1]) == i for i in imeis)
-    pays = [msgspec.json.decode(s.payload)["payment"] for s, _, _ in processed("smartlocker-jenix") if s.kind == "payment" and not s.awkward]
+    pays = [
+        msgspec.json.decode(s.payload)["payment"]
+        for s, _, _ in processed("smartlocker-jenix")
+        if s.kind == "payment" and not s.awkward
+    ]
     assert all(re.fullmatch(r"\d{12}", p["upi_ref"]) and re.fullmatch(r"[\w.]+@[a-z]+", p["payer_vpa"]) for p in pays)
     times = [msgspec.json.decode(s.payload)["time"] for s in tracker]
     assert times == sorted(times) and times[0] != times[-1]
@@ -230,8 +315,8 @@ async def test_simulate_publishes_to_a_real_broker(broker):
     async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as sub:
         await sub.subscribe("smartjac/#", qos=1)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "devices.simulate", "--system", "smartjac", "--url", broker.url, "--count", "50", "--qos", "1",
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "devices.simulate", "--system", "smartjac", "--url", broker.url,
+            "--count", "50", "--qos", "1", cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), timeout=15)
         assert proc.returncode == 0, err.decode()

@@ -78,7 +78,10 @@ def forwarded(result) -> dict:
 
 FULL = policy(
     meta='device = "{id}"',
-    route='topics = ["dev/{id}/up"]\nupstream = "cloud/{id}/up"\n[route.capture.id]\nop = "pseudonymise"\ndomain = "device"',
+    route=(
+        'topics = ["dev/{id}/up"]\nupstream = "cloud/{id}/up"\n'
+        '[route.capture.id]\nop = "pseudonymise"\ndomain = "device"'
+    ),
     fields="""
 [[field]]
 path = "ip"
@@ -192,7 +195,12 @@ def test_lone_coordinate_is_removed():
 
 
 def test_default_keep_keeps_undeclared_fields_but_still_transforms_declared_ones():
-    eng = engine(policy(meta='default = "keep"', fields='[[field]]\npath = "ip"\nop = "truncate_ip"\n[[field]]\npath = "token"\nop = "drop"'))
+    eng = engine(
+        policy(
+            meta='default = "keep"',
+            fields='[[field]]\npath = "ip"\nop = "truncate_ip"\n[[field]]\npath = "token"\nop = "drop"',
+        )
+    )
     res = run(eng, {"ip": "203.0.113.77", "token": "abc", "state": "locked", "battery": {"pct": 87}})
     assert forwarded(res) == {"ip": "203.0.113.0", "state": "locked", "battery": {"pct": 87}}
 
@@ -294,7 +302,14 @@ def test_drop_when_not_matching_forwards_and_removes_read_only_fields(msg, out):
 
 def test_drop_when_present_false_drops_a_message_without_the_field():
     """``present = false``: drop the message when the field is not present."""
-    eng = engine(policy(fields='[[field]]\npath = "a"\nop = "keep"\n[[drop_when]]\npath = "consent"\npresent = false\nreason = "no_consent"'))
+    eng = engine(
+        policy(
+            fields=(
+                '[[field]]\npath = "a"\nop = "keep"\n'
+                '[[drop_when]]\npath = "consent"\npresent = false\nreason = "no_consent"'
+            )
+        )
+    )
     assert forwarded(run(eng, {"a": 1, "consent": "yes"})) == {"a": 1}
     res = run(eng, {"a": 1, "consent": None})
     assert isinstance(res, Reject) and res.reason == "no_consent"
@@ -356,7 +371,9 @@ def test_top_level_deep_array_is_rejected():
     assert isinstance(res, Reject) and res.reason in {"not_object", "too_deep"}
 
 
-@pytest.mark.parametrize("payload", [b'{"note": ', b"\xff\xfe", b"", b'{"note": "a"} x', b"{'note': 'a'}", b'{"note": "a",}', b"nul"])
+@pytest.mark.parametrize(
+    "payload", [b'{"note": ', b"\xff\xfe", b"", b'{"note": "a"} x', b"{'note': 'a'}", b'{"note": "a",}', b"nul"]
+)
 @pytest.mark.parametrize("mode", ["drop", "keep"])
 def test_not_json(payload, mode):
     res = engine(policy(meta=f'default = "{mode}"', fields=DEEP)).process("dev/d1/up", payload)
@@ -400,7 +417,9 @@ def test_wrong_container_type_is_wrong_type(msg):
     assert isinstance(res, Reject) and res.reason == "wrong_type"
 
 
-REQUIRED = policy(fields='[[field]]\npath = "ip"\nop = "truncate_ip"\nrequired = true\n[[field]]\npath = "note"\nop = "keep"')
+REQUIRED = policy(
+    fields='[[field]]\npath = "ip"\nop = "truncate_ip"\nrequired = true\n[[field]]\npath = "note"\nop = "keep"'
+)
 
 
 @pytest.mark.parametrize("mode", ["drop", "keep"])
@@ -458,7 +477,12 @@ def test_topic_capture_with_other_operations():
 
 
 def test_empty_captured_level_is_bad_topic():
-    eng = engine(policy(route='topics = ["dev/{id}/up"]\nupstream = "c/{id}"\n[route.capture.id]\nop = "keep"', fields='[[field]]\npath = "a"\nop = "keep"'))
+    eng = engine(
+        policy(
+            route='topics = ["dev/{id}/up"]\nupstream = "c/{id}"\n[route.capture.id]\nop = "keep"',
+            fields='[[field]]\npath = "a"\nop = "keep"',
+        )
+    )
     assert run(eng, {"a": 1}, topic="dev/x/up").topic == "c/x"
     res = run(eng, {"a": 1}, topic="dev//up")
     assert isinstance(res, Reject) and res.reason == "bad_topic"
@@ -488,7 +512,12 @@ def test_consent_by_topic_device():
     eng = engine(FULL)
     precise = forwarded(run(eng, POINT, consents={"d1": frozenset({"precise_location"})}))
     assert (precise["lat"], precise["lon"]) == (12.9716, 77.59457)  # 5 decimals
-    for consents in [{}, {"d2": frozenset({"precise_location"})}, {"d1": frozenset({"marketing"})}, {"d1": frozenset()}]:
+    for consents in [
+        {},
+        {"d2": frozenset({"precise_location"})},
+        {"d1": frozenset({"marketing"})},
+        {"d1": frozenset()},
+    ]:
         coarse = forwarded(run(eng, POINT, consents=consents))
         assert (coarse["lat"], coarse["lon"]) != (12.9716, 77.59457)
         assert haversine_m(12.971599, 77.594566, coarse["lat"], coarse["lon"]) <= 750
@@ -552,7 +581,15 @@ def test_leak_guard_blocks_identifiers_in_kept_fields(msg, rule, kind):
             assert value not in repr(res)  # a rejection names the rule and detector, never the value
 
 
-@pytest.mark.parametrize("msg", [{"note": "locked"}, {"amount": 99_999_999_999}, {"amount": 1_700_000_000_123}, {"note": "v2.3 at 2026-11-23T10:17:00Z"}])
+@pytest.mark.parametrize(
+    "msg",
+    [
+        {"note": "locked"},
+        {"amount": 99_999_999_999},
+        {"amount": 1_700_000_000_123},
+        {"note": "v2.3 at 2026-11-23T10:17:00Z"},
+    ],
+)
 def test_leak_guard_lets_ordinary_values_through(msg):
     assert forwarded(run(engine(FULL), msg)) == msg
 
@@ -574,7 +611,9 @@ def test_guard_allow_and_coordinate_precision():
     res = run(eng, {"fw": "1.2.3.4 alice@example.com"})
     assert isinstance(res, Reject) and (res.rule, res.detail) == ("fw", "email")
     # no location rule: kept coordinates may have at most 3 decimals
-    assert forwarded(run(eng, {"extra": {"lat": 12.972, "speed": 12.34567}})) == {"extra": {"lat": 12.972, "speed": 12.34567}}
+    assert forwarded(run(eng, {"extra": {"lat": 12.972, "speed": 12.34567}})) == {
+        "extra": {"lat": 12.972, "speed": 12.34567}
+    }
     res = run(eng, {"extra": {"lat": 12.9716}})
     assert isinstance(res, Reject) and (res.reason, res.rule, res.detail) == ("leak", "extra", "coordinate")
     res = run(eng, {"extra": [{"ok": 1}, {"alice@example.com": 1}]})
@@ -663,7 +702,9 @@ path = "tags[]"
 op = "mask"
 """
 
-PROP_ROUTE = 'topics = ["dev/{id}/up"]\nupstream = "cloud/{id}/up"\n[route.capture.id]\nop = "pseudonymise"\ndomain = "device"'
+PROP_ROUTE = (
+    'topics = ["dev/{id}/up"]\nupstream = "cloud/{id}/up"\n[route.capture.id]\nop = "pseudonymise"\ndomain = "device"'
+)
 PROP_DROP = engine(policy(PROP_FIELDS, route=PROP_ROUTE, name="prop_drop"))
 PROP_KEEP = engine(policy(PROP_FIELDS, meta='default = "keep"', route=PROP_ROUTE, name="prop_keep"))
 
@@ -711,7 +752,9 @@ def messages(draw, undeclared: bool):
     if draw(st.booleans()):
         msg["lat"], msg["lon"] = draw(location)
     if undeclared:
-        msg.update(draw(st.dictionaries(canary, st.one_of(canary, st.dictionaries(canary, canary, max_size=2)), max_size=3)))
+        msg.update(
+            draw(st.dictionaries(canary, st.one_of(canary, st.dictionaries(canary, canary, max_size=2)), max_size=3))
+        )
         if "payment" in msg and draw(st.booleans()):
             msg["payment"][draw(canary)] = draw(canary)
         for cell in msg.get("cells", []):
@@ -889,7 +932,12 @@ def test_bad_utf8_is_not_json_or_an_undeclared_field_never_a_crash(payload):
 
 def test_action_counts_count_what_acted():
     eng = engine(KEPT_TYPES)
-    for msg in [{"speed": 12, "lat": 1.0, "lon": 2.0}, {"speed": None, "id": "a"}, {"speed": 3.5, "id": 7, "lat": 1.0}, {"n": 1}]:
+    for msg in [
+        {"speed": 12, "lat": 1.0, "lon": 2.0},
+        {"speed": None, "id": "a"},
+        {"speed": 3.5, "id": 7, "lat": 1.0},
+        {"n": 1},
+    ]:
         assert isinstance(run(eng, msg), Forward)
     counts = eng.plans[0].action_counts()
     assert counts["round"] == 2 and counts["pseudonymise"] == 2

@@ -80,13 +80,16 @@ def garbage(size: int, seed: int) -> bytes:
 # --- framing at C speed ------------------------------------------------------------------------
 
 
-def test_a_run_of_start_bytes_is_rejected_with_a_bounded_number_of_steps() -> None:
+@pytest.mark.parametrize(("byte", "reason"), [(0x78, "bad_stop"), (0x79, "oversize")])
+def test_a_run_of_start_bytes_is_one_rejection(byte: int, reason: str) -> None:
+    """Every candidate inside a run announces the same size and fails the same way: one rejection
+    per run, not one Python step per byte (4 KiB of 0x78 cost ~27 ms that way)."""
     framer = Framer()
-    items = framer.items(b"\x78" * 4096)
-    taken = [next(items) for _ in range(33)]  # the listener stops here: its budget is 32
-    assert all(isinstance(i, FrameError) and i.reason == "bad_stop" for i in taken)
-    # the candidates are one byte apart: the framer resumes at the next marker, not past it, so
-    # a real frame behind the run comes out once the candidates overlapping it are complete
+    items = framer.feed(bytes([byte]) * 4096)
+    assert [(type(i), i.reason) for i in items if isinstance(i, FrameError)] == [(FrameError, reason)]
+    # candidates near the run's end could still be real (their stop bytes lie past it): they wait
+    assert framer.bytes_buffered < 130
+    # a real frame right behind the run comes out once the candidates overlapping it are complete
     framer = Framer()
     good = [build_heartbeat(s) for s in range(20)]
     items = framer.feed(b"\x78" * 300 + b"".join(good))
@@ -102,15 +105,22 @@ def test_resynchronisation_skips_garbage_between_markers_in_one_step() -> None:
     assert items[-1] == build_heartbeat(9)
 
 
-def test_framing_a_mebibyte_of_start_bytes_is_fast() -> None:
-    """With no budget at all, 1 MiB of 0x78 costs one cheap step per byte (C finds, no rescans)."""
+@pytest.mark.parametrize(
+    "data",
+    [b"\x78" * (1 << 20), b"\x79" * (1 << 20), bytes(1 << 20), b"\x78\x00" * (1 << 19)],
+    ids=["0x78", "0x79", "zeros", "lone-marker-halves"],
+)
+def test_framing_a_mebibyte_of_junk_takes_a_few_steps_per_read(data: bytes) -> None:
+    """No budget at all: 1 MiB in 4 KiB reads costs a handful of rejections per read. (Distinct
+    fake headers, e.g. 79 79 00 40 or 78 78 78 79 repeated, are one rejection each: the
+    listener's bad-frame budget, enforced inside the read, bounds those.)"""
     framer = Framer()
-    data = b"\x78" * (1 << 20)
     began = time.process_time()
-    count = sum(1 for _ in framer.items(data))
+    items = [item for i in range(0, len(data), 4096) for item in framer.items(data[i : i + 4096])]
     elapsed = time.process_time() - began
-    assert count > (1 << 20) - 200
-    assert elapsed < 10.0, elapsed  # ~2-4 us a candidate; the old rescans were quadratic per read
+    assert all(isinstance(i, FrameError) for i in items)
+    assert len(items) <= 4 * 256 + 1, len(items)  # at most a few per 4 KiB read
+    assert elapsed < 1.0, elapsed  # one Python step per byte took seconds
 
 
 # --- the listener under attack -------------------------------------------------------------------
@@ -124,12 +134,15 @@ async def test_start_byte_floods_close_fast_and_do_not_stall_the_loop(start: Sta
         await served_meanwhile(listener)
     cpu = time.process_time() - began
     assert probe.worst < MAX_LAG, probe.worst
-    assert listener.counters.too_many_errors == 50, (endings, listener.counters)
-    assert listener.counters.bad_stop == 50 * 33  # the budget (32) is enforced inside the read
-    assert cpu < 2.0, cpu  # unbounded, the 50 floods took ~1.4 s of loop time on an idle machine
+    assert set(endings) <= {"eof", "ConnectionResetError"}, endings
+    assert 50 <= listener.counters.bad_stop <= 2 * 50, listener.counters  # a run is one rejection
+    assert listener.counters.messages == 2  # the tracker served meanwhile
+    assert cpu < 2.0, cpu  # one step per byte, the 50 floods took ~1.4 s of loop time on an idle machine
 
 
 async def test_mebibytes_of_garbage_from_one_client_do_not_stall_the_loop(start: Start) -> None:
+    """Random bytes with start markers sprinkled in: every candidate is a rejection, so the
+    bad-frame budget (enforced inside the read) closes the connection."""
     listener = await start(Limits())
     async with LagProbe() as probe:
         ending = await flood(listener.port, garbage(4 << 20, seed=1))
@@ -146,7 +159,7 @@ async def test_without_a_budget_a_flood_still_yields_to_other_trackers(start: St
         await served_meanwhile(listener)  # served while the flood is being worked through
         assert await attack == "eof"  # the flood was read to its end, nothing closed it
     assert probe.worst < MAX_LAG, probe.worst
-    assert listener.counters.bad_stop > 250_000
+    assert 0 < listener.counters.bad_stop <= 4 * 64, listener.counters  # a few per 4 KiB read
 
 
 # --- connections ---------------------------------------------------------------------------------

@@ -56,6 +56,16 @@ CAPTURES = [
          "satellites": 5, "mcc": 246, "mnc": 1, "lac": 110, "cell_id": 0x55DA},
         id="0x12-lithuania",
     ),
+    pytest.param(  # Traccar asserts ignition off (VXT01, LEN 0x24): status 40, power 0x0571 = 13.93 V, GSM 04
+        "7878241216040e102c22cf00915ffb04c6016300195a02d402283b00753f400571040001dda4880d0a", "location",
+        {"acc": False, "power_v": 13.93, "gsm_signal": 4, "mcc": 724, "lac": 0x283B, "cell_id": 0x753F},
+        id="0x12-vxt01",
+    ),
+    pytest.param(  # S5 (LEN 0x2B): status 45 (charging, ACC off), power 0x04B6 = 12.06 V
+        "78782b1215050d03041bcf031ff30a0be795bc001c17014e14a065dd95314504b6040000001c00000cd90ab8fb6f0d0a",
+        "location", {"acc": False, "charging": True, "power_v": 12.06, "mcc": 334, "mnc": 0x14},
+        id="0x12-s5",
+    ),
     pytest.param(  # GPS only: 0x027AC7FD / 1.8e6, flags 0x1521 = fix, north, course 289
         "787819100B031A0B1B31CC027AC7FD0C4657BF0115210001001CC6070D0A", "location",
         {"time": "2011-03-26T11:27:49Z", "latitude": 23.111678, "longitude": 114.409208, "speed_kmh": 1,
@@ -463,3 +473,31 @@ def test_4g_lbs_report() -> None:
                            protocol=0xA1)
     frame = decode_frame(raw)
     assert frame.cells == [Cell(mcc=404, mnc=45, lac=0x01020304, cell_id=0x0A0B0C0D0E0F, rssi=-70)]
+
+
+def _gps_block() -> bytes:
+    """18 bytes: 2026-11-23 10:03:44, 9 satellites, 12.97 N 77.59 E, 30 km/h, course 90, fix."""
+    return build_location(1, datetime(2026, 11, 23, 10, 3, 44), 12.97, 77.59, 30, 90, 9)[4:22]
+
+
+def test_seeworld_position_with_a_four_byte_cell_id() -> None:
+    # LEN 0x2F: cell 0194 05 0470 0A0B0C0D, ACC 01, mode 00, re-upload 00, odometer 0x00001F40,
+    # travel time, temperature and humidity (not kept)
+    content = _gps_block() + h("0194 05 0470 0A0B0C0D 01 00 00 00001F40 00000010 0100 0200".replace(" ", ""))
+    raw = wrap(0x22, content, 3)
+    assert raw[2] == 0x2F
+    frame = decode_frame(raw)
+    assert (frame.mcc, frame.mnc, frame.lac, frame.cell_id) == (404, 5, 0x0470, 0x0A0B0C0D)
+    assert (frame.acc, frame.mileage, frame.latitude, frame.longitude) == (True, 8000, 12.97, 77.59)
+
+
+def test_alarm_cell_length_picks_the_cell_id_width() -> None:
+    status = h("0604030102")  # ACC on, charging, levels 4 and 3, SOS, language
+    for cell, lac, cid in [
+        (h("09 0194 05 0470 0A0B0C".replace(" ", "")), 0x0470, 0x0A0B0C),  # 2G
+        (h("0A 0194 05 0470 0A0B0C0D".replace(" ", "")), 0x0470, 0x0A0B0C0D),  # 4-byte CID
+        (h("10 0194 05 00000470 000000000A0B0C0D".replace(" ", "")), 0x0470, 0x0A0B0C0D),  # 4G
+        (h("08 0194 05 0470 0A0B0C".replace(" ", "")), 0x0470, 0x0A0B0C),  # the length without itself
+    ]:
+        frame = decode_frame(wrap(0x26, _gps_block() + cell + status, 9))
+        assert (frame.lac, frame.cell_id, frame.alarm, frame.voltage_level) == (lac, cid, "sos", 4), cell.hex()

@@ -196,14 +196,55 @@ def test_on_mismatch_reject_rejects_the_message_in_payload_and_topic_without_the
     assert send(eng, f"dev/{IMEI}/up", {"imei": NOT_IMEIS[0]}).reason == "bad_shape"
 
 
+DEFAULT_SHAPES = """
+[policy]
+name = "defaults"
+version = "1"
+
+[route]
+topics = ["dev/{imei}/up"]
+upstream = "cloud/{imei}/up"
+
+[route.capture.imei]
+op = "pseudonymise"
+keep_prefix = 8
+
+[[field]]
+path = "imei"
+op = "pseudonymise"
+keep_prefix = 8
+
+[[field]]
+path = "vpa"
+op = "pseudonymise"
+keep_after = "@"
+"""
+
+
+@pytest.mark.parametrize("value", NOT_IMEIS[:6] + NOT_VPAS[:3] + NOT_VPAS[4:6])  # any letters handle is a VPA here
+def test_an_affix_without_a_declared_shape_gets_the_fail_closed_default(value):
+    eng = Engine([loads(DEFAULT_SHAPES.encode(), "d.toml")], Keyring.test(), now=NOW)
+    level = value if re.fullmatch(r"[^/+#]+", value) else "x"
+    res = send(eng, f"dev/{level}/up", {"imei": value, "vpa": value})
+    assert isinstance(res, Forward), res
+    out = json.loads(res.payload)
+    whole = pseudonym(value, "pack:defaults", "default")
+    assert out == {"imei": whole, "vpa": whole}
+    assert res.topic == f"cloud/{pseudonym(level, 'pack:defaults', 'default')}/up"
+    assert_nothing_of(value, res)
+    ok = send(eng, f"dev/{IMEI}/up", {"imei": IMEI, "vpa": "asha@okaxis"})
+    assert json.loads(ok.payload)["imei"].startswith("35875609-") and ok.topic.startswith("cloud/35875609-")
+    assert json.loads(ok.payload)["vpa"].endswith("@okaxis")
+
+
 @pytest.mark.parametrize(
     "rule",
     [
-        'keep_prefix = 8', 'keep_after = "@"', 'keep_prefix = 12\nshape = "imei"', 'keep_after = "@"\nshape = "imei"',
+        'keep_prefix = 12', 'keep_after = "-"', 'keep_prefix = 12\nshape = "imei"', 'keep_after = "@"\nshape = "imei"',
         'shape = "vpa"', 'keep_after = "@"\nshape = "vpa"\nhandles = ["OK AXIS"]',
     ],
 )
-def test_an_affix_without_a_fitting_declared_shape_is_a_policy_error(rule):
+def test_an_affix_without_a_fitting_shape_is_a_policy_error(rule):
     text = f'[policy]\nname = "x"\nversion = "1"\n[route]\ntopics = ["a/b"]\nupstream = "c"\n' \
            f'[[field]]\npath = "v"\nop = "pseudonymise"\n{rule}\n'
     with pytest.raises(PolicyError):
@@ -252,6 +293,45 @@ def test_a_credential_with_any_undeclared_mode_drops_the_message(mode):
     assert isinstance(res, Reject), res
     assert res.reason in ("credential", "wrong_type")
     assert CANARY_PIN not in repr(res)
+
+
+KEEP_MODE = """
+[policy]
+name = "modes"
+version = "1"
+default = "keep"
+
+[route]
+topics = ["door/+/access"]
+upstream = "cloud/access"
+
+[[drop_when]]
+path = "access.credential"
+present = true
+unless = { path = "access.mode", one_of = ["card", "qr"] }
+reason = "credential"
+
+[[field]]
+path = "access.credential"
+op = "pseudonymise"
+"""
+
+
+@pytest.mark.parametrize("default", ["keep", "drop"])
+def test_unless_is_an_allow_list_in_both_default_modes(default):
+    text = KEEP_MODE.replace('default = "keep"', f'default = "{default}"')
+    eng = Engine([loads(text.encode(), "m.toml")], Keyring.test(), now=NOW)
+    for mode, dropped in [("QR", False), (" card", False), ("Ｑ\u00a0R", False), ("pin", True), ("", True),
+                          (None, True), (7, True), ("cards", True)]:
+        res = send(eng, "door/d1/access", {"access": {"mode": mode, "credential": CANARY_PIN}})
+        assert isinstance(res, Reject) == dropped, (mode, res)
+        if dropped:
+            assert (res.reason, res.rule) == ("credential", "access.credential")
+        else:
+            assert CANARY_PIN not in res.payload.decode()
+    res = send(eng, "door/d1/access", {"access": {"credential": CANARY_PIN}})
+    assert isinstance(res, Reject) and res.reason == "credential"
+    assert isinstance(send(eng, "door/d1/access", {"access": {"mode": "pin"}}), Forward)  # no credential
 
 
 def test_a_credential_without_mode_or_with_missing_access_mode_key_drops():
@@ -515,6 +595,11 @@ def test_loopback_or_tls_local_needs_no_switch(tmp_path, url):
     assert load_config(config(tmp_path, f'[local]\nurl = "{url}"\n' + CLOUD)).local.url == url
 
 
+def test_an_upper_case_tls_scheme_is_tls(tmp_path):
+    cfg = load_config(config(tmp_path, LOCAL + '[cloud]\nurl = "MQTTS://cloud.example.com"\n'))
+    assert cfg.cloud.tls and cfg.cloud.port == 8883
+
+
 def test_endpoint_error_text_never_contains_the_url():
     from gateway.service.config import Endpoint
 
@@ -522,3 +607,18 @@ def test_endpoint_error_text_never_contains_the_url():
         with pytest.raises(msgspec.ValidationError) as info:
             msgspec.convert({"url": url}, Endpoint)
         assert "CANARY" not in str(info.value)
+
+
+def test_the_refused_url_examples_in_configuration_md(tmp_path):
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    blocks = re.findall(r"```toml\n(# (refused|accepted): ([^\n]*)\n(.*?))```", doc, re.S)
+    assert len(blocks) >= 4
+    for text, verdict, message, body in blocks:
+        other = LOCAL if body.startswith("[cloud]") else CLOUD
+        path = config(tmp_path, other + text)
+        if verdict == "refused":
+            with pytest.raises(ConfigError, match=re.escape(message)) as info:
+                load_config(path)
+            assert "hunter2" not in str(info.value)
+        else:
+            assert load_config(path)

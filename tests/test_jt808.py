@@ -223,10 +223,10 @@ async def test_data_before_authentication_is_refused_and_a_wrong_code_fails() ->
     server, t, got, counters = await _listening()
     try:
         await t.send(frames.heartbeat("013812345678", 1))
-        head, body = await t.answer()  # type: ignore[misc]
+        _head, body = await t.answer()  # type: ignore[misc]
         assert _general(body) == (1, 0x0002, codec.RESULT_FAILURE) and got == []
         await t.send(frames.authentication("013812345678", 2, "WRONGCODE"))
-        head, body = await t.answer()  # type: ignore[misc]
+        _head, body = await t.answer()  # type: ignore[misc]
         assert _general(body) == (2, 0x0102, codec.RESULT_FAILURE)
         assert counters.before_auth == 1 and counters.auth_failed == 1 and got == []
         await _register(t)
@@ -241,7 +241,7 @@ async def test_data_before_authentication_is_refused_and_a_wrong_code_fails() ->
 async def test_the_answer_waits_until_the_message_is_safe() -> None:
     gate = asyncio.Event()
     gate.set()
-    server, t, got, counters = await _listening(gate=gate)
+    server, t, got, _counters = await _listening(gate=gate)
     try:
         await _register(t)
         gate.clear()  # the handler (the uplink) now holds the next message
@@ -249,7 +249,7 @@ async def test_the_answer_waits_until_the_message_is_safe() -> None:
         await t.send(frames.position("013812345678", 9, body))
         assert await t.answer(timeout=0.5) is None  # not answered while not safe
         gate.set()
-        head, answer = await t.answer()  # type: ignore[misc]
+        _head, answer = await t.answer()  # type: ignore[misc]
         assert _general(answer) == (9, 0x0200, 0) and got[-1][0] == "tracksolid/013812345678/location"
     finally:
         t.writer.close()

@@ -5,6 +5,8 @@ independent implementation (RFC 5869 HKDF and HMAC from the standard library, AE
 decryption with our own derived key), never copied from a run of the code under test.
 """
 
+# ruff: noqa: RUF001  (fullwidth and other scripts' characters are what these tests are about)
+
 from __future__ import annotations
 
 import base64
@@ -105,7 +107,9 @@ def test_derive_is_rfc5869_hkdf_over_the_master_secret():
     assert ring.derive("pseudonymise|device|never|0") == hkdf_sha256(
         TEST_SECRET, b"telemetry-gateway/v1|pseudonymise|device|never|0"
     )
-    assert ring.derive("encrypt|aes-siv", length=64) == hkdf_sha256(TEST_SECRET, b"telemetry-gateway/v1|encrypt|aes-siv", 64)
+    assert ring.derive("encrypt|aes-siv", length=64) == hkdf_sha256(
+        TEST_SECRET, b"telemetry-gateway/v1|encrypt|aes-siv", 64
+    )
     assert ring.derive("a") != ring.derive("b")
 
 
@@ -221,6 +225,18 @@ def test_pseudonym_keep_prefix():
     for other in ["49015420", "4901", "9876543210", "+919876543210", "490154203237519", "asha.rao@example.com",
                   "４９０１５４２０３２３７５１８", "49015420323751８", " 490154203237518", "4901542032375180"]:
         assert fn(other) == expected_pseudonym(other), other
+
+
+def test_default_shapes_are_imei_for_a_prefix_and_vpa_after_an_at():
+    prefix = build(Pseudonymise, path="imei", keep_prefix=8)
+    after = build(Pseudonymise, path="vpa", keep_after="@")
+    assert prefix("490154203237518") == "49015420-" + expected_pseudonym("490154203237518")
+    assert prefix("9876543210") == expected_pseudonym("9876543210")
+    assert after("alice@okaxis") == expected_pseudonym("alice@okaxis") + "@okaxis"
+    assert after("okaxis@9876543210") == expected_pseudonym("okaxis@9876543210")
+    pattern = build(Pseudonymise, path="x", keep_after="-", pattern="[a-z]+-[a-z]{2}")
+    assert pattern("asha-in") == expected_pseudonym("asha-in") + "-in"
+    assert pattern("asha-9876543210") == expected_pseudonym("asha-9876543210")
 
 
 def test_pseudonym_keep_after():
@@ -349,7 +365,9 @@ def test_truncate_ip_6to4_does_not_keep_the_whole_embedded_ipv4(address):
     assert embedded is None or str(embedded) != "203.0.113.77", out
 
 
-@pytest.mark.parametrize("bad", ["", "not an ip", "256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "1.2.3.4/24", "gggg::1", "12345"])
+@pytest.mark.parametrize(
+    "bad", ["", "not an ip", "256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "1.2.3.4/24", "gggg::1", "12345"]
+)
 def test_truncate_ip_invalid_is_removed_and_counted(bad):
     e = env()
     fn = build(TruncateIp, e, path="client.ip")
@@ -406,7 +424,19 @@ def test_decimals_mode_extremes():
     assert fn(-90.0, -180.0, False) == (-90.0, -180.0)
 
 
-@pytest.mark.parametrize("bad", [(91.0, 0.0), (-90.0001, 0.0), (0.0, 180.0001), (0.0, -181.0), (math.nan, 0.0), (0.0, math.nan), (math.inf, 0.0), (0.0, -math.inf)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        (91.0, 0.0),
+        (-90.0001, 0.0),
+        (0.0, 180.0001),
+        (0.0, -181.0),
+        (math.nan, 0.0),
+        (0.0, math.nan),
+        (math.inf, 0.0),
+        (0.0, -math.inf),
+    ],
+)
 @pytest.mark.parametrize("params", [{"decimals": 2}, {"grid_m": 1000}, {"grid_m": 1000, "consent": "loc"}])
 def test_invalid_point_is_removed_and_counted(bad, params):
     e = env()
@@ -573,7 +603,16 @@ def test_bucket_decimal_step_floors_exact_multiples_to_themselves(value, expecte
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(-5, "<10"), (9.999, "<10"), (10, "10-50"), (49.9, "10-50"), (50, "50-100"), (99, "50-100"), (100, ">=100"), (1e9, ">=100")],
+    [
+        (-5, "<10"),
+        (9.999, "<10"),
+        (10, "10-50"),
+        (49.9, "10-50"),
+        (50, "50-100"),
+        (99, "50-100"),
+        (100, ">=100"),
+        (1e9, ">=100"),
+    ],
 )
 def test_bucket_edges(value, expected):
     assert build(Bucket, path="x", edges=[10, 50, 100])(value) == expected
@@ -621,7 +660,10 @@ def test_bucket_time(params, value, expected):
     assert type(out) is type(expected)
 
 
-@pytest.mark.parametrize("bad", ["yesterday", "", "2026-13-01T00:00:00Z", "2026-11-31", "10:17", "2026-11-23T25:00:00Z", math.nan, math.inf, 1e300])
+@pytest.mark.parametrize(
+    "bad",
+    ["yesterday", "", "2026-13-01T00:00:00Z", "2026-11-31", "10:17", "2026-11-23T25:00:00Z", math.nan, math.inf, 1e300],
+)
 def test_bucket_time_invalid_is_removed_and_counted(bad):
     e = env()
     fn = build(BucketTime, e, path="ts", to="month")
@@ -681,7 +723,9 @@ def test_generalise_exact():
 
 
 def test_generalise_prefix_longest_wins():
-    fn = build(Generalise, path="os", match="prefix", map={"Android": "A", "Android 14": "A14", "iOS": "I"}, default="?")
+    fn = build(
+        Generalise, path="os", match="prefix", map={"Android": "A", "Android 14": "A14", "iOS": "I"}, default="?"
+    )
     assert fn("Android 14.1") == "A14"
     assert fn("Android 13") == "A"
     assert fn("Android") == "A"
@@ -713,13 +757,15 @@ def test_scrub_detector_subset():
         (Pseudonymise, {"length": "16"}),
         (Pseudonymise, {"keep_prefix": -1}),
         (Pseudonymise, {"keep_prefix": 2, "keep_after": "@"}),
-        (Pseudonymise, {"keep_prefix": 8}),  # an affix needs a declared shape
-        (Pseudonymise, {"keep_after": "@"}),
+        (Pseudonymise, {"keep_prefix": 12}),  # more than an IMEI's TAC needs a pattern
+        (Pseudonymise, {"keep_after": "-"}),  # a separator other than @ needs a pattern
+        (Pseudonymise, {"keep_prefix": 8, "handles": ["okaxis"]}),
         (Pseudonymise, {"keep_prefix": 9, "shape": "imei"}),  # more than the TAC
         (Pseudonymise, {"keep_after": "-", "shape": "vpa"}),
         (Pseudonymise, {"keep_prefix": 8, "shape": "vpa"}),
         (Pseudonymise, {"keep_after": "@", "shape": "imei"}),
         (Pseudonymise, {"shape": "imei"}),  # a shape without an affix
+        (Pseudonymise, {"pattern": "[0-9]+"}),
         (Pseudonymise, {"on_mismatch": "reject"}),
         (Pseudonymise, {"keep_after": "@", "shape": "vpa", "handles": ["OK AXIS"]}),
         (Pseudonymise, {"keep_after": "@", "pattern": "([a-z"}),
@@ -805,7 +851,14 @@ def test_good_parameters_are_accepted(cls, params):
 
 def test_good_coarsen_parameters_are_accepted():
     rule = msgspec.convert(
-        {"lat": "a", "lon": "b", "grid_m": 1, "consent": "x", "consent_decimals": 8, "zones": [{"lat": 90, "lon": -180, "radius_m": 1}]},
+        {
+            "lat": "a",
+            "lon": "b",
+            "grid_m": 1,
+            "consent": "x",
+            "consent_decimals": 8,
+            "zones": [{"lat": 90, "lon": -180, "radius_m": 1}],
+        },
         CoarsenLocation,
     )
     assert rule.grid_m == 1
@@ -841,10 +894,32 @@ def fused_only(fn):
 def same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
-    return a.__class__ is b.__class__ and (a == b if not isinstance(a, float) else math.copysign(1, a) == math.copysign(1, b) and a == b)
+    return a.__class__ is b.__class__ and (
+        a == b if not isinstance(a, float) else math.copysign(1, a) == math.copysign(1, b) and a == b
+    )
 
 
-INT_EDGES = [0, 1, -1, 2, 3, 5, 7, 22, 23, 25, 45, 67, 2**31 - 1, -(2**31) + 1, 2**31, -(2**31), 2**53 + 1, 10**400, -(10**400)]
+INT_EDGES = [
+    0,
+    1,
+    -1,
+    2,
+    3,
+    5,
+    7,
+    22,
+    23,
+    25,
+    45,
+    67,
+    2**31 - 1,
+    -(2**31) + 1,
+    2**31,
+    -(2**31),
+    2**53 + 1,
+    10**400,
+    -(10**400),
+]
 numbers_in = st.one_of(
     st.integers(-(2**33), 2**33),
     st.integers(),
@@ -893,9 +968,19 @@ def test_huge_numbers_are_removed_and_counted_not_raised():
 
 
 @settings(max_examples=200, deadline=None)
-@given(value=st.one_of(st.text(max_size=12), st.sampled_from(["android", "ios", "x"]), st.integers(), st.booleans(), st.floats(allow_nan=False)))
+@given(
+    value=st.one_of(
+        st.text(max_size=12),
+        st.sampled_from(["android", "ios", "x"]),
+        st.integers(),
+        st.booleans(),
+        st.floats(allow_nan=False),
+    )
+)
 def test_fused_generalise_and_replace_equal_the_transform(value):
-    gen = build(Generalise, path="x", map={"android": "mobile", "ios": "mobile", "1": "one", "true": "yes"}, default="other")
+    gen = build(
+        Generalise, path="x", map={"android": "mobile", "ios": "mobile", "1": "one", "true": "yes"}, default="other"
+    )
     rep = build(Replace, path="x", value="[removed]")
     assert same(fused(gen)(value), gen(value))
     assert fused(rep)(value) == rep(value) == "[removed]"
@@ -904,9 +989,15 @@ def test_fused_generalise_and_replace_equal_the_transform(value):
 def test_fused_cached_transforms_equal_the_transform_hit_or_miss():
     e = env()
     cases = [
-        (build(Pseudonymise, e, path="d", keep_prefix=8, shape="imei"), ["490154203237518", 490154203237518, "a", "490154203237518"]),
+        (
+            build(Pseudonymise, e, path="d", keep_prefix=8, shape="imei"),
+            ["490154203237518", 490154203237518, "a", "490154203237518"],
+        ),
         (build(Encrypt, e, path="d"), ["UPI/1", 7, "UPI/1"]),
-        (build(TruncateIp, e, path="ip"), ["203.0.113.77", "::ffff:203.0.113.7", "not-an-ip", "203.0.113.77", "not-an-ip"]),
+        (
+            build(TruncateIp, e, path="ip"),
+            ["203.0.113.77", "::ffff:203.0.113.7", "not-an-ip", "203.0.113.77", "not-an-ip"],
+        ),
     ]
     for fn, values in cases:
         f, inline = fused(fn), fused_only(fn)
@@ -958,13 +1049,25 @@ def fused_location(fn):
 
 
 coordinates = st.tuples(
-    st.one_of(st.floats(-90, 90), st.sampled_from([-90.0, 90.0, 0.0, -0.0, 89.99999999, -89.99999999]), st.floats(allow_nan=True)),
-    st.one_of(st.floats(-180, 180), st.sampled_from([-180.0, 180.0, 179.99999999, -179.99999999, 0.0, -0.0]), st.floats(allow_nan=True)),
+    st.one_of(
+        st.floats(-90, 90),
+        st.sampled_from([-90.0, 90.0, 0.0, -0.0, 89.99999999, -89.99999999]),
+        st.floats(allow_nan=True),
+    ),
+    st.one_of(
+        st.floats(-180, 180),
+        st.sampled_from([-180.0, 180.0, 179.99999999, -179.99999999, 0.0, -0.0]),
+        st.floats(allow_nan=True),
+    ),
 )
 
 
 @settings(max_examples=500, deadline=None)
-@given(point=coordinates, grid_m=st.sampled_from([1, 10, 1000, 1234.5, 20000, 111_320, 20_000_000]), consented=st.booleans())
+@given(
+    point=coordinates,
+    grid_m=st.sampled_from([1, 10, 1000, 1234.5, 20000, 111_320, 20_000_000]),
+    consented=st.booleans(),
+)
 def test_fused_coarsen_equals_the_transform_and_the_integer_grid(point, grid_m, consented):
     lat, lon = point
     e1, e2 = env(), env()

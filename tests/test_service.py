@@ -63,7 +63,9 @@ def assert_complete_and_ordered(items: list[tuple[str, dict]], n: int, devices: 
     assert len(seqs) == devices
     dups = 0
     for topic, got in seqs.items():
-        assert set(got) == set(range(n // devices)), f"{topic}: missing {sorted(set(range(n // devices)) - set(got))[:10]}"
+        assert set(got) == set(range(n // devices)), (
+            f"{topic}: missing {sorted(set(range(n // devices)) - set(got))[:10]}"
+        )
         first = list(dict.fromkeys(got))  # order of first arrival
         assert first == sorted(first), f"{topic}: out of order"
         dups += len(got) - len(first)
@@ -83,7 +85,7 @@ def site(tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]):
 
 
 def test_10k_qos1_messages_arrive_exactly_as_gateway_minimise_produces(site) -> None:
-    local, cloud, gw, sink, pub = site
+    _local, _cloud, gw, sink, pub = site
     gw.start()
     msgs = traffic(10_000, devices=50)
     pub.publish_all(msgs, timeout=120)
@@ -112,7 +114,7 @@ def test_10k_qos1_messages_arrive_exactly_as_gateway_minimise_produces(site) -> 
 
 
 def test_cloud_outage_spools_then_drains_in_order(site) -> None:
-    local, cloud, gw, sink, pub = site
+    _local, cloud, gw, sink, pub = site
     gw.start()
     msgs = traffic(3000, devices=20)
     done = threading.Event()
@@ -137,7 +139,7 @@ def test_cloud_outage_spools_then_drains_in_order(site) -> None:
 
 
 def test_gateway_sigkill_mid_stream_loses_nothing(site) -> None:
-    local, cloud, gw, sink, pub = site
+    _local, _cloud, gw, sink, pub = site
     gw.start()
     msgs = traffic(3000, devices=20)
     t = threading.Thread(target=pub.publish_all, args=(msgs,), kwargs={"timeout": 120})
@@ -155,7 +157,7 @@ def test_gateway_sigkill_mid_stream_loses_nothing(site) -> None:
 
 
 def test_local_broker_restart_reconnects_by_itself(site) -> None:
-    local, cloud, gw, sink, pub = site
+    local, _cloud, gw, sink, pub = site
     gw.start()
     pub.publish_all(traffic(1000, devices=10), timeout=60)
     sink.wait_for(1000, timeout=60)
@@ -202,7 +204,7 @@ CANARIES = {
 
 
 def test_canary_values_never_leave_in_any_form(site) -> None:
-    local, cloud, gw, sink, pub = site
+    _local, cloud, gw, sink, pub = site
     gw.start()
     c = CANARIES
 
@@ -236,12 +238,15 @@ def test_canary_values_never_leave_in_any_form(site) -> None:
 
 
 def test_garbage_is_counted_and_the_gateway_keeps_going(site) -> None:
-    local, cloud, gw, sink, pub = site
+    _local, _cloud, gw, sink, pub = site
     gw.start()
     topic = "site/dev-g/telemetry"
     nested = b'{"device_id":"dev-g","seq":1,"x":' + b"[" * 5000 + b"]" * 5000 + b"}"
     garbage = [
-        (topic, b"\xff" + os.urandom(511)),  # not JSON from its first byte (a leading digit would read as "not an object")
+        (
+            topic,
+            b"\xff" + os.urandom(511),
+        ),  # not JSON from its first byte (a leading digit would read as "not an object")
         (topic, b'{"device_id": "dev-g", "seq": 1, "lat": 12.'),
         (topic, b'{"device_id":"dev-g","seq":1,"note":"' + b"A" * (10 * 1024 * 1024) + b'"}'),
         (topic, nested),
@@ -263,7 +268,7 @@ def test_garbage_is_counted_and_the_gateway_keeps_going(site) -> None:
 
 
 def test_sigterm_drains_in_flight_and_exits_zero(site) -> None:
-    local, cloud, gw, sink, pub = site
+    _local, _cloud, gw, sink, pub = site
     gw.start()
     pub.publish_all(traffic(500, devices=5), timeout=60)
     gw.signal(signal.SIGTERM)

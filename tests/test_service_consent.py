@@ -179,3 +179,79 @@ def test_only_signed_consent_unlocks_precise_location_at_the_cloud(tmp_path, bro
         pub.close()
         sink.close()
         gw.close()
+
+
+# -- watermarks across restarts ----------------------------------------------------------------
+
+
+def test_a_replayed_grant_stays_stale_after_a_restart(tmp_path) -> None:
+    from gateway.keys import Keyring
+    from gateway.service.consent_store import WatermarkStore
+
+    ring = Keyring("k1", {"k1": b"s" * 32})
+    path = tmp_path / "spool.db.consent.db"
+    store = WatermarkStore(path, ring, 100)
+    c = Consents(T, [ISSUER.public_key()], store=store)
+    assert c.update(*rec(at=NOW - 100), NOW) == "granted"
+    assert c.update(*rec(granted=False, at=NOW - 50), NOW) == "revoked"
+    store.close()
+    assert b"dev-1" not in path.read_bytes()  # keyed hashes only
+    again = Consents(T, [ISSUER.public_key()], store=WatermarkStore(path, ring, 100))  # a restart
+    assert again.update(*rec(at=NOW - 100), NOW) == "stale"  # the retained record was replaced by the old grant
+    assert again.update(*rec(granted=False, at=NOW - 50), NOW) == "revoked"  # the record in force, read again
+    assert again.update(*rec(at=NOW), NOW) == "granted" and again.table
+    rotated = WatermarkStore(path, Keyring("k2", {"k1": b"s" * 32, "k2": b"t" * 32}), 100)
+    assert rotated.get("dev-1", "precise_location") is None  # a key rotation forgets (logged)
+
+
+def test_watermarks_are_bounded(tmp_path) -> None:
+    from gateway.keys import Keyring
+    from gateway.service.consent_store import WatermarkStore
+
+    store = WatermarkStore(tmp_path / "w.db", Keyring("k1", {"k1": b"s" * 32}), 10)
+    for i in range(25):
+        store.set(f"d{i}", "p", NOW + i)
+    store.flush()
+    assert store.get("d24", "p") == NOW + 24 and store.get("d0", "p") is None
+    import sqlite3
+
+    assert sqlite3.connect(tmp_path / "w.db").execute("SELECT count(*) FROM mark").fetchone()[0] == 10
+
+
+def test_a_replayed_grant_does_not_come_back_with_a_restart(tmp_path, broker_pair) -> None:
+    """The retained revocation replaced by an older signed grant, then the gateway restarts."""
+    local, cloud = broker_pair
+    issuer = tmp_path / "issuer.key"
+    pub_key = subprocess.run([GATEWAY, "consent", "keygen", str(issuer)], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url, extra=f'[consent]\npublic_keys = ["{pub_key}"]')
+    sink, pub = Sink(cloud.url), Publisher(local.url)
+
+    def signed(action: str, at: int) -> bytes:
+        return subprocess.run([GATEWAY, "consent", action, "--key", str(issuer), "dev-1", "precise_location",
+                               "--issued-at", str(at)], capture_output=True, check=True).stdout.strip()
+
+    def record(payload: bytes, result: str) -> None:
+        before = gw.metric("gateway_consent_updates_total", result=result)
+        pub.client.publish(CONSENT, payload, qos=1, retain=True).wait_for_publish(10)
+        wait_until(lambda: gw.metric("gateway_consent_updates_total", result=result) > before, 20, result)
+
+    try:
+        gw.start()
+        now = int(time.time())
+        old_grant = signed("grant", now - 60)
+        record(old_grant, "granted")
+        record(signed("revoke", now), "revoked")
+        record(old_grant, "stale")  # now the retained record
+        wait_until(lambda: (tmp_path / "gw" / "spool.db.consent.db").exists(), 10, "the watermark store")
+        assert gw.stop() == 0
+        gw.start()
+        wait_until(lambda: gw.metric("gateway_consent_updates_total", result="stale") == 1, 20, "re-read at start")
+        assert gw.metric("gateway_consent_entries") == 0
+        pub.publish_all([("site/dev-1/telemetry", msgspec.json.encode(MSG))])
+        assert round(json.loads(sink.wait_for(1, 20)[0].payload)["lat"], 6) != 12.971598
+        assert gw.stop() == 0
+    finally:
+        pub.close()
+        sink.close()
+        gw.close()

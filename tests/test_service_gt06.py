@@ -35,12 +35,23 @@ def test_trackers_over_gt06_arrive_minimised_at_the_cloud(
         kinds = Counter(m.topic.rsplit("/", 1)[1] for m in got)
         assert kinds == Counter(sent), (kinds, sent)
         imeis = {simulator.imei_for(d, 3) for d in range(50)}
+        lbs = [step for d in range(50) for step in simulator.script(d, 8, 3) if step.kind == "lbs"]
+        bssids = {bssid for step in lbs for bssid, _ in step.wifi}
+        assert lbs and bssids  # LBS + Wi-Fi reports were in the mix
+        cells_seen = 0
         for m in got:
             body = json.loads(m.payload)
             assert not any(i in m.topic or i.encode() in m.payload for i in imeis)  # pseudonymised
+            # cells and access points locate a tracker: only MCC/MNC of each cell reach the cloud
+            assert not {"lac", "cell_id", "wifi_aps"} & body.keys(), body
+            for cell in body.get("cells", []):
+                assert set(cell) == {"mcc", "mnc"}, body
+                cells_seen += 1
+            assert not any(b.encode() in m.payload for b in bssids)
             for key in ("latitude", "longitude"):
                 if key in body:  # no consent on record: a 1 km cell, never the raw fix
                     assert len(repr(body[key]).split(".")[1]) <= 4, body
+        assert cells_seen == 3 * len(lbs)
         assert gw.metric("gateway_gt06_events_total", event="logins") == 50
         assert gw.metric("gateway_uplink_acked_total") == len(got)
         page = gw.metrics() + gw.log_text()

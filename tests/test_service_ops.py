@@ -72,16 +72,21 @@ def test_insecure_cloud_allowed_only_when_said(tmp_path: Path) -> None:
 
 def test_credentials_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pw").write_text("s3cret-from-file\n")
-    cfg = load_config(_config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://127.0.0.1"\nusername = "site-7"\npassword_file = "pw"\n'))
+    cfg = load_config(
+        _config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://127.0.0.1"\nusername = "site-7"\npassword_file = "pw"\n')
+    )
     assert cfg.cloud.credentials() == ("site-7", "s3cret-from-file")
-    cfg = load_config(_config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://127.0.0.1"\nusername_env = "U"\npassword_env = "P"\n'))
-    with pytest.raises(ConfigError, match="P .password_env. is not set"):
+    cfg = load_config(
+        _config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://127.0.0.1"\nusername_env = "U"\npassword_env = "P"\n')
+    )
+    with pytest.raises(ConfigError, match=r"P .password_env. is not set"):
         cfg.cloud.credentials()
     monkeypatch.setenv("U", "site-8")
     monkeypatch.setenv("P", "s3cret-from-env")
     assert cfg.cloud.credentials() == ("site-8", "s3cret-from-env")
 
 
+@pytest.mark.slow
 def test_run_refuses_bad_config_and_failing_policy(tmp_path: Path) -> None:
     bad = _config(tmp_path, LOCAL + '[cloud]\nurl = "mqtt://cloud.example.com"\n')
     r = subprocess.run([GATEWAY, "run", "--config", str(bad)], capture_output=True, text=True, timeout=30)
@@ -109,7 +114,7 @@ def site(tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]):
 
 
 def test_sighup_reload_adopts_a_good_policy_and_refuses_a_bad_one(site) -> None:
-    local, cloud, gw, sink, pub, policy = site
+    _local, _cloud, gw, sink, pub, policy = site
     gw.start()
     pub.publish_all([("site/dev-1/telemetry", msgspec.json.encode(MSG))])
     first = sink.wait_for(1, 20)[0]
@@ -132,6 +137,7 @@ def test_sighup_reload_adopts_a_good_policy_and_refuses_a_bad_one(site) -> None:
     assert 'version="2.2.0"' in gw.metrics()
 
 
+@pytest.mark.slow
 def test_the_sample_config_runs_against_one_local_mosquitto(tmp_path: Path, broker: Mosquitto) -> None:
     """config.toml as shipped (one broker as site and cloud), only its port and paths moved here."""
     text = (ROOT / "config.toml").read_text()
@@ -185,6 +191,7 @@ def test_configuration_doc_example_loads_and_documents_every_key(tmp_path: Path)
                     f"{struct.__name__}.{name} undocumented"
 
 
+@pytest.mark.slow
 def test_readyz_follows_the_local_broker_and_secrets_stay_out_of_logs(
     tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]
 ) -> None:
@@ -221,5 +228,8 @@ def test_logged_errors_carry_text_only_for_connection_errors() -> None:
 
     assert describe(UnicodeDecodeError("utf-8", b"site/CANARY\xff", 11, 12, "invalid")) == "UnicodeDecodeError"
     assert describe(ValueError("payload CANARY-7")) == "ValueError"
-    assert describe(ConnectionRefusedError(111, "Connection refused")) == "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert (
+        describe(ConnectionRefusedError(111, "Connection refused"))
+        == "ConnectionRefusedError: [Errno 111] Connection refused"
+    )
     assert describe(aiomqtt.MqttError("Disconnected during message iteration")).endswith("message iteration")

@@ -117,3 +117,31 @@ def test_sighup_rereads_config_toml(tmp_path: Path, broker_pair: tuple[Mosquitto
         for c in (letters, sink, pub):
             c.close()
         gw.close()
+
+
+def test_sighup_applies_a_new_gt06_allow_list(tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]) -> None:
+    import asyncio
+
+    from devices.gt06 import simulator
+    from gateway.mosquitto import free_port
+
+    local, cloud = broker_pair
+    port = free_port()
+    first, second = simulator.imei_for(0, 3), simulator.imei_for(1, 3)
+    allow = tmp_path / "trackers.txt"
+    allow.write_text(f"{first}\n")
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url, policies=[ROOT / "rules" / "jimi-tracksolid.toml"],
+                 extra=f'[ingest.gt06]\nlisten = "127.0.0.1:{port}"\nallowed_imeis_file = "{allow}"')
+    try:
+        gw.start()
+        stats = asyncio.run(simulator.run("127.0.0.1", port, devices=2, count=1, seed=3))
+        assert stats.logged_in == 1 and gw.metric("gateway_gt06_events_total", event="rejected_imei") == 1
+        allow.write_text(f"{first}\n{second}\n")
+        before = gw.metric("gateway_policy_reloads_total", result="ok")
+        gw.signal(signal.SIGHUP)
+        wait_until(lambda: gw.metric("gateway_policy_reloads_total", result="ok") > before, 20, "the reload")
+        stats = asyncio.run(simulator.run("127.0.0.1", port, devices=2, count=1, seed=3))
+        assert stats.logged_in == 2 and gw.metric("gateway_gt06_events_total", event="rejected_imei") == 1
+        assert gw.stop() == 0
+    finally:
+        gw.close()

@@ -30,17 +30,24 @@ def test_starting_on_a_backlog_takes_it_without_an_error(tmp_path: Path, broker_
     """Issue 10 item 4: the backlog arrives straight after CONNACK, before the session's
     acknowledgement function was set up (TypeError: the first argument must be callable)."""
     local, cloud = broker_pair
-    gw = Gateway(tmp_path / "gw", local.url, cloud.url)
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url, extra='dead_letter = "gateway/dead-letter"')
     sink, pub = Sink(cloud.url), Publisher(local.url)
+    rejected = [("site/dev-x/telemetry", b'{"device_id":"dev-x","seq":%d,"pin":"1234"}' % i) for i in range(50)]
     try:
         for rnd in range(2):  # the first start creates the session; each later one starts on a backlog
             gw.start()
+            if rnd:  # take the whole backlog before stopping, so the next start has exactly its own
+                wait_complete(sink, 1000 * rnd, timeout=90)
+                wait_until(lambda: gw.metric("gateway_dead_lettered_total") == 50, 20, "50 dead letters")
             assert gw.stop() == 0
-            pub.publish_all(traffic(1000, devices=10, start=1000 * rnd), timeout=60)
+            pub.publish_all(rejected[:25] + traffic(1000, devices=10, start=1000 * rnd) + rejected[25:], timeout=60)
         gw.start()
         wait_complete(sink, 2000, timeout=90)
         assert_complete_and_ordered(received(sink), 2000, 10)
-        assert gw.metric("gateway_messages_dropped_total") == 0
+        # each rejected message of the backlog is counted, and its dead letter published
+        wait_until(lambda: gw.metric("gateway_dead_lettered_total") == 50, 20, "50 dead letters")
+        assert gw.metric("gateway_messages_dropped_total") == 50  # this process: the last backlog
+        assert gw.metric("gateway_dead_letters_unsent_total") == 0
         assert gw.stop() == 0
         assert error_events(gw) == []
         assert "Traceback" not in gw.log_text()

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.spool import Entry, Spool
+from gateway.spool import SCHEMA_VERSION, WAL_LIMIT, WAL_PAGES, Entry, Spool, SpoolError
 
 BIG = 1 << 20
 
@@ -82,7 +82,7 @@ def test_full_spool_refuses_counts_and_frees_after_delete(tmp_path: Path) -> Non
     batch = [("d", "t", b"12345678", 1, b"p"), ("d", "t", b"x" * 24, 1, b""), ("d", "t", b"", 0, b"")]
     assert spool.append_many(batch) == 1
     assert spool.refused == 4
-    assert [e.id for e in spool.peek(10)][0] == ids[2]
+    assert next(e.id for e in spool.peek(10)) == ids[2]
     spool.close()
 
 
@@ -260,3 +260,162 @@ def test_canary_only_the_minimised_bytes_reach_disk(tmp_path: Path) -> None:
         "append", "append_many", "peek", "delete", "close", "depth", "bytes", "compact", "disk_bytes",
         "quarantine", "quarantine_record", "quarantined", "resend", "purge", "quarantine_depth", "refresh",
     }
+
+
+# -- failures, schema, quarantine, disk use (issue 10, items 1 and 9) --------------------------
+
+
+def _fill_until_full(spool: Spool, payload: bytes = b"x" * 300) -> int:
+    """Append one-message batches until SQLite's max_page_count makes the file "full"."""
+    for n in range(10_000):
+        try:
+            spool.append_many([("d", f"t/{n}", payload, 1, b"")])
+        except SpoolError as exc:
+            assert exc.kind == "full" and exc.op == "append"
+            return n
+    raise AssertionError("never full")
+
+
+def test_full_file_raises_spool_error_and_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    spool = Spool(path, BIG)
+    pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
+    spool._db.execute(f"PRAGMA max_page_count={pages + 3}")  # a portable "disk full"
+    stored = _fill_until_full(spool)
+    assert stored > 0
+    before = (spool.depth, spool.bytes)
+    with pytest.raises(SpoolError) as caught:  # a whole batch: all or nothing, never half
+        spool.append_many([("d", "t/x", b"y" * 300, 1, b"")] * 50)
+    assert caught.value.kind == "full" and "rollback" not in str(caught.value)
+    with pytest.raises(SpoolError):
+        spool.append("d", "t/x", b"y" * 3000, 1)
+    assert (spool.depth, spool.bytes) == before
+    assert not spool._db.in_transaction
+    rows = rows_in_db(path)
+    assert len(rows) == stored and expected_bytes(rows) == spool.bytes
+    # Space comes back (a delete frees pages): writing works again, with no reopen.
+    spool.delete([r[0] for r in rows[: stored // 2]])
+    assert spool.append_many([("d", "t/again", b"z" * 300, 1, b"")]) == 1
+    assert spool.depth == len(rows_in_db(path))
+    spool.close()
+
+
+def test_canary_never_in_a_spool_error(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", BIG)
+    spool._db.execute(f"PRAGMA max_page_count={spool._db.execute('PRAGMA page_count').fetchone()[0]}")
+    canary = "4111111111111111"
+    with pytest.raises(SpoolError) as caught:
+        spool.append_many([("d", f"t/{canary}", canary.encode() * 2000, 1, b"")])
+    assert canary not in str(caught.value)
+    spool.close()
+
+
+def test_schema_version_recorded_old_files_migrated_newer_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    Spool(path, BIG).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+    old = tmp_path / "old.db"  # a file written before versions were recorded (user_version 0)
+    with sqlite3.connect(old) as db:
+        db.execute("CREATE TABLE spool (id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, topic TEXT"
+                   " NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, properties BLOB NOT NULL,"
+                   " created REAL NOT NULL)")
+        db.execute("INSERT INTO spool (device, topic, payload, qos, properties, created)"
+                   " VALUES ('p', 't', x'01', 1, x'', 0)")
+    spool = Spool(old, BIG)
+    assert spool.depth == 1 and spool.quarantine_depth == 0
+    spool.delete([e.id for e in spool.peek(1)])
+    spool.compact()  # an old file is switched to incremental auto-vacuum once it is empty
+    assert spool._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    spool.close()
+    with sqlite3.connect(old) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+    future = tmp_path / "future.db"
+    with sqlite3.connect(future) as db:
+        db.execute("PRAGMA user_version=7")
+    with pytest.raises(SpoolError) as caught:
+        Spool(future, BIG)
+    assert caught.value.kind == "schema" and "version 7" in str(caught.value) and str(future) in str(caught.value)
+
+
+def test_quarantine_resend_purge_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    spool = Spool(path, BIG)
+    ids = [spool.append("pol", f"cloud/{i}/alarm", b"m%d" % i, 1, b"p") for i in range(4)]
+    assert spool.quarantine(ids[1], 0x87) and spool.quarantine(ids[2], 0x97)
+    assert not spool.quarantine(ids[1], 0x87)  # already moved
+    assert (spool.depth, spool.quarantine_depth) == (2, 2)
+    assert spool.bytes == expected_bytes(rows_in_db(path))
+    q = spool.quarantined()
+    assert [(x.topic, x.payload, x.reason, x.device) for x in q] == [
+        ("cloud/1/alarm", b"m1", 0x87, "pol"), ("cloud/2/alarm", b"m2", 0x97, "pol")]
+    assert spool.purge([q[1].id]) == 1 and spool.quarantine_depth == 1
+    assert spool.resend() == 1  # back at the end of the spool, as spooled
+    assert [r[2] for r in rows_in_db(path)] == ["cloud/0/alarm", "cloud/3/alarm", "cloud/1/alarm"]
+    assert (spool.depth, spool.quarantine_depth) == (3, 0)
+    assert spool.bytes == expected_bytes(rows_in_db(path))
+    spool.close()
+
+
+def test_one_gateway_per_spool_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    first = Spool(path, BIG)
+    with pytest.raises(SpoolError) as caught:
+        Spool(path, BIG)
+    assert caught.value.kind == "busy"
+    reader = Spool(path, BIG, exclusive=False)  # `gateway spool list` while the gateway runs
+    assert reader.depth == 0
+    reader.close()
+    first.close()
+    Spool(path, BIG).close()  # the lock went with the first
+
+
+def test_drained_spool_gives_its_space_back_and_the_wal_stays_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    spool = Spool(path, 64 * BIG)
+    empty = spool.disk_bytes()
+    peak_wal = 0
+    for batch in range(40):  # 4 MB through the spool in 100 KB transactions
+        spool.append_many([("d", f"t/{batch}/{i}", os.urandom(1000), 1, b"") for i in range(100)])
+        peak_wal = max(peak_wal, os.stat(f"{path}-wal").st_size)
+    assert spool.disk_bytes() > 4_000_000
+    assert peak_wal <= WAL_LIMIT + WAL_PAGES * 4096 + 200_000  # one checkpoint interval plus one transaction
+    spool.delete([e.id for e in spool.peek(10_000)])
+    spool.compact()
+    assert spool.depth == 0 and spool.disk_bytes() < empty + 100_000, (empty, spool.disk_bytes())
+    spool.close()
+
+
+async def test_uplink_holds_on_a_failing_spool_then_resumes_by_itself(tmp_path: Path) -> None:
+    """Item 1 at the uplink: a spool write that fails acknowledges nothing it did not store,
+    makes /readyz not ready, is counted, and is retried on a timer until space returns."""
+    from gateway.service.config import Endpoint, Reconnect
+    from gateway.service.uplink import Item, Uplink, provenance
+    from gateway.telemetry import Metrics
+
+    spool = Spool(tmp_path / "s.db", BIG)
+    pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
+    spool._db.execute(f"PRAGMA max_page_count={pages + 2}")
+    metrics = Metrics()
+    up = Uplink(Endpoint(url="mqtt://127.0.0.1:1"), "t", spool, metrics, Reconnect(min_s=0.05, max_s=0.2))
+    acked: list[int] = []
+    prov = provenance([("policy", "p")], None)
+    for i in range(400):  # the cloud is away: everything goes to the spool
+        up.submit(Item("p", f"cloud/{i}", b"x" * 200, 1, prov, lambda i=i: acked.append(i)))
+    await asyncio.sleep(0)  # the loop turn's flush
+    assert up.spool_writable is False and 0 < len(acked) < 400
+    assert acked == list(range(len(acked)))  # acknowledged exactly what was stored, in order
+    assert spool.depth == len(acked) == len(rows_in_db(tmp_path / "s.db"))
+    ok, detail = up.readiness()
+    assert not ok and "spool: cannot write (full)" in detail
+    assert metrics.spool_errors.labels("append")._value.get() >= 1
+    spool._db.execute("PRAGMA max_page_count=1000000")  # space returns; no new traffic comes
+    for _ in range(200):
+        if len(acked) == 400:
+            break
+        await asyncio.sleep(0.05)
+    assert acked == list(range(400)) and up.spool_writable and up.readiness()[0]
+    assert spool.depth == 400
+    await up.close(0)
+    spool.close()

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -79,22 +80,36 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.slow
-def test_full_tmpfs_spool_holds_then_delivers_everything_without_restart(tmp_path: Path, broker_pair) -> None:
-    """Item 1: a 600 KiB tmpfs fills up while the cloud is away; nothing is lost and the
-    gateway resumes by itself (no restart) once the cloud is back and the spool drains."""
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 600 KiB tmpfs (smaller than the spool's 1 MiB max_bytes): the disk fills first."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (the test runs as root on the project's machines)")
-    local, cloud = broker_pair
     disk = tmp_path / "small"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def gateway_on(disk: Path, tmp_path: Path, local: Mosquitto, cloud: Mosquitto) -> Gateway:
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url, spool_max_bytes=1024 * 1024)
+    gw.spool_path = disk / "spool.db"
+    gw.config.write_text(gw.config.read_text().replace(str(tmp_path / "gw" / "spool.db"), str(gw.spool_path)))
+    return gw
+
+
+@pytest.mark.slow
+def test_full_tmpfs_spool_holds_then_delivers_everything_without_restart(
+        tmp_path: Path, broker_pair, small_disk: Path) -> None:
+    """Item 1: a 600 KiB tmpfs fills up while the cloud is away; nothing is lost and the
+    gateway resumes by itself (no restart) once the cloud is back and the spool drains."""
+    local, cloud = broker_pair
     gw = sink = pub = None
     try:
-        gw = Gateway(tmp_path / "gw", local.url, cloud.url, spool_max_bytes=1024 * 1024)
-        gw.spool_path = disk / "spool.db"
-        gw.config.write_text(gw.config.read_text().replace(str(tmp_path / "gw" / "spool.db"), str(gw.spool_path)))
-        gw.start()
+        gw = gateway_on(small_disk, tmp_path, local, cloud).start()
         sink = Sink(cloud.url)
         pub = Publisher(local.url)
         cloud.stop()
@@ -125,7 +140,33 @@ def test_full_tmpfs_spool_holds_then_delivers_everything_without_restart(tmp_pat
                 c.close()
         if gw is not None:
             gw.close()
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_spool_disk_is_full_exits_in_time_and_loses_nothing(
+        tmp_path: Path, broker_pair, small_disk: Path) -> None:
+    """SIGTERM in the failing state: exit 0 within shutdown_timeout_s (5 here) plus teardown;
+    what was held is redelivered to the next run, which delivers all 3,000."""
+    local, cloud = broker_pair
+    gw = gateway_on(small_disk, tmp_path, local, cloud).start()
+    sink = Sink(cloud.url)
+    pub = Publisher(local.url)
+    try:
+        cloud.stop()
+        wait_until(lambda: gw.metric("gateway_connected", side="cloud") == 0, 20, "the gateway saw the cloud go")
+        pub.publish_all(locations(3000, tag="t"), timeout=120)
+        wait_until(lambda: gw.http("/readyz")[0] == 503, 60, f"/readyz 503 on the full disk\n{gw.log_tail()}")
+        t0 = time.monotonic()
+        assert gw.stop(timeout=30) == 0
+        assert time.monotonic() - t0 < 5 + 5, gw.log_tail()
+        cloud.start()
+        gw.start()
+        wait_distinct(sink, 3000, 180, gw)
+        assert len(distinct(sink)) == 3000
+    finally:
+        pub.close()
+        sink.close()
+        gw.close()
 
 
 @pytest.mark.slow

@@ -92,13 +92,23 @@ def _broken(tmp: Path, case: str) -> tuple[Path, list[str]]:
         (tmp / "bad-keys.json").write_text("active=k1\n")
         (tmp / "bad-keys.json").chmod(0o600)
         return write_config(tmp, keys_file="bad-keys.json"), ["keys_file", "bad-keys.json", "not JSON"]
+    if case == "gt06 allow-list missing":
+        missing = tmp / "trackers.txt"
+        top = f'\n[ingest.gt06]\nlisten = "127.0.0.1:0"\nallowed_imeis_file = "{missing}"\n'
+        return write_config(tmp, cloud=top), ["allowed_imeis_file", str(missing)]
+    if case == "spool folder is a file":
+        (tmp / "afile").write_text("")
+        config = write_config(tmp)
+        config.write_text(config.read_text().replace(str(tmp / "spool.db"), str(tmp / "afile" / "spool.db")))
+        return config, ["[spool] path", str(tmp / "afile")]
     if case == "key file missing":
         return write_config(tmp, keys_file="nowhere.json"), ["keys_file", "nowhere.json"]
     raise AssertionError(case)
 
 
 CASES = ["password_env", "username_env", "password_file", "ca_file missing", "ca_file garbage",
-         "cert and key mismatch", "key file not base64", "key file not json", "key file missing"]
+         "cert and key mismatch", "key file not base64", "key file not json", "key file missing",
+         "gt06 allow-list missing", "spool folder is a file"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -131,6 +141,19 @@ def test_a_taken_metrics_port_exits_69_naming_address_and_port(tmp_path: Path) -
         assert f"127.0.0.1:{port}" in event["error"] and "[metrics] listen" in event["error"]
         code, out, _ = run(config, "validate")
         assert code == 0 and f"warn [metrics] listen: 127.0.0.1:{port}" in out
+
+
+def test_a_taken_tracker_port_exits_69_naming_address_and_port(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = write_config(tmp_path, cloud=f'\n[ingest.gt06]\nlisten = "127.0.0.1:{port}"\n',
+                              local_url=f"mqtt://127.0.0.1:{free_port()}")
+        code, out, seconds = run(config, "run")
+        assert code == 69 and seconds < 30, out
+        (event,) = [e for e in assert_json_lines(out, "stderr") if e["event"] == "startup_failed"]
+        assert str(port) in event["error"] and "127.0.0.1" in event["error"]
 
 
 def test_an_unloadable_config_is_one_json_event_and_78(tmp_path: Path) -> None:
@@ -189,3 +212,18 @@ def test_operations_doc_exit_codes_and_log_examples_match() -> None:
     assert {int(c) for c in re.findall(r"(?:exit codes: |; )(\d+) ", help_text)} == table - {1}  # run never exits 1
     for block in re.findall(r"```json\n(.*?)```", doc, re.S):
         assert_json_lines(block, "docs/operations.md example")
+
+
+def test_a_secret_gone_while_running_is_logged_with_its_key_and_file(tmp_path: Path) -> None:
+    """Checked at start; if the file goes later, each reconnection's log line says which (never the value)."""
+    from gateway.service.config import Endpoint
+    from gateway.service.uplink import describe
+
+    (tmp_path / "pw").write_text(CANARY + "\n")
+    ep = Endpoint(url="mqtt://127.0.0.1:1", password_file=str(tmp_path / "pw"))
+    assert ep.credentials() == (None, CANARY)
+    (tmp_path / "pw").unlink()
+    with pytest.raises(Exception) as info:
+        ep.credentials()
+    text = describe(info.value)
+    assert "password_file" in text and str(tmp_path / "pw") in text and CANARY not in text

@@ -58,7 +58,11 @@ def test_system_traffic_through_the_live_gateway_keeps_the_promise(site, system:
     wait_until(lambda: gw.metric("gateway_messages_in_total", policy=system) >= N, 30, "all taken")
     got = [m for m in sink.snapshot() if _policy(m) == system]
     assert len(got) == want  # no more: what the pack rejects never arrives
-    drops = {r: gw.metric("gateway_messages_dropped_total", policy=system, reason=r) for r in set(module.AWKWARD.values()) if r}
+    drops = {
+        r: gw.metric("gateway_messages_dropped_total", policy=system, reason=r)
+        for r in set(module.AWKWARD.values())
+        if r
+    }
     assert sum(drops.values()) == len(rejected), drops
 
     # what the gateway cannot enforce in the cloud it states on every message: retention, expiry, provenance

@@ -2,8 +2,9 @@
 
 Each simulated tracker behaves as the devices do: one TCP connection, a login it must see
 acknowledged before anything else, then 0x22 positions along a road in India, a 0x13
-heartbeat every tenth frame and now and then a 0x26 alarm, each heartbeat and alarm waiting
-for its ACK. What a tracker sends is a pure function of (seed, device index, start time), see
+heartbeat every tenth frame, now and then a 0x26 alarm and a 0x2C LBS + Wi-Fi report (cells
+and access points instead of a fix), each heartbeat, alarm and report waiting for its ACK.
+What a tracker sends is a pure function of (seed, device index, start time), see
 ``script``, so a test can recompute exactly what the listener should have received.
 
     python -m devices.gt06.simulator --gt06 127.0.0.1:5023 --devices 10 --count 100
@@ -23,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from devices.gt06.frames import build_alarm, build_heartbeat, build_location, build_login
+from devices.gt06.frames import build_alarm, build_heartbeat, build_lbs_report, build_location, build_login
 from gateway.ingest.gt06.codec import PROTO_ALARM_UTC, PROTO_HEARTBEAT, PROTO_LOGIN, SHORT_START, FrameError, Framer
 
 __all__ = ["Stats", "Step", "imei_for", "main", "run", "script"]
@@ -46,6 +47,7 @@ ALARMS = ("sos", "overspeed", "enter_fence", "exit_fence", "vibration", "power_c
 FIX_INTERVAL = timedelta(seconds=10)  # simulated time between fixes
 HEARTBEAT_EVERY = 10  # every tenth frame is a heartbeat
 ALARM_CHANCE = 0.03
+LBS_CHANCE = 0.05  # an LBS + Wi-Fi report (0x2C) instead of a fix, as trackers send indoors
 _TAC = "35875609"  # type allocation code of a Concox model: the first 8 IMEI digits
 _KM_PER_DEGREE = 111.32
 
@@ -53,13 +55,20 @@ _KM_PER_DEGREE = 111.32
 class Step(msgspec.Struct, frozen=True):
     """One frame a simulated tracker sends after its login."""
 
-    kind: str  # location | heartbeat | alarm
+    kind: str  # location | heartbeat | alarm | lbs (cells and access points instead of a fix)
     time: datetime
     latitude: float
     longitude: float
     speed_kmh: int
     course: int
     alarm: str | None = None
+    cells: tuple[tuple[int, int, int], ...] = ()  # lbs: (lac, cell id, rssi dBm)
+    wifi: tuple[tuple[str, int], ...] = ()  # lbs: (BSSID, rssi dBm)
+
+    @property
+    def record(self) -> str:
+        """The Tracksolid record kind the listener makes of it (an LBS report is a location)."""
+        return "location" if self.kind == "lbs" else self.kind
 
 
 class Stats(msgspec.Struct, kw_only=True):
@@ -127,12 +136,15 @@ def script(device: int, count: int, seed: int = 1, start: datetime | None = None
         speed = max(0, min(120, round(rng.gauss(cruise, 8))))
         course = _bearing(a, b)
         if i % HEARTBEAT_EVERY == HEARTBEAT_EVERY - 1:
-            kind, alarm = "heartbeat", None
+            yield Step("heartbeat", when, lat, lon, speed, course)
         elif rng.random() < ALARM_CHANCE:
-            kind, alarm = "alarm", rng.choice(ALARMS)
+            yield Step("alarm", when, lat, lon, speed, course, rng.choice(ALARMS))
+        elif rng.random() < LBS_CHANCE:
+            cells = tuple((4101 + rng.randrange(3), rng.randrange(1, 1 << 24), -rng.randrange(50, 110)) for _ in "abc")
+            wifi = tuple((rng.randbytes(6).hex(":"), -rng.randrange(40, 90)) for _ in "ab")
+            yield Step("lbs", when, lat, lon, speed, course, cells=cells, wifi=wifi)
         else:
-            kind, alarm = "location", None
-        yield Step(kind, when, lat, lon, speed, course, alarm)
+            yield Step("location", when, lat, lon, speed, course)
         when += FIX_INTERVAL
         done += speed * FIX_INTERVAL.total_seconds() / 3600
         while done >= _km(route[leg], route[leg + 1]):
@@ -144,6 +156,8 @@ def script(device: int, count: int, seed: int = 1, start: datetime | None = None
 
 
 def _frame(step: Step, serial: int) -> bytes:
+    if step.kind == "lbs":
+        return build_lbs_report(serial, step.time, 404, 45, list(step.cells), list(step.wifi), protocol=PROTO_LBS_WIFI)
     if step.kind == "heartbeat":
         return build_heartbeat(serial, acc=step.speed_kmh > 0)
     if step.kind == "alarm":
@@ -157,7 +171,9 @@ def _frame(step: Step, serial: int) -> bytes:
     )
 
 
-_ACK_KINDS = {PROTO_LOGIN: "login", PROTO_HEARTBEAT: "heartbeat", PROTO_ALARM_UTC: "alarm"}
+PROTO_LBS_WIFI = 0x2C
+_ACK_KINDS = {PROTO_LOGIN: "login", PROTO_HEARTBEAT: "heartbeat", PROTO_ALARM_UTC: "alarm", PROTO_LBS_WIFI: "lbs"}
+_ACK_PROTOCOL = {"heartbeat": PROTO_HEARTBEAT, "alarm": PROTO_ALARM_UTC, "lbs": PROTO_LBS_WIFI}
 
 
 class _Acks:
@@ -246,12 +262,11 @@ class _Run:
                 break
             serial = serial % 0xFFFF + 1
             writer.write(_frame(step, serial))
-            self.sent[step.kind] += 1
+            self.sent[step.record] += 1
             await writer.drain()
-            if step.kind != "location":
-                protocol = PROTO_HEARTBEAT if step.kind == "heartbeat" else PROTO_ALARM_UTC
-                if not await self._expect(acks, protocol, serial):
-                    return
+            answered = step.kind in _ACK_PROTOCOL  # positions are not
+            if answered and not await self._expect(acks, _ACK_PROTOCOL[step.kind], serial):
+                return
             if self.rate:
                 await asyncio.sleep(1 / self.rate)
         writer.write_eof()  # done: the listener handles what it has, then hangs up

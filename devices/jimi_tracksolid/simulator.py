@@ -81,7 +81,12 @@ class _Fleet:
 
     def _status(self) -> dict[str, Any]:
         rng = self.rng
-        return {"acc": rng.random() < 0.8, "charging": rng.random() < 0.9, "voltage_level": rng.randint(3, 6), "gsm_signal": rng.randint(1, 4)}
+        return {
+            "acc": rng.random() < 0.8,
+            "charging": rng.random() < 0.9,
+            "voltage_level": rng.randint(3, 6),
+            "gsm_signal": rng.randint(1, 4),
+        }
 
     def message(self, t: _Tracker, kind: str) -> Message:
         rng = self.rng
@@ -100,19 +105,40 @@ class _Fleet:
         rng = self.rng
         if case in ("ipv6_login", "invalid_login_ip"):
             ip = ipv6(rng) if case == "ipv6_login" else "0.0.0.0:0"
-            return "login", msgspec.to_builtins(Login(imei=t.imei, time=self.clock.iso(), login_ip=ip, iccid=t.iccid, imsi=t.imsi))
+            return "login", msgspec.to_builtins(
+                Login(imei=t.imei, time=self.clock.iso(), login_ip=ip, iccid=t.iccid, imsi=t.imsi)
+            )
         if case in ("sim_ids", "sos_numbers"):
-            extra = {"iccid": t.iccid, "imsi": t.imsi} if case == "sim_ids" else {"sos_numbers": [mobile(rng) for _ in range(rng.randint(1, 3))]}
-            return "heartbeat", msgspec.to_builtins(Heartbeat(imei=t.imei, time=self.clock.iso(), **self._status(), **extra))
+            extra = (
+                {"iccid": t.iccid, "imsi": t.imsi}
+                if case == "sim_ids"
+                else {"sos_numbers": [mobile(rng) for _ in range(rng.randint(1, 3))]}
+            )
+            return "heartbeat", msgspec.to_builtins(
+                Heartbeat(imei=t.imei, time=self.clock.iso(), **self._status(), **extra)
+            )
         if case == "media_imei":
             ref = f"pic_{t.imei}_{self.clock.now:%Y%m%d%H%M%S}.jpg"
             base = self.message(t, "alarm")
-            return "alarm", msgspec.to_builtins(msgspec.structs.replace(base, alarm="collision", media=Media(type="picture", ref=ref)))
+            return "alarm", msgspec.to_builtins(
+                msgspec.structs.replace(base, alarm="collision", media=Media(type="picture", ref=ref))
+            )
         if case == "phone_in_alarm":
             number = mobile(rng)
-            return "alarm", {"type": "alarm", "imei": t.imei, "time": self.clock.iso(), "alarm": f"sos call {number[:3]} {number[3:8]} {number[8:]}"}
+            return "alarm", {
+                "type": "alarm",
+                "imei": t.imei,
+                "time": self.clock.iso(),
+                "alarm": f"sos call {number[:3]} {number[3:8]} {number[8:]}",
+            }
         if case == "unknown_kind":
-            return "obd", {"type": "obd", "imei": t.imei, "time": self.clock.iso(), "rpm": rng.randint(700, 3500), "coolant_c": rng.randint(70, 98)}
+            return "obd", {
+                "type": "obd",
+                "imei": t.imei,
+                "time": self.clock.iso(),
+                "rpm": rng.randint(700, 3500),
+                "coolant_c": rng.randint(70, 98),
+            }
         body = msgspec.to_builtins(self.message(t, "location"))
         if case == "nulls":
             body.update(speed_kmh=None, course=None, satellites=None)

@@ -94,5 +94,13 @@ class Status(_App, kw_only=True):
     network_status: str | None = None
 
 
-BY_KIND: Final[dict[str, type[msgspec.Struct]]] = {"login": Login, "location": Location, "crash": Crash, "usage": Usage, "alarm": Alarm, "media": Media, "status": Status}
+BY_KIND: Final[dict[str, type[msgspec.Struct]]] = {
+    "login": Login,
+    "location": Location,
+    "crash": Crash,
+    "usage": Usage,
+    "alarm": Alarm,
+    "media": Media,
+    "status": Status,
+}
 """The Struct for each topic kind."""

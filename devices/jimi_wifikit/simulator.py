@@ -38,12 +38,32 @@ AWKWARD: dict[str, str] = {
 }
 
 _KINDS = {"location": 55, "status": 15, "login": 8, "usage": 12, "alarm": 4, "media": 4, "crash": 2}
-_MODELS = (("Redmi Note 12", "Android 14.1"), ("Galaxy M34", "Android 13"), ("Pixel 7a", "Android 14"), ("iPhone 13", "iOS 17.4.1"), ("OnePlus Nord CE 3", "Android 13"), ("vivo Y56", "Android 13"))
-_BROWSERS = ("Chrome 120.0.6099.144", "Mobile Safari 17.2", "Firefox 121.0", "Edge 120.0.2210.91", "Samsung Internet 23.0")
+_MODELS = (
+    ("Redmi Note 12", "Android 14.1"),
+    ("Galaxy M34", "Android 13"),
+    ("Pixel 7a", "Android 14"),
+    ("iPhone 13", "iOS 17.4.1"),
+    ("OnePlus Nord CE 3", "Android 13"),
+    ("vivo Y56", "Android 13"),
+)
+_BROWSERS = (
+    "Chrome 120.0.6099.144",
+    "Mobile Safari 17.2",
+    "Firefox 121.0",
+    "Edge 120.0.2210.91",
+    "Samsung Internet 23.0",
+)
 _APP_VERSIONS = ("3.2.1.7", "3.2.2.0", "3.3.0.1")
 _ALARMS = ("sos", "low_battery", "exit_fence", "enter_fence", "power_cut")
 _SCREENS = ("map", "history", "fence", "alarms", "settings", "share")
-_AREAS = ("Koramangala, Bengaluru", "Andheri East, Mumbai", "Hitech City, Hyderabad", "Velachery, Chennai", "Sector 62, Noida", "Kothrud, Pune")
+_AREAS = (
+    "Koramangala, Bengaluru",
+    "Andheri East, Mumbai",
+    "Hitech City, Hyderabad",
+    "Velachery, Chennai",
+    "Sector 62, Noida",
+    "Kothrud, Pune",
+)
 
 
 class _User:
@@ -76,20 +96,46 @@ class _Users:
         network = rng.choice(("WIFI", "4G", "4G", "5G"))
         if kind == "location":
             lat, lon = self._fix(u)
-            return Location(**ids, lat=lat, lon=lon, alt=round(rng.uniform(5, 920), 1), speed=round(u.route.speed_kmh, 1), course=u.route.course, gps_ts=self.clock.iso(), address=rng.choice(_AREAS))
+            return Location(
+                **ids,
+                lat=lat,
+                lon=lon,
+                alt=round(rng.uniform(5, 920), 1),
+                speed=round(u.route.speed_kmh, 1),
+                course=u.route.course,
+                gps_ts=self.clock.iso(),
+                address=rng.choice(_AREAS),
+            )
         if kind == "status":
             return Status(**ids, device_model=u.model, network_type=network, network_status="connected")
         if kind == "login":
             web = rng.random() < 0.2
-            return Login(**ids, email=u.email, mobile=u.mobile, device_model=None if web else u.model, os="Windows 11" if web else u.os, browser=rng.choice(_BROWSERS) if web else None, login_ip=ipv4(rng), network_type=network, network_status="connected")
+            return Login(
+                **ids,
+                email=u.email,
+                mobile=u.mobile,
+                device_model=None if web else u.model,
+                os="Windows 11" if web else u.os,
+                browser=rng.choice(_BROWSERS) if web else None,
+                login_ip=ipv4(rng),
+                network_type=network,
+                network_status="connected",
+            )
         if kind == "usage":
-            return Usage(**ids, os=u.os, network_type=network, screen=rng.choice(_SCREENS), duration_s=rng.randint(3, 600))
+            return Usage(
+                **ids, os=u.os, network_type=network, screen=rng.choice(_SCREENS), duration_s=rng.randint(3, 600)
+            )
         if kind == "alarm":
             lat, lon = self._fix(u)
             return Alarm(**ids, alarm=rng.choice(_ALARMS), lat=lat, lon=lon, gps_ts=self.clock.iso())
         if kind == "media":
             return Media(**ids, media=MediaRef(type=rng.choice(("picture", "recording", "video")), ref=f"https://media.jimi.example/{rng.getrandbits(64):016x}.jpg"))
-        return Crash(**ids, os=u.os, device_model=u.model, crash_log=f"java.lang.IllegalStateException at MapFragment.onResume:{rng.randint(80, 400)}")
+        return Crash(
+            **ids,
+            os=u.os,
+            device_model=u.model,
+            crash_log=f"java.lang.IllegalStateException at MapFragment.onResume:{rng.randint(80, 400)}",
+        )
 
     def awkward(self, u: _User, case: str) -> tuple[str, dict[str, Any]]:
         """(kind, payload) for one awkward case: a dict, since most are outside the schema."""
@@ -98,15 +144,26 @@ class _Users:
             body = msgspec.to_builtins(self.message(u, "crash"))
             if case == "crash_email_token":
                 token = base64.urlsafe_b64encode(rng.randbytes(18)).decode().rstrip("=")
-                body["crash_log"] = f"NullPointerException at LoginActivity:212 user={u.email} Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.{token} from {ipv4(rng)}"
+                body["crash_log"] = (
+                    f"NullPointerException at LoginActivity:212 user={u.email} "
+                    f"Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.{token} from {ipv4(rng)}"
+                )
             elif case == "crash_phone_ipv6":
-                body["crash_log"] = f"SmsRetry failed for {u.mobile[:3]} {u.mobile[3:8]} {u.mobile[8:]} via {ipv6(rng)} token={rng.getrandbits(40):010x}"
+                body["crash_log"] = (
+                    f"SmsRetry failed for {u.mobile[:3]} {u.mobile[3:8]} {u.mobile[8:]} "
+                    f"via {ipv6(rng)} token={rng.getrandbits(40):010x}"
+                )
             else:
                 body["crash_log"] = {"exception": "java.lang.OutOfMemoryError", "thread": "main", "user": u.email}
             return "crash", body
         if case == "media_imei_blob":
             blob = base64.b64encode(rng.randbytes(30)).decode()
-            media = {"type": "picture", "ref": f"pic_{u.device}_{self.clock.now:%Y%m%d}.jpg", "blob": "/9j/4AAQSkZJRg" + blob, "exif": {"gps": f"{self._fix(u)}"}}
+            media = {
+                "type": "picture",
+                "ref": f"pic_{u.device}_{self.clock.now:%Y%m%d}.jpg",
+                "blob": "/9j/4AAQSkZJRg" + blob,
+                "exif": {"gps": f"{self._fix(u)}"},
+            }
             return "media", {"device_uid": u.device, "media": media}
         if case in ("lone_latitude", "latitude_as_text"):
             body = msgspec.to_builtins(self.message(u, "location"))
@@ -131,7 +188,12 @@ class _Users:
         elif case == "unknown_platform":
             body.update(os="KaiOS 3.1", browser="UCBrowser 15.3", device_model="JioPhone Next")
         elif case == "tracking_ids":
-            body.update(push_token=f"{rng.getrandbits(128):032x}", cookie=f"sid={rng.getrandbits(64):016x}", anon_id=f"a-{rng.getrandbits(16):04x}", trip={"share": f"https://t.jimi.example/s/{rng.getrandbits(32):08x}"})
+            body.update(
+                push_token=f"{rng.getrandbits(128):032x}",
+                cookie=f"sid={rng.getrandbits(64):016x}",
+                anon_id=f"a-{rng.getrandbits(16):04x}",
+                trip={"share": f"https://t.jimi.example/s/{rng.getrandbits(32):08x}"},
+            )
         elif case == "nulls":
             body.update(email=None, login_ip=None)
         return "login", body

@@ -39,11 +39,26 @@ AWKWARD: dict[str, str] = {
 }
 
 _KINDS = {"usage": 75, "auth": 12, "error": 9, "crash": 4}
-_TENANTS = {"acme-rail": "acme.example", "northline-terminals": "northline.example", "harbor-intermodal": "harbor.example"}
-_MODELS = (("SM-G991B", "Android 14.1.2"), ("SM-T736B", "Android 13"), ("Pixel 8", "Android 15"), ("iPhone14,5", "iOS 17.4.1"), ("iPad13,1", "iPadOS 17.2"), ("CT60", "Android 11"))
+_TENANTS = {
+    "acme-rail": "acme.example",
+    "northline-terminals": "northline.example",
+    "harbor-intermodal": "harbor.example",
+}
+_MODELS = (
+    ("SM-G991B", "Android 14.1.2"),
+    ("SM-T736B", "Android 13"),
+    ("Pixel 8", "Android 15"),
+    ("iPhone14,5", "iOS 17.4.1"),
+    ("iPad13,1", "iPadOS 17.2"),
+    ("CT60", "Android 11"),
+)
 _FEATURES = ("lock_status", "unlock_request", "reports", "crane_schedule", "maintenance_log", "settings", "alerts")
 _APP_VERSIONS = ("3.2.0.14", "3.2.1.2", "3.3.0.1")
-_ERRORS = (("NPE", "null lock state", "at com.mijack.Lock.open(Lock.java:42)"), ("ANR", "main thread blocked 5s", "at com.mijack.sync.SyncJob.run(SyncJob.java:118)"), ("E_SYNC", "sync timeout", "at com.mijack.net.Http.post(Http.java:77)"))
+_ERRORS = (
+    ("NPE", "null lock state", "at com.mijack.Lock.open(Lock.java:42)"),
+    ("ANR", "main thread blocked 5s", "at com.mijack.sync.SyncJob.run(SyncJob.java:118)"),
+    ("E_SYNC", "sync timeout", "at com.mijack.net.Http.post(Http.java:77)"),
+)
 _IST = timezone(timedelta(hours=5, minutes=30))
 
 
@@ -55,7 +70,11 @@ class _Phone:
         self.email = f"{first}.{last}@{_TENANTS[self.tenant]}"
         self.model, self.os = rng.choice(_MODELS)
         self.device = f"{self.model.replace(',', '-').replace(' ', '-')}-{rng.getrandbits(16):04x}"
-        self.device_name = f"{first.title()}'s {self.model.rstrip('0123456789,') if self.model.startswith('iP') else 'Galaxy Tab' if self.model.startswith('SM-T') else 'phone'}"
+        if self.model.startswith("iP"):
+            kind = self.model.rstrip("0123456789,")
+        else:
+            kind = "Galaxy Tab" if self.model.startswith("SM-T") else "phone"
+        self.device_name = f"{first.title()}'s {kind}"
         self.device_id = f"{rng.getrandbits(64):016x}"
         self.app_version = rng.choice(_APP_VERSIONS)
         self.session = f"s-{rng.getrandbits(24):06x}"
@@ -71,11 +90,28 @@ class _Fleet:
         self.tick = 60.0 / max(devices, 1)
 
     def _who(self, p: _Phone, event: str) -> dict[str, Any]:
-        ts = self.clock.now.astimezone(_IST).isoformat(timespec="seconds") if self.rng.random() < 0.3 else self.clock.iso()
-        return {"event": event, "ts": ts, "username": p.username, "session_id": p.session, "device_name": p.device_name, "device_id": p.device_id, "os_version": p.os, "device_model": p.model, "app_version": p.app_version}
+        ts = (
+            self.clock.now.astimezone(_IST).isoformat(timespec="seconds")
+            if self.rng.random() < 0.3
+            else self.clock.iso()
+        )
+        return {
+            "event": event,
+            "ts": ts,
+            "username": p.username,
+            "session_id": p.session,
+            "device_name": p.device_name,
+            "device_id": p.device_id,
+            "os_version": p.os,
+            "device_model": p.model,
+            "app_version": p.app_version,
+        }
 
     def _config(self, p: _Phone) -> str:
-        return f"server=https://api.mi-jack.example/v2; tenant={p.tenant}; sync_interval={self.rng.choice((60, 300, 900))}; token={self.rng.getrandbits(48):012x}"
+        return (
+            f"server=https://api.mi-jack.example/v2; tenant={p.tenant}; "
+            f"sync_interval={self.rng.choice((60, 300, 900))}; token={self.rng.getrandbits(48):012x}"
+        )
 
     def message(self, p: _Phone, kind: str) -> msgspec.Struct:
         rng = self.rng
@@ -91,7 +127,9 @@ class _Fleet:
         error = Error(code=code, message=message, stack=stack)
         if kind == "error":
             return ErrorEvent(**self._who(p, "error"), ip=p.ip, app_config=self._config(p), error=error)
-        return Crash(**self._who(p, "crash"), user_id=rng.randrange(1000, 9999), ip=p.ip, app_config=self._config(p), error=error)
+        return Crash(
+            **self._who(p, "crash"), user_id=rng.randrange(1000, 9999), ip=p.ip, app_config=self._config(p), error=error
+        )
 
     def awkward(self, p: _Phone, case: str) -> tuple[str, dict[str, Any]]:
         """(kind, payload) for one awkward case: a dict, since most are outside the schema."""
@@ -101,10 +139,19 @@ class _Fleet:
             body["password"] = rng.choice(("", f"Winter{rng.randrange(2020, 2027)}!", f"{p.username}@123"))
             return "auth", body
         if case == "email_in_feature":
-            return "usage", msgspec.to_builtins(Usage(**self._who(p, "feature_open"), feature=f"share_report:{p.email}"))
+            return "usage", msgspec.to_builtins(
+                Usage(**self._who(p, "feature_open"), feature=f"share_report:{p.email}")
+            )
         if case == "hardware_ids":
             body = msgspec.to_builtins(self.message(p, "usage"))
-            body.update(serial=f"R58N{rng.getrandbits(28):07X}", mac=":".join(f"{rng.randrange(256):02x}" for _ in range(6)), advertising_id="38400000-8cf0-11bd-b23e-10b96e40000d", cookies={"sid": f"{rng.getrandbits(32):08x}"}, location={"lat": 41.8781, "lon": -87.6298}, vendor_debug={"heap": rng.randint(1000, 9000)})
+            body.update(
+                serial=f"R58N{rng.getrandbits(28):07X}",
+                mac=":".join(f"{rng.randrange(256):02x}" for _ in range(6)),
+                advertising_id="38400000-8cf0-11bd-b23e-10b96e40000d",
+                cookies={"sid": f"{rng.getrandbits(32):08x}"},
+                location={"lat": 41.8781, "lon": -87.6298},
+                vendor_debug={"heap": rng.randint(1000, 9000)},
+            )
             return "usage", body
         if case == "unknown_values":
             body = msgspec.to_builtins(self.message(p, "usage"))
@@ -115,11 +162,17 @@ class _Fleet:
         error = body["error"]
         if case == "crash_email_ipv6_bearer":
             token = base64.urlsafe_b64encode(rng.randbytes(15)).decode()
-            error["stack"] = f"POST /sync failed for {p.email} via {ipv6(rng)} Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.{token}\n{error['stack']}"
+            error["stack"] = (
+                f"POST /sync failed for {p.email} via {ipv6(rng)} "
+                f"Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.{token}\n{error['stack']}"
+            )
         elif case == "config_password_text":
             body["app_config"] = f"db_user=svc; password=Hunter{rng.randrange(100)}; region=ap-south-1"
         elif case == "config_url_credentials":
-            body["app_config"] = f"proxy=https://{p.username}:Hunter{rng.randrange(100)}@10.0.{rng.randrange(256)}.5/x; sync_interval=300"
+            body["app_config"] = (
+                f"proxy=https://{p.username}:Hunter{rng.randrange(100)}@10.0.{rng.randrange(256)}.5/x; "
+                "sync_interval=300"
+            )
         elif case == "ipv6_address":
             body["ip"] = ipv6(rng)
         elif case == "ipv4_mapped":

@@ -80,5 +80,10 @@ class Support(_Record, kw_only=True):
     lang: str | None = None
 
 
-BY_KIND: Final[dict[str, type[msgspec.Struct]]] = {"session": Session, "usage": Usage, "order": Order, "support": Support}
+BY_KIND: Final[dict[str, type[msgspec.Struct]]] = {
+    "session": Session,
+    "usage": Usage,
+    "order": Order,
+    "support": Support,
+}
 """The Struct for each topic kind."""

@@ -37,9 +37,28 @@ AWKWARD: dict[str, str] = {
 
 _KINDS = {"usage": 50, "session": 30, "order": 12, "support": 8}
 _PRODUCTS = ("SmartSIM Manager", "Cloud Console", "IoT Connectivity", "eSIM Hub", "Device Insights")
-_PLACES = (("FI", "Uusimaa", "fi-FI"), ("FI", "Pirkanmaa", "fi-FI"), ("SE", "Stockholm", "sv-SE"), ("IN", "Karnataka", "en-IN"), ("IN", "Maharashtra", "en-IN"), ("DE", "Bayern", "de-DE"))
-_ENVIRONMENTS = (("Windows 11 Pro 23H2", "Chrome 126.0.6478.127", "laptop"), ("Windows 10 Enterprise 22H2", "Edge 126.0.2592.87", "desktop"), ("Mac OS X 10.15.7", "Safari 17.5", "laptop"), ("Ubuntu 22.04", "Firefox 128.0", "desktop"), ("Android 14", "Chrome 126.0.6478.122", "phone-android"), ("iPadOS 17.5", "Safari 17.5", "tablet"))
-_NETWORKS = {"FI": ((88, 112), (91, 152)), "SE": ((83, 233), (90, 224)), "DE": ((91, 64), (84, 128)), "IN": ((49, 36), (106, 198))}  # Elisa, Telia, DTAG, Jio, Airtel
+_PLACES = (
+    ("FI", "Uusimaa", "fi-FI"),
+    ("FI", "Pirkanmaa", "fi-FI"),
+    ("SE", "Stockholm", "sv-SE"),
+    ("IN", "Karnataka", "en-IN"),
+    ("IN", "Maharashtra", "en-IN"),
+    ("DE", "Bayern", "de-DE"),
+)
+_ENVIRONMENTS = (
+    ("Windows 11 Pro 23H2", "Chrome 126.0.6478.127", "laptop"),
+    ("Windows 10 Enterprise 22H2", "Edge 126.0.2592.87", "desktop"),
+    ("Mac OS X 10.15.7", "Safari 17.5", "laptop"),
+    ("Ubuntu 22.04", "Firefox 128.0", "desktop"),
+    ("Android 14", "Chrome 126.0.6478.122", "phone-android"),
+    ("iPadOS 17.5", "Safari 17.5", "tablet"),
+)
+_NETWORKS = {
+    "FI": ((88, 112), (91, 152)),
+    "SE": ((83, 233), (90, 224)),
+    "DE": ((91, 64), (84, 128)),
+    "IN": ((49, 36), (106, 198)),
+}  # Elisa, Telia, DTAG, Jio, Airtel
 _STATUSES = {"paid": 70, "pending": 15, "failed": 8, "refunded": 5, "cancelled": 2}
 
 
@@ -72,22 +91,54 @@ class _Sites:
     def message(self, s: _Installation, kind: str) -> msgspec.Struct:
         rng = self.rng
         if kind == "session":
-            return Session(installation_id=s.id, user=User(name=s.name, email=s.email), marketing_opt_in=s.opt_in, ip=s.ip, geo=Geo(country=s.country, region=s.region), lang=s.lang, products=s.products, os=s.os, browser=s.browser, hw_type=s.hw, user_agent=f"Mozilla/5.0 ({s.os}) {s.browser}")
+            return Session(
+                installation_id=s.id,
+                user=User(name=s.name, email=s.email),
+                marketing_opt_in=s.opt_in,
+                ip=s.ip,
+                geo=Geo(country=s.country, region=s.region),
+                lang=s.lang,
+                products=s.products,
+                os=s.os,
+                browser=s.browser,
+                hw_type=s.hw,
+                user_agent=f"Mozilla/5.0 ({s.os}) {s.browser}",
+            )
         if kind == "usage":
             return Usage(installation_id=s.id, products=rng.sample(s.products, 1), os=s.os, hw_type=s.hw, lang=s.lang)
         if kind == "order":
             currency = "INR" if s.country == "IN" else "EUR"
             amount = rng.choice((19.0, 49.0, 249.0, 990.0)) * (90 if currency == "INR" else 1)
-            pay = Payment(order_id=self._order_id(), provider=rng.choice(("stripe", "paypal")), amount=amount, currency=currency, status=pick(rng, _STATUSES))
+            pay = Payment(
+                order_id=self._order_id(),
+                provider=rng.choice(("stripe", "paypal")),
+                amount=amount,
+                currency=currency,
+                status=pick(rng, _STATUSES),
+            )
             return Order(installation_id=s.id, payment=pay, products=rng.sample(s.products, 1))
-        return Support(installation_id=s.id, user=User(email=s.email), note=rng.choice(("cannot activate eSIM profile", "invoice missing VAT number", "please extend trial", "dashboard slow since update")), lang=s.lang)
+        return Support(
+            installation_id=s.id,
+            user=User(email=s.email),
+            note=rng.choice(
+                (
+                    "cannot activate eSIM profile",
+                    "invoice missing VAT number",
+                    "please extend trial",
+                    "dashboard slow since update",
+                )
+            ),
+            lang=s.lang,
+        )
 
     def awkward(self, s: _Installation, case: str) -> tuple[str, dict[str, Any]]:
         """(kind, payload) for one awkward case: a dict, since most are outside the schema."""
         rng = self.rng
         if case == "card_in_note":
             card = card_number(rng)
-            note = f"please refund, card {'-'.join(card[i:i + 4] for i in range(0, 16, 4))} exp {rng.randint(1, 12):02d}/{rng.randint(27, 31)}, reply to {s.email}"
+            grouped = "-".join(card[i : i + 4] for i in range(0, 16, 4))
+            expiry = f"{rng.randint(1, 12):02d}/{rng.randint(27, 31)}"
+            note = f"please refund, card {grouped} exp {expiry}, reply to {s.email}"
             return "support", msgspec.to_builtins(Support(installation_id=s.id, user=User(email=s.email), note=note))
         if case in ("card_fields", "cvv", "numeric_order_id"):
             body = msgspec.to_builtins(self.message(s, "order"))
@@ -96,7 +147,12 @@ class _Sites:
                 pay["order_id"] = int(pay["order_id"][3:])
                 return "order", body
             expiry = f"{rng.randint(1, 12):02d}/{rng.randint(27, 31)}"
-            pay.update(card_number=card_number(rng), card_expiry=expiry, card_holder=s.name, card={"number": card_number(rng), "expiry": expiry, "holder": s.name})
+            pay.update(
+                card_number=card_number(rng),
+                card_expiry=expiry,
+                card_holder=s.name,
+                card={"number": card_number(rng), "expiry": expiry, "holder": s.name},
+            )
             if case == "cvv":
                 where = rng.choice((body, pay, pay["card"]))
                 where[rng.choice(("cvv", "cvc"))] = f"{rng.randrange(1000):03d}"
@@ -114,7 +170,14 @@ class _Sites:
             body.update(lang="tlh", os="HarmonyOS 4", browser="Mozilla/5.0 (X11; Linux x86_64)", hw_type="kiosk")
         elif case == "vendor_fields":
             body["user"]["phone"] = mobile(rng)
-            body.update(imei=imei(rng), ad_id="38400000-8cf0-11bd-b23e-10b96e40000d", birth_date="2012-05-01", user_content="draft-contract.docx", sw_inventory=["Microsoft Word 16.0", "Steam"], vendor_debug={"heap": rng.randint(1000, 9000)})
+            body.update(
+                imei=imei(rng),
+                ad_id="38400000-8cf0-11bd-b23e-10b96e40000d",
+                birth_date="2012-05-01",
+                user_content="draft-contract.docx",
+                sw_inventory=["Microsoft Word 16.0", "Steam"],
+                vendor_debug={"heap": rng.randint(1000, 9000)},
+            )
         elif case == "nulls":
             body.update(user={"name": None, "email": None}, ip=None)
         elif case == "invalid_ip":

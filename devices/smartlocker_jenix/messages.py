@@ -12,7 +12,19 @@ from typing import Final
 
 import msgspec
 
-__all__ = ["BY_KIND", "Access", "AccessEvent", "App", "Diagnostics", "Error", "Fix", "LockEvent", "Operator", "Payment", "PaymentEvent"]
+__all__ = [
+    "BY_KIND",
+    "Access",
+    "AccessEvent",
+    "App",
+    "Diagnostics",
+    "Error",
+    "Fix",
+    "LockEvent",
+    "Operator",
+    "Payment",
+    "PaymentEvent",
+]
 
 
 class _S(msgspec.Struct, omit_defaults=True, frozen=True, kw_only=True):
@@ -105,5 +117,10 @@ class Diagnostics(_Cabinet, kw_only=True):
     location: Fix | None = None
 
 
-BY_KIND: Final[dict[str, type[msgspec.Struct]]] = {"event": LockEvent, "access": AccessEvent, "payment": PaymentEvent, "diagnostics": Diagnostics}
+BY_KIND: Final[dict[str, type[msgspec.Struct]]] = {
+    "event": LockEvent,
+    "access": AccessEvent,
+    "payment": PaymentEvent,
+    "diagnostics": Diagnostics,
+}
 """The Struct for each topic kind."""

@@ -50,7 +50,14 @@ AWKWARD: dict[str, str] = {
 }
 
 _KINDS = {"event": 55, "access": 20, "payment": 15, "diagnostics": 10}
-_SITES = {"blr-01": (12.9716, 77.5946), "blr-04": (12.9352, 77.6245), "hyd-02": (17.4435, 78.3772), "pune-03": (18.5590, 73.7868), "mum-07": (19.1176, 72.9060), "del-05": (28.5355, 77.3910)}
+_SITES = {
+    "blr-01": (12.9716, 77.5946),
+    "blr-04": (12.9352, 77.6245),
+    "hyd-02": (17.4435, 78.3772),
+    "pune-03": (18.5590, 73.7868),
+    "mum-07": (19.1176, 72.9060),
+    "del-05": (28.5355, 77.3910),
+}
 _EVENTS = {"deposit": 30, "pickup": 30, "opened": 15, "closed": 20, "door_left_open": 4, "tamper": 1}
 _MODES = {"card": 35, "qr": 35, "app": 25, "api": 5}
 _FIRMWARE = ("2.1.0.4", "2.1.1.0", "2.2.0.3")
@@ -72,11 +79,24 @@ class _Sites:
         self.clock = Clock()
         self.cabinets = [_Cabinet(self.rng, n) for n in range(devices)]
         self.schedule = Schedule(self.rng, list(AWKWARD))
-        self.operators = [Operator(id=f"OP-{i}", name=" ".join(p.title() for p in person(self.rng)), phone=mobile(self.rng), email=email(self.rng, "jenix-partners.in")) for i in range(11, 17)]
+        self.operators = [
+            Operator(
+                id=f"OP-{i}",
+                name=" ".join(p.title() for p in person(self.rng)),
+                phone=mobile(self.rng),
+                email=email(self.rng, "jenix-partners.in"),
+            )
+            for i in range(11, 17)
+        ]
         self.tick = 30.0 / max(devices, 1)  # a busy cabinet sends a message every half minute
 
     def _base(self, c: _Cabinet) -> dict[str, Any]:
-        return {"cabinet_id": c.cabinet, "board_id": self.rng.choice(c.boards), "locker_id": self.rng.randint(1, c.lockers), "ts": self.clock.iso()}
+        return {
+            "cabinet_id": c.cabinet,
+            "board_id": self.rng.choice(c.boards),
+            "locker_id": self.rng.randint(1, c.lockers),
+            "ts": self.clock.iso(),
+        }
 
     def _access(self, mode: str) -> Access:
         rng = self.rng
@@ -91,17 +111,33 @@ class _Sites:
         if kind == "event":
             event = pick(rng, _EVENTS)
             operator = rng.choice(self.operators) if event in ("door_left_open", "tamper") else None
-            status = {"deposit": "occupied", "pickup": "free", "opened": "door_open", "closed": "locked"}.get(event, "alert")
+            status = {"deposit": "occupied", "pickup": "free", "opened": "door_open", "closed": "locked"}.get(
+                event, "alert"
+            )
             return LockEvent(**self._base(c), event=event, status=status, operator=operator)
         if kind == "access":
             mode = pick(rng, _MODES)
-            app = App(permissions=["bluetooth", "camera", "notifications"], os=rng.choice(_OS), ble_mac=":".join(f"{rng.randrange(256):02X}" for _ in range(6))) if mode == "app" else None
-            return AccessEvent(**self._base(c), access=self._access(mode), user_id=f"U-{rng.randrange(10000, 99999)}", app=app)
+            app = (
+                App(
+                    permissions=["bluetooth", "camera", "notifications"],
+                    os=rng.choice(_OS),
+                    ble_mac=":".join(f"{rng.randrange(256):02X}" for _ in range(6)),
+                )
+                if mode == "app"
+                else None
+            )
+            return AccessEvent(
+                **self._base(c), access=self._access(mode), user_id=f"U-{rng.randrange(10000, 99999)}", app=app
+            )
         if kind == "payment":
             status = rng.choices(("success", "failed", "pending"), (90, 7, 3))[0]
-            pay = Payment(upi_ref=utr(rng), payer_vpa=vpa(rng), amount=rng.choice((20, 30, 49.5, 60, 99)), status=status)
+            pay = Payment(
+                upi_ref=utr(rng), payer_vpa=vpa(rng), amount=rng.choice((20, 30, 49.5, 60, 99)), status=status
+            )
             return PaymentEvent(**self._base(c), payment=pay, user_id=f"U-{rng.randrange(10000, 99999)}")
-        return Diagnostics(**self._base(c) | {"locker_id": None}, firmware=c.firmware, rssi=rng.randint(-95, -55), status="ok")
+        return Diagnostics(
+            **self._base(c) | {"locker_id": None}, firmware=c.firmware, rssi=rng.randint(-95, -55), status="ok"
+        )
 
     def awkward(self, c: _Cabinet, case: str) -> tuple[str, dict[str, Any]]:
         """(kind, payload) for one awkward case: a dict, since most are outside the schema."""
@@ -109,7 +145,9 @@ class _Sites:
         base = self._base(c)
         if case in ("pin_access", "face_access", "otp_field", "face_and_snapshot"):
             mode = {"pin_access": "pin", "face_access": "face", "otp_field": "app"}.get(case, "card")
-            body = msgspec.to_builtins(AccessEvent(**base, access=self._access(mode), user_id=f"U-{rng.randrange(10000, 99999)}"))
+            body = msgspec.to_builtins(
+                AccessEvent(**base, access=self._access(mode), user_id=f"U-{rng.randrange(10000, 99999)}")
+            )
             blob = base64.b64encode(rng.randbytes(24)).decode()
             if case == "pin_access":
                 body["access"]["credential"] = f"{rng.randrange(10**6):06d}"
@@ -128,7 +166,10 @@ class _Sites:
                 pay["upi_pin"] = f"{rng.randrange(10**6):06d}"
             elif case == "card_in_note":
                 card, phone = card_number(rng), mobile(rng)
-                body["note"] = f"UPI failed, customer paid with card {' '.join(card[i:i + 4] for i in range(0, 16, 4))}, call {phone[3:8]} {phone[8:]}"
+                body["note"] = (
+                    "UPI failed, customer paid with card "
+                    f"{' '.join(card[i : i + 4] for i in range(0, 16, 4))}, call {phone[3:8]} {phone[8:]}"
+                )
             elif case == "card_number_field":
                 pay["card_number"] = card_number(rng)
             else:
@@ -137,13 +178,21 @@ class _Sites:
         if case in ("operator_password", "error_ipv6_token", "gps_fix"):
             body = msgspec.to_builtins(self.message(c, "diagnostics"))
             if case == "operator_password":
-                body["operator"] = {"id": rng.choice(self.operators).id, "password": f"jenix@{rng.randrange(1000, 9999)}"}
+                body["operator"] = {
+                    "id": rng.choice(self.operators).id,
+                    "password": f"jenix@{rng.randrange(1000, 9999)}",
+                }
             elif case == "error_ipv6_token":
                 addr = f"2406:da1a:{rng.randrange(0x10000):x}::{rng.randrange(0x10000):x}"
-                body["error"] = {"code": "E42", "message": f"MQTT reconnect to {addr} failed, token={rng.getrandbits(64):016x}"}
+                body["error"] = {
+                    "code": "E42",
+                    "message": f"MQTT reconnect to {addr} failed, token={rng.getrandbits(64):016x}",
+                }
             else:
                 lat, lon = _SITES[c.site]
-                body["location"] = msgspec.to_builtins(Fix(lat=round(lat + rng.uniform(-0.002, 0.002), 6), lon=round(lon + rng.uniform(-0.002, 0.002), 6)))
+                body["location"] = msgspec.to_builtins(
+                    Fix(lat=round(lat + rng.uniform(-0.002, 0.002), 6), lon=round(lon + rng.uniform(-0.002, 0.002), 6))
+                )
             return "diagnostics", body
         body = msgspec.to_builtins(self.message(c, "event"))
         if case == "epoch_ms":
@@ -151,7 +200,9 @@ class _Sites:
         elif case == "unknown_event":
             body.update(event=f"relay_glitch_0x{rng.randrange(256):02x}")
         elif case == "vendor_topic":
-            body.update(vendor_dbg=f"crc={rng.getrandbits(16):04x}", relay={"ch": rng.randint(1, 8), "ms": rng.randint(80, 200)})
+            body.update(
+                vendor_dbg=f"crc={rng.getrandbits(16):04x}", relay={"ch": rng.randint(1, 8), "ms": rng.randint(80, 200)}
+            )
             return "raw", body
         elif case == "nulls":
             body.update(board_id=None, status=None)

@@ -63,7 +63,10 @@ class Replace(FieldRule, tag="replace"):
 
     def build(self, env: BuildEnv) -> Transform:
         constant = self.value
-        return fusable(lambda _: constant, lambda p: ("v is not UNSET and v is not None", [f"v = {p}value"], {f"{p}value": constant}))
+        return fusable(
+            lambda _: constant,
+            lambda p: ("v is not UNSET and v is not None", [f"v = {p}value"], {f"{p}value": constant}),
+        )
 
 
 class Generalise(FieldRule, tag="generalise"):
@@ -86,7 +89,11 @@ class Generalise(FieldRule, tag="generalise"):
             generalise = lambda v: table.get(v if v.__class__ is str else _key(v), default)  # noqa: E731
 
             def fuse(p: str) -> tuple[str, list[str], dict]:
-                return "v.__class__ is str", [f"v = {p}table.get(v, {p}default)"], {f"{p}table": table, f"{p}default": default}
+                return (
+                    "v.__class__ is str",
+                    [f"v = {p}table.get(v, {p}default)"],
+                    {f"{p}table": table, f"{p}default": default},
+                )
 
             return fusable(generalise, fuse)
         prefixes = sorted(table, key=len, reverse=True)

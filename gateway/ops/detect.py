@@ -193,22 +193,23 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 # A keyword may carry a prefix (db_password, client-secret, x.api_key, refreshToken) but not
 # be the tail of a word (keypin, spinner); "pass" only with a prefix (DB_PASS).
 _KEYWORD = r"""(?:
-    (?<![A-Za-z0-9])(?i:password|passwd|passphrase|pwd|secret|token|api[_-]?key|access[_-]?key
-        |private[_-]?key|credentials?|upi[_-]?pin|pin|otp)
+    (?<![A-Za-z0-9])(?i:password|passwd|passphrase|passcode|pwd|secret|token|api[_-]?key|access[_-]?key
+        |private[_-]?key|credentials?|upi[_-]?pin|m?pin|otp|cvv2?|cvc2?)
   | (?<=[_.-])(?i:pass)
   | (?<=[a-z0-9])(?:P(?:assword|asswd|assphrase|wd|in|ASSWORD|IN)|S(?:ecret|ECRET)|T(?:oken|OKEN)
         |A(?:pi_?[Kk]ey|ccess_?[Kk]ey|PI_?KEY)|O(?:tp|TP)|C(?:redentials?|REDENTIALS?)|PrivateKey))
   (?:[_.-]?(?i:key|code|value|hash))?"""
 _SECRET = re.compile(
-    rf"""(?<![A-Za-z0-9])(?i:proxy-)?(?i:authorization)["']?\s*[=:]\s*["']?
+    rf"""(?=[A-Da-dMmOoPpSsTtUu])  # the first letters of the keywords: other positions fail fast
+    (?:(?<![A-Za-z0-9])(?i:proxy-)?(?i:authorization)["']?\s*[=:]\s*["']?
         (?:(?i:bearer|basic|token|digest|negotiate|ntlm|apikey|hmac|jwt)\s+)?(?P<auth>[^\s"',;&}}]+)
   | (?<![A-Za-z0-9])(?i:bearer|basic|token)\s++(?=[A-Za-z0-9._~+/=-]*?(?:[0-9+/=]|[a-z][A-Z]))
         (?P<bearer>[A-Za-z0-9._~+/=-]{{8,}})
-  | {_KEYWORD}["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}}]+)
-  | (?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@""",
+  | {_KEYWORD}["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}}]+))""",
     re.VERBOSE,
 )
-_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|credential")
+_USERINFO = re.compile(r"(?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@")
+_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|credential|cvv|cvc")
 _AT = re.compile(r"(?<![\w.%+-])(?P<local>[\w.%+-]++)@(?P<domain>[\w-]++(?:\.[\w-]++)*+)")
 # An IPv4 address may be followed by a full stop, a letter or other glue ("203.0.113.77.",
 # "198.51.100.23.jpg", "203.0.113.77abc"), not by another number ("1.2.3.4.5").
@@ -219,12 +220,15 @@ _IPV6 = re.compile(
     re.ASCII,
 )
 # A run of digit groups joined by single separators: spaces, tabs and dashes (strong), or
-# ".", "/" and "_" (weak, see _window). Letters may touch it ("card4111...", "tel98765...").
-_SEP = r"[ \t./_-]"
+# ".", "/" and "_" (weak, see _digit_run). Letters may touch it ("card4111...", "tel98765...").
+_SEP = r"(?:[ \t-]{1,3}+|[./_])"  # "4111  1111", "4111 - 1111": up to three spaces and dashes
 # The pattern starts with a digit class so that the regex engine skips other characters at
-# C speed; a "+" or "(" just before the first digit is added by _digit_runs.
+# C speed; a "+" or "(" just before the first digit is added by _digit_runs. A run holds 10
+# or more digits, or 8 after a "+": fewer is no identifier.
 _DIGITS = re.compile(
-    rf"\d(?<![0-9].)(?<!\d[.,].)(?=(?:\)?{_SEP}?\(?\d){{5}})(?>\d*+(?:\)?{_SEP}?\(?\d++)*+\)?)",
+    rf"\d(?<![0-9].)(?<!\d[.,].)"
+    rf"(?:(?<=\+.)(?=(?:\)?{_SEP}?\(?\d){{7}})|(?<=\+\(.)(?=(?:\)?{_SEP}?\(?\d){{7}})|(?=(?:\)?{_SEP}?\(?\d){{9}}))"
+    rf"(?>\d*+(?:\)?{_SEP}?\(?\d++)*+\)?)",
     re.ASCII,
 )
 _COARSE = re.compile(
@@ -469,6 +473,8 @@ def _pair(m: re.Match) -> bool:
 def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]:
     """``(detector, start, end)`` for every enabled identifier (and every precise coordinate
     pair), in order, not overlapping, as spans of ``text``."""
+    if text.isascii() and "%" not in text and "&#" not in text and "\\u" not in text:
+        return _find(text, enabled)  # the common case, read as it is
     norm, spans = normalise(text)
     hits = _find(norm, enabled)
     if spans is None or not hits:
@@ -489,10 +495,13 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
     raw = text.encode("utf-8", "surrogatepass")
     digits = len(raw) - len(raw.translate(None, _DIGIT_BYTES))
     hits: list[tuple[int, int, str]] = []
-    if "secret" in enabled and (b"://" in raw or _SECRET_WORDS.search(raw.lower())):
-        for m in _SECRET.finditer(text):
-            group = m.lastgroup
-            hits.append((m.start(group), m.end(group), "secret"))
+    if "secret" in enabled:
+        if _SECRET_WORDS.search(raw.lower()):
+            for m in _SECRET.finditer(text):
+                group = m.lastgroup
+                hits.append((m.start(group), m.end(group), "secret"))
+        if b"://" in raw:
+            hits.extend((m.start(1), m.end(1), "secret") for m in _USERINFO.finditer(text))
     if b"@" in raw and not enabled.isdisjoint(("email", "upi_vpa")):
         for m in _AT.finditer(text):
             kind = _at(m)

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
@@ -81,7 +82,9 @@ class Pseudonymise(FieldRule, tag="pseudonymise"):
     link_domain: str = ""  # share pseudonyms with other packs declaring the same name ("" = the policy's)
     keep_prefix: int = 0  # keep the first N characters, e.g. 8 for an IMEI's type code (TAC)
     keep_after: str = ""  # keep what follows the last separator, e.g. "@" for a UPI bank handle
-    shape: Literal["", "imei", "vpa"] = ""  # what a value must be for its affix to be kept
+    # What a value must be for its affix to be kept: by default "imei" with keep_prefix and "vpa"
+    # with keep_after = "@" (any other separator needs a pattern).
+    shape: Literal["auto", "imei", "vpa"] = "auto"
     pattern: str = ""  # or a regular expression the whole value must match
     handles: list[str] = []  # shape "vpa": the bank handles that may be kept ([] = any of letters)
     on_mismatch: Literal["pseudonymise", "reject"] = "pseudonymise"  # a value without the shape
@@ -98,21 +101,24 @@ class Pseudonymise(FieldRule, tag="pseudonymise"):
         if self.link_domain and not LINK.fullmatch(self.link_domain):
             raise ValueError("link_domain must match [a-z][a-z0-9_-]* (at most 63 characters)")
         affix = bool(self.keep_prefix or self.keep_after)
-        if affix and not (self.shape or self.pattern):
-            raise ValueError(
-                "keep_prefix and keep_after need shape or pattern: what a value must look like for part of it "
-                'to be kept in clear (e.g. shape = "imei" with keep_prefix = 8, shape = "vpa" with keep_after = "@")'
-            )
-        if not affix and (self.shape or self.pattern or self.handles or self.on_mismatch != "pseudonymise"):
+        if not affix and (self.shape != "auto" or self.pattern or self.handles or self.on_mismatch != "pseudonymise"):
             raise ValueError("shape, pattern, handles and on_mismatch go with keep_prefix or keep_after")
-        if self.shape and self.pattern:
+        if self.shape != "auto" and self.pattern:
             raise ValueError("use shape or pattern, not both")
+        if affix and self.shape == "auto" and not self.pattern:
+            if self.keep_after and self.keep_after != "@":
+                raise ValueError(f"keep_after = {self.keep_after!r} needs a pattern: what a value must look like "
+                                 "for the part after it to be kept in clear")
+            if self.keep_prefix > 8:
+                raise ValueError("keep_prefix above 8 needs a pattern: what a value must look like for its "
+                                 "prefix to be kept in clear (the default shape, imei, keeps at most the 8-digit TAC)")
         if self.shape == "imei" and not 1 <= self.keep_prefix <= 8:
             raise ValueError('shape = "imei" goes with keep_prefix between 1 and 8 (the type allocation code)')
         if self.shape == "vpa" and self.keep_after != "@":
             raise ValueError('shape = "vpa" goes with keep_after = "@"')
-        if self.handles and self.shape != "vpa":
-            raise ValueError('handles go with shape = "vpa"')
+        vpa = self.shape == "vpa" or (self.shape == "auto" and not self.pattern and self.keep_after == "@")
+        if self.handles and not vpa:
+            raise ValueError('handles go with shape = "vpa" (the default with keep_after = "@")')
         bad = [h for h in self.handles if not HANDLE.fullmatch(h)]
         if bad:
             raise ValueError(f"handles must be lower-case bank handles such as okaxis, got {bad[:3]}")
@@ -127,11 +133,13 @@ class Pseudonymise(FieldRule, tag="pseudonymise"):
         return pseudonymiser(env.keyring, env.epochs, self, env.cache_size, key_scope)
 
 
-def affix_of(rule: Pseudonymise):
+def affix_of(rule: Pseudonymise) -> Callable[[str], str | None]:
     """``text -> kept part or None``: the affix ``rule`` may keep of a value, if it has the declared
     shape and the leak guard finds nothing in that part."""
     prefix, after, shape, handles = rule.keep_prefix, rule.keep_after, rule.shape, frozenset(rule.handles)
     pattern = re.compile(rule.pattern) if rule.pattern else None
+    if shape == "auto" and pattern is None:
+        shape = "imei" if prefix else "vpa"
 
     def affix(text: str) -> str | None:
         if shape == "imei":
@@ -161,7 +169,7 @@ def pseudonymiser(
 
     A closure rather than a class: it is called once per field per message."""
     cache = BoundedCache(cache_size)
-    state: list = [None, -1]  # HMAC object of the current epoch, its generation
+    state: list[Any] = [None, -1]  # HMAC object of the current epoch, its generation
     kid, length, prefix = keyring.active, rule.length, rule.keep_prefix
     affix = affix_of(rule) if (rule.keep_prefix or rule.keep_after) else None
     reject, label = rule.on_mismatch == "reject", rule.label()
@@ -175,7 +183,7 @@ def pseudonymiser(
     def pseudonymise(value: str | int) -> str:
         if state[1] != epochs.generation:
             rekey()
-        hit = cache.get(value)
+        hit: str | None = cache.get(value)
         if hit is not None:
             return hit
         text = str(value)
@@ -191,14 +199,15 @@ def pseudonymiser(
                 token = f"{part}-{token}"
             else:
                 token = f"{token}{part}"
-        return cache.put(value, token)
+        cache.put(value, token)
+        return token
 
     def refresh() -> None:
         """Re-key now if the epoch rolled over (the fused form below reads the cache directly)."""
         if state[1] != epochs.generation:
             rekey()
 
-    def fuse(p: str) -> tuple[str, list[str], dict]:
+    def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:
         # A cache hit without the call (the cache never holds None or UNSET). Only valid while
         # whoever runs the fused code calls ``refresh`` when the epoch generation changes:
         # Engine.process does, before a message.
@@ -247,13 +256,15 @@ def encryptor(keyring: Keyring, cache_size: int, key_scope: str = "pack:", domai
     cache = BoundedCache(cache_size)
 
     def encrypt(value: str | int) -> str:
-        hit = cache.get(value)
+        hit: str | None = cache.get(value)
         if hit is not None:
             return hit
         sealed = seal(str(value).encode("utf-8", "surrogatepass"), None)
-        return cache.put(value, prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode())
+        token = prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
+        cache.put(value, token)
+        return token
 
-    def fuse(p: str) -> tuple[str, list[str], dict]:  # a cache hit without the call
+    def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:  # a cache hit without the call
         return f"(r := {p}cache.get(v)) is not None", ["v = r"], {f"{p}cache": cache}
 
     return fusable(encrypt, fuse)

@@ -116,7 +116,9 @@ class CoarsenLocation(Rule, tag="coarsen_location"):
             if zones or fixed is not None or snap_fuse is None:
                 return None
             lines, names = snap_fuse(p)
-            test = "-90.0 <= la <= 90.0 and -180.0 <= lo < 180.0" + ("" if consented == "False" else f" and not ({consented})")
+            test = "-90.0 <= la <= 90.0 and -180.0 <= lo < 180.0" + (
+                "" if consented == "False" else f" and not ({consented})"
+            )
             return test, lines, names
 
         coarsen_location.fuse = fuse  # type: ignore[attr-defined]

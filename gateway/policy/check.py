@@ -70,7 +70,9 @@ def run_test(engine: Engine, test: Test, output: str) -> str | None:
         if test.expect_topic is not None and result.topic != test.expect_topic:
             return f"upstream topic differs: expected {test.expect_topic!r}, got {result.topic!r}"
         return None
-    why = f"{result.reason}" + (f" (rule {result.rule}" + (f", {result.detail})" if result.detail else ")") if result.rule else "")
+    why = f"{result.reason}" + (
+        f" (rule {result.rule}" + (f", {result.detail})" if result.detail else ")") if result.rule else ""
+    )
     if not test.expect_drop:
         return f"expected output, but the message was dropped: {why}"
     if test.expect_reason is not None and test.expect_reason != result.reason:

@@ -15,6 +15,7 @@ The generated source is kept on each function (``__source__``) for debugging.
 
 from __future__ import annotations
 
+import linecache
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -59,6 +60,18 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
     this stricter decode refuses for any reason goes to ``run_full``, which decodes
     it again with the plan's own type and checks every kept value.
     """
+    _BUILDING.append(plan.name)
+    _SOURCES.append([])
+    try:
+        run = _build_runner(plan, sample, scan, coarsen, helpers)
+        run.__sources__ = _SOURCES[-1]
+        return run
+    finally:
+        _BUILDING.pop()
+        _SOURCES.pop()
+
+
+def _build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, helpers: dict[str, Any]) -> Callable:
     ns = _namespace(scan, coarsen)
     ns.update(helpers)
     ns.update(plan=plan, stats=plan.stats, decode=plan.decode, encode=plan.encode, conditions=plan.conditions)
@@ -98,7 +111,9 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
             lines += ["granted = EMPTY if consents is NO_CONSENT else granted_of(plan, obj, device, consents)"]
         else:
             lines += ["granted = EMPTY"]  # no rule of this plan depends on consent
-        guard = _guard(root, ns, plan.leak_guard, scan, coarsen, lambda label, kind: f"return leak({label}, {kind})", skip)
+        guard = _guard(
+            root, ns, plan.leak_guard, scan, coarsen, lambda label, kind: f"return leak({label}, {kind})", skip
+        )
         return [
             *lines,
             "try:",
@@ -152,8 +167,8 @@ def bounded_struct(node: Node, steps: list[Step]) -> type:
     for f in msgspec.structs.fields(node.struct):
         kind = f.type
         if f.name in attrs:
-            assert kind == int | None | UnsetType or kind == int, kind  # what _finish declares for a kept integer
-            kind = small | None | UnsetType if kind != int else small
+            assert kind == int | None | UnsetType or kind is int, kind  # what _finish declares for a kept integer
+            kind = small | None | UnsetType if kind is not int else small
         fields.append((f.name, kind, f.default if f.required is False else msgspec.NODEFAULT))
     rename = {f.name: f.encode_name for f in msgspec.structs.fields(node.struct)}
     return msgspec.defstruct(node.struct.__name__ + "Bounded", fields, kw_only=True, rename=rename, gc=False)
@@ -168,6 +183,17 @@ def _namespace(scan: Callable, coarsen: Callable) -> dict[str, Any]:
 
 def _uses_consent(node: Node) -> bool:
     return any(loc.rule.consent for loc in node.locations) or any(_uses_consent(s.child) for s in node.children)
+
+
+def _why(rule: Any) -> str:
+    """A rule's label for a comment in generated code (one line, no quote tricks)."""
+    text = rule.label() if rule is not None else "read only"
+    return " ".join(str(text).split())[:80]
+
+
+def _comment(step: Step) -> str:
+    """``# <key>: <operation> (<rule>)`` above the statements of one field."""
+    return f"# {step.key}{'[]' if step.array else ''}: {step.op} ({_why(step.rule)})"
 
 
 def _indent(lines: list[str], levels: int) -> list[str]:
@@ -192,6 +218,7 @@ def _apply(
     for i, step in enumerate(node.drops):
         ns[f"d{i}"] = step
         lines += [
+            _comment(step),
             f"if obj.{step.attr} is not UNSET:",
             f"    obj.{step.attr} = UNSET",
             f"    {count(f'd{i}', step.op)}",
@@ -201,7 +228,7 @@ def _apply(
         fuse = getattr(step.fn, "fuse", None)
         fused = fuse(f"_{i}_") if fuse is not None and not step.array else None
         tally = count(f"s{i}", step.op)
-        lines.append(f"v = obj.{step.attr}")
+        lines += [_comment(step), f"v = obj.{step.attr}"]
         if fused is not None:  # the operation's common case inline, the rest a call
             test, op, names = fused
             ns.update(names)
@@ -225,6 +252,7 @@ def _apply(
         fuse = getattr(loc.fn, "fuse", None)
         fused = fuse(f"_loc{i}_", consented) if fuse is not None else None
         tally = count(f"loc{i}", "coarsen_location")
+        lines.append(f"# {loc.lat.key}, {loc.lon.key}: coarsen_location ({_why(loc.rule)})")
         call = [
             f"pt = cl{i}(la, lo, {consented})",
             "if pt is None:",
@@ -253,7 +281,8 @@ def _apply(
     for i, step in enumerate(node.children):
         child_apply, child_guard = build(step.child, guard, scan, coarsen)
         ns[f"ca{i}"], ns[f"cg{i}"] = child_apply, child_guard
-        lines += [f"v = obj.{step.attr}", "if v is not UNSET and v is not None:"]
+        lines += [f"# {step.key}{'[]' if step.array else ''}: the nested object's rules (ca{i})",
+                  f"v = obj.{step.attr}", "if v is not UNSET and v is not None:"]
         if step.array:
             lines += ["    for e in v:", "        if e is not None:", f"            ca{i}(e, granted)"]
         else:
@@ -281,6 +310,7 @@ def _guard(
         if any(step is s for s in skip):
             continue
         ns[f"k{i}"], ns[f"e{i}"], ns[f"l{i}"] = step.key, step.enabled if guard else frozenset(), step.label
+        lines.append(f"# leak guard: {step.key}{'[]' if step.array else ''} (kept by {step.label!r})")
         kind = getattr(step.rule, "type", "any")
         if step.array:  # ``path[]``: the value is a list of that type
             kind = "array"
@@ -349,9 +379,28 @@ def _guard(
 
 
 def _define(lines: list[str], ns: dict[str, Any], name: str) -> Callable:
+    """Compile generated ``lines`` defining ``name``, under a file name that carries the policy and is
+    registered in ``linecache`` (as attrs does), so a traceback through it shows the line and the
+    comment naming the field and rule; the source is also kept on the function (``__source__``)."""
+    global _SERIAL
     source = "\n".join(lines) + "\n"
+    _SERIAL += 1
+    filename = f"<gateway policy {_BUILDING[-1] if _BUILDING else '?'}: {name} #{_SERIAL}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     local: dict[str, Any] = {}
-    exec(compile(source, f"<plan {name}>", "exec"), dict(ns), local)
+    exec(compile(source, filename, "exec"), dict(ns), local)
     fn = local[name]
     fn.__source__ = source
+    if _SOURCES:
+        _SOURCES[-1].append((filename, source))
     return fn
+
+
+_SERIAL = 0
+_BUILDING: list[str] = []  # the policy whose code is being generated (compiling is single-threaded)
+_SOURCES: list[list[tuple[str, str]]] = []  # its generated functions, for ``gateway check --dump-code``
+
+
+def sources(run: Callable) -> list[tuple[str, str]]:
+    """``(file name, source)`` of every function generated for a plan's ``run``, outermost last."""
+    return list(getattr(run, "__sources__", []))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -85,7 +86,7 @@ class Condition:
     unless_test: Any = None
 
 
-def matcher(m: Match):
+def matcher(m: Match) -> Callable[[Any], bool]:
     """``value -> bool`` for one ``drop_when`` test; text compared folded (see model.fold)."""
     if m.present is not None:
         want = m.present
@@ -292,14 +293,25 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
     for name, rule in _constants(policy):
         hit = _first_leak(rule)
         if hit:
-            raise fail(f"this rule writes a constant that looks like a {hit}: the leak guard would block every message", name)
+            raise fail(
+                f"this rule writes a constant that looks like a {hit}: the leak guard would block every message", name
+            )
 
     for name, rule in policy.route.capture.items():
-        constants = [rule.value] if rule.op_name() == "replace" else [*rule.map.values(), rule.default] if rule.op_name() == "generalise" else []
+        constants = (
+            [rule.value]
+            if rule.op_name() == "replace"
+            else [*rule.map.values(), rule.default]
+            if rule.op_name() == "generalise"
+            else []
+        )
         if rule.op_name() == "mask":
             constants = [rule.char]
         if any(safe_level(c) is None for c in constants):
-            raise fail("this capture rule writes a value that is not a topic level (empty, '/', '+' or '#')", f"route.capture.{name}")
+            raise fail(
+                "this capture rule writes a value that is not a topic level (empty, '/', '+' or '#')",
+                f"route.capture.{name}",
+            )
     locations = [r for r in policy.field if isinstance(r, CoarsenLocation)]
     if any(r.consent for r in locations) and not meta.device:
         raise fail("a consent-dependent rule needs [policy] device, to know whose consent counts", "policy.device")

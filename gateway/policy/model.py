@@ -11,15 +11,38 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeAlias, get_args
 
 import msgspec
 
-from gateway.ops import FIELD_RULES, TOPIC_RULES
+from gateway.ops import (
+    FIELD_RULES,
+    TOPIC_RULES,
+    Bucket,
+    BucketTime,
+    CoarsenLocation,
+    Drop,
+    Encrypt,
+    Generalise,
+    Keep,
+    Mask,
+    Pseudonymise,
+    Replace,
+    Round,
+    Scrub,
+    TruncateIp,
+)
 from gateway.ops.base import SCALAR
 
-FieldRuleT = Union[FIELD_RULES]  # tagged on "op"
-TopicRuleT = Union[TOPIC_RULES]
+# Spelled out so type checkers see the members; tagged on "op". The checks keep them equal to
+# the registries in gateway/ops/__init__.py, which the docs tests and `gateway check` walk.
+FieldRuleT: TypeAlias = (
+    Keep | Drop | Pseudonymise | Encrypt | TruncateIp | CoarsenLocation
+    | Round | Bucket | BucketTime | Mask | Replace | Generalise | Scrub
+)  # fmt: skip
+TopicRuleT: TypeAlias = Keep | Pseudonymise | Encrypt | Mask | Replace | Generalise
+assert set(get_args(FieldRuleT)) == set(FIELD_RULES), "FieldRuleT must list every FIELD_RULES member"
+assert set(get_args(TopicRuleT)) == set(TOPIC_RULES), "TopicRuleT must list every TOPIC_RULES member"
 LABEL = re.compile(r"[a-z][a-z0-9_]{0,62}")
 # Reasons the engine itself rejects a message for (metric label values); a
 # policy's own drop_when reasons may not reuse them.
@@ -63,7 +86,9 @@ class Meta(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("max_bytes must be between 1 and 16777216")
         if not 1 <= self.max_depth <= 64:
             raise ValueError("max_depth must be between 1 and 64")
-        if self.device is not None and not re.fullmatch(r"\{[a-z_][a-z0-9_]*\}|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*", self.device):
+        if self.device is not None and not re.fullmatch(
+            r"\{[a-z_][a-z0-9_]*\}|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*", self.device
+        ):
             raise ValueError('device is "{capture}" (a topic level) or a dotted payload path such as "imei"')
         if self.link_domain and not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", self.link_domain):
             raise ValueError("link_domain must match [a-z][a-z0-9_-]* (at most 63 characters)")
@@ -85,6 +110,8 @@ def fold(text: str) -> str:
     """Text as ``drop_when`` compares it: NFKC, case-folded, without white space or invisible
     (control and format) characters, so ``"PIN"``, ``" pin "``, fullwidth ``"\\uff30in"`` and
     ``"p\\u200bin"`` are one."""
+    if text.isascii() and text.isalnum():  # the common case, e.g. "card": nothing to normalise or remove
+        return text.lower()
     text = unicodedata.normalize("NFKC", text).casefold()
     return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf"))
 

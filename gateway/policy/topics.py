@@ -52,7 +52,7 @@ class TopicFilter:
             return None
         if levels[0].startswith("$") and (self.levels[:1] == [None] or not self.levels):
             return None  # a filter starting with a wildcard never matches $SYS-style topics (MQTT 4.7.2)
-        for want, got in zip(self.levels, levels):
+        for want, got in zip(self.levels, levels, strict=False):  # levels may be longer under a "#"
             if want is not None and want != got:
                 return None
         return {name: levels[i] for i, name in self.names}

@@ -89,7 +89,7 @@ class Endpoint(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     @property
     def tls(self) -> bool:
-        return self.url.startswith("mqtts://")
+        return urlsplit(self.url).scheme == "mqtts"  # urlsplit lower-cases the scheme: "MQTTS://" is TLS too
 
     @property
     def port(self) -> int:
@@ -176,7 +176,7 @@ class Metrics(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.listen:
-            host, sep, port = self.listen.rpartition(":")
+            _host, sep, port = self.listen.rpartition(":")
             if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
                 raise ValueError('listen must be "host:port"')
 
@@ -251,7 +251,7 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.listen:
-            host, sep, port = self.listen.rpartition(":")
+            _host, sep, port = self.listen.rpartition(":")
             if not sep or not port.isdigit():
                 raise ValueError('listen must be "host:port"')
         if self.allowed_imeis is not None and self.allowed_imeis_file:

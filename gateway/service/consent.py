@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.policy.topics import TopicFilter
+from gateway.service.consent_store import WatermarkStore
 
 __all__ = ["RESULTS", "ConsentKeyError", "Consents", "Record", "load_private_key", "public_key", "sign", "signed_bytes"]
 
@@ -107,7 +108,7 @@ class Consents:
     """device id -> purposes granted, kept up to date from signed ``<template>`` records."""
 
     def __init__(self, template: str, keys: Iterable[Ed25519PublicKey] = (), max_entries: int = 100_000,
-                 max_clock_skew_s: int = 300) -> None:
+                 max_clock_skew_s: int = 300, store: WatermarkStore | None = None) -> None:
         self.filter = TopicFilter(template)
         names = dict((n, i) for i, n in self.filter.names)
         if set(names) != {"device", "purpose"}:
@@ -122,6 +123,7 @@ class Consents:
         self._floor: float = float("-inf")
         self._expiries: list[tuple[int, tuple[str, str], int]] = []  # heap of (expires_at, key, issued_at)
         self.next_expiry = float("inf")
+        self.store = store  # watermarks kept across restarts (None: in memory only)
 
     @property
     def subscription(self) -> str:
@@ -161,6 +163,18 @@ class Consents:
         if rec.issued_at > now + self.max_clock_skew_s:
             return "invalid"  # from the future: a wrong clock, or a record made to outlive revocations
         key = (device, purpose)
+        store = self.store
+        if store is not None:
+            mark = store.get(device, purpose)
+            if mark is not None and rec.issued_at < mark:
+                return "stale"  # older than a record accepted before, perhaps before a restart
+        result = self._apply(key, rec, now)
+        if store is not None and result in ("granted", "revoked", "expired"):
+            store.set(device, purpose, rec.issued_at)
+        return result
+
+    def _apply(self, key: tuple[str, str], rec: Record, now: float) -> str:
+        device, purpose = key
         in_force = self._grants.get(key)
         revoked_at = self._revoked.get(key)
         if in_force is not None and (rec.issued_at < in_force or (rec.issued_at == in_force and rec.granted)):

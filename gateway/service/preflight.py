@@ -44,7 +44,7 @@ class StartupError(Exception):
 
 
 def check_files(cfg: Config) -> None:
-    """Resolve both brokers' secrets, load their TLS files, read the GT06 allow-list, check the spool folder."""
+    """Resolve both brokers' secrets, load their TLS files, read the trackers' allow-lists, check the spool folder."""
     for side, ep in (("local", cfg.local), ("cloud", cfg.cloud)):
         try:
             ep.credentials()
@@ -53,11 +53,13 @@ def check_files(cfg: Config) -> None:
             named = re.search(r"\((\w+_env)\)", str(exc))  # "environment variable X (password_env) ..."
             key = named.group(1) if named else str(exc).split(" ", 1)[0]
             raise StartupError(f"[{side}] {key}", str(exc), text=f"[{side}] {exc}") from None
-    if cfg.ingest.gt06.listen:
-        try:
-            cfg.ingest.gt06.allow_list()
-        except ConfigError as exc:
-            raise StartupError("[ingest.gt06] allowed_imeis_file", str(exc), text=f"[ingest.gt06] {exc}") from None
+    for name, ingest, key in (("gt06", cfg.ingest.gt06, "allowed_imeis_file"),
+                              ("jt808", cfg.ingest.jt808, "allowed_terminals_file")):
+        if ingest.listen:
+            try:
+                ingest.allow_list()
+            except ConfigError as exc:
+                raise StartupError(f"[ingest.{name}] {key}", str(exc), text=f"[ingest.{name}] {exc}") from None
     folder = Path(cfg.spool.path).parent
     existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -72,8 +74,10 @@ def check_engine(cfg: Config) -> Engine:
         return build_engine(cfg)
     except KeyFileError as exc:
         raise StartupError("keys_file", str(exc)) from None
-    except (PolicyError, PolicySetError) as exc:
+    except (PolicyError, PolicySetError) as exc:  # also a pack's signature (trusted_policy_keys)
         raise StartupError("policies", str(exc)) from None
+    except ConfigError as exc:  # e.g. a dead_letter prefix a policy subscribes to: the message starts with the key
+        raise StartupError(str(exc).split(" ", 1)[0].rstrip(":"), str(exc)) from None
     except OSError as exc:
         raise StartupError("policies", f"{exc.filename or ''}: {exc.strerror or exc.__class__.__name__}") from None
 

@@ -8,10 +8,11 @@ until ``session_expiry_s`` ends them and their messages are lost.
 
 So worker 0 remembers the local client ids in use in a small file next to the
 spool (``<spool>.sessions.json``, with the broker it names). At start, each id
-recorded for the same broker but no longer in use is *swept*: connected once with
-its session, unsubscribed so nothing new arrives, its queue taken through the
-engine and uplink like any message (acknowledged only once safe), and then its
-session ended (a clean-start connection with session expiry 0). An id stays on
+recorded for the same broker but no longer in use is *swept*: connected with its
+session, unsubscribed so nothing new arrives, its queue taken through the engine
+and uplink like any message (acknowledged only once safe), connected again until a
+connection finds nothing queued, and only then its session ended (a clean-start
+connection with session expiry 0). An id stays on
 record until its sweep finished, so a crash mid-sweep retries at the next start.
 """
 
@@ -97,7 +98,35 @@ class Sweeper:
         self.filters = filters  # the subscriptions an old session may hold
 
     async def sweep(self, client_id: str) -> int:
-        """Drain and end ``client_id``'s session; returns the messages taken. Raises on connection errors."""
+        """Drain and end ``client_id``'s session; returns the messages taken. Raises on connection errors.
+
+        MQTT cannot say that a session's queue is empty, but a broker sends what is queued
+        right after CONNACK: so the session is connected again until one connection takes
+        nothing within ``IDLE_S``, and only then ended.
+        """
+        deadline = time.monotonic() + MAX_SWEEP_S
+        total = 0
+        first = True
+        while True:
+            taken = await self._drain_once(client_id, deadline, unsubscribe=first)
+            total += taken
+            first = False
+            if not taken:
+                break
+        # Everything taken is acknowledged and nothing more came: end the session (clean start, expiry 0).
+        ep = self.endpoint
+        user, password = ep.credentials()
+        end = Properties(PacketTypes.CONNECT)
+        end.SessionExpiryInterval = 0
+        async with Client(ep.host, ep.port, identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5,
+                          clean_start=True, properties=end, keepalive=ep.keepalive_s, username=user,
+                          password=password, tls_context=ep.tls_context(), timeout=10):
+            pass
+        return total
+
+    async def _drain_once(self, client_id: str, deadline: float, unsubscribe: bool) -> int:
+        """One connection with the old session: take messages until all are acknowledged and
+        nothing arrived (or was acknowledged) for ``IDLE_S``."""
         ep = self.endpoint
         user, password = ep.credentials()
         pending = 0
@@ -106,8 +135,9 @@ class Sweeper:
         raw_ack: Callable[[int], None] | None = None
 
         def ack(mid: int) -> None:
-            nonlocal pending
+            nonlocal pending, last
             pending -= 1
+            last = time.monotonic()  # the broker may now send more (its in-flight window has room)
             if raw_ack is not None:
                 raw_ack(mid)
 
@@ -128,21 +158,14 @@ class Sweeper:
                         on_message=on_message, timeout=10)
         enable_manual_acks(client)
         raw_ack = acker(client)
-        deadline = time.monotonic() + MAX_SWEEP_S
         async with client:
-            # Leave the groups first, so no new message is routed to this session.
-            await client.unsubscribe(sorted(set(self.filters())))
+            if unsubscribe:  # leave the groups first, so no new message is routed to this session
+                await client.unsubscribe(sorted(set(self.filters())))
+            last = max(last, time.monotonic())
             while pending or time.monotonic() - last < IDLE_S:
                 if client.is_disconnected:
                     raise aiomqtt.MqttError("the local broker went away during a session sweep")
                 if time.monotonic() > deadline:
                     raise TimeoutError("session sweep did not finish")
                 await asyncio.sleep(0.05)
-        # Everything taken is acknowledged: end the session (clean start, expiry 0).
-        end = Properties(PacketTypes.CONNECT)
-        end.SessionExpiryInterval = 0
-        async with Client(ep.host, ep.port, identifier=client_id, protocol=aiomqtt.ProtocolVersion.V5,
-                          clean_start=True, properties=end, keepalive=ep.keepalive_s, username=user,
-                          password=password, tls_context=ep.tls_context(), timeout=10):
-            pass
         return taken

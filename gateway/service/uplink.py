@@ -48,7 +48,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.service.client import Client
-from gateway.service.config import Endpoint, Reconnect
+from gateway.service.config import ConfigError, Endpoint, Reconnect
 from gateway.spool import Spool, SpoolError
 from gateway.telemetry import Metrics, get_logger
 
@@ -129,7 +129,7 @@ async def wait_first(*aws: Any, timeout: float | None = None) -> None:
     try:
         await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t, a in zip(tasks, aws):
+        for t, a in zip(tasks, aws, strict=True):
             if t is not a:
                 if t.done() and not t.cancelled():
                     t.exception()  # retrieved: the caller looks at the state, not at this result
@@ -139,7 +139,9 @@ async def wait_first(*aws: Any, timeout: float | None = None) -> None:
 class Uplink:
     """The cloud connection, the spool and the drain. Runs on the worker's event loop."""
 
-    def __init__(self, endpoint: Endpoint, client_id: str, spool: Spool, metrics: Metrics, reconnect: Reconnect) -> None:
+    def __init__(
+        self, endpoint: Endpoint, client_id: str, spool: Spool, metrics: Metrics, reconnect: Reconnect
+    ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self.spool = spool
@@ -305,6 +307,17 @@ class Uplink:
             self._arm_retry()
             self._check_pressure()
             return
+        if self.spool.disk_full:  # stored a prefix only: the rest waits like after an error
+            self._held = items[stored:]
+            for item in items[:stored]:
+                self._done(item)
+            self.metrics.spooled.inc(stored)
+            self._spool_failed(SpoolError("append", "full", "file system full"))
+            self._arm_retry()
+            self._update_gauges()
+            self._check_pressure()
+            self._wake.set()
+            return
         if not self.spool_writable:
             self.spool_writable, self.spool_error = True, ""
             self._retry_backoff.reset()
@@ -318,8 +331,13 @@ class Uplink:
             self.metrics.spool_refused.inc(len(items) - max(stored, held))
             if not self._full_logged:
                 self._full_logged = True
-                log.warning("spool_full", held=len(self._held), spool_bytes=self.spool.bytes,
-                            max_bytes=self.spool.max_bytes, action="not acknowledging; backlog waits at the local broker")
+                log.warning(
+                    "spool_full",
+                    held=len(self._held),
+                    spool_bytes=self.spool.bytes,
+                    max_bytes=self.spool.max_bytes,
+                    action="not acknowledging; backlog waits at the local broker",
+                )
         elif self._full_logged:
             self._full_logged = False
             log.info("spool_accepting_again", spool_bytes=self.spool.bytes)
@@ -458,9 +476,7 @@ class Uplink:
         if not entries and (self._pending or self._held):  # the spool refused them, though empty: free its space
             self.spool.compact()
             self.flush()
-            if self._held or self._pending:
-                return False  # retry after a backoff (never a busy loop: this path awaits nothing)
-            return True
+            return not (self._held or self._pending)  # False: retry after a backoff (this path awaits nothing)
         if not entries:
             if not self._pending and not self._held:
                 self.direct = True
@@ -583,10 +599,11 @@ def topic_pattern(topic: str) -> str:
 def describe(exc: BaseException | None) -> str:
     """An error for a log line: its class, plus the text of connection errors only.
 
-    MQTT and socket errors say things like "Connection refused"; any other exception's
-    text could quote a topic or payload, so only its class is logged."""
+    MQTT and socket errors say things like "Connection refused", and a ConfigError names
+    a key and a file or variable (a password file removed while running); any other
+    exception's text could quote a topic or payload, so only its class is logged."""
     if exc is None:
         return ""
-    if isinstance(exc, (aiomqtt.MqttError, OSError)):
+    if isinstance(exc, (aiomqtt.MqttError, OSError, ConfigError)):
         return f"{exc.__class__.__name__}: {exc}"
     return exc.__class__.__name__

@@ -41,6 +41,7 @@ from gateway.service.acks import acker, enable_manual_acks
 from gateway.service.client import Client
 from gateway.service.config import Config, ConfigError, load_config, restart_keys
 from gateway.service.consent import Consents
+from gateway.service.consent_store import WatermarkStore
 from gateway.service.deadletter import Sealer, check_prefix
 from gateway.service.sessions import Sweeper, local_ids, read_record, record_path, write_record
 from gateway.service.shadow import Shadow, ShadowMetrics
@@ -111,7 +112,9 @@ class Worker:
         self.engine: Engine | None = None
         self.shadow: Shadow | None = None
         self._shadow_metrics: ShadowMetrics | None = None
-        self.consents = _consents(cfg)
+        self.consents: Consents | None = None  # built in run(), with its watermark store next to the spool
+        self._consent_store: WatermarkStore | None = None
+        self._store_flush: asyncio.TimerHandle | None = None
         self.local: Client | None = None
         self.gen = 0
         self._ack: Any = None
@@ -124,6 +127,7 @@ class Worker:
         self._reject_logged: set[tuple[str, str]] = set()
         self._consent_logged: set[str] = set()
         self._sealer: Sealer | None = None
+        self._conn: Client | None = None  # the current local connection, from before its CONNACK
         self._trackers: Any = None  # the GT06 listener (worker 0, when configured)
         self._terminals: Any = None  # the JT/T 808 listener (worker 0, when configured)
         self.uplink: Uplink | None = None
@@ -139,6 +143,10 @@ class Worker:
         self.metrics.register_engine(self.engine)
         spool_path = cfg.spool.path if self.index == 0 else _indexed(cfg.spool.path, self.index)
         Path(spool_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if cfg.consent.topic:
+            self._consent_store = WatermarkStore(spool_path + ".consent.db", self.engine.keyring,
+                                                 2 * cfg.consent.max_entries)
+        self.consents = _consents(cfg, self._consent_store)
         spool = Spool(spool_path, cfg.spool.max_bytes)
         self.uplink = Uplink(cfg.cloud, self.cloud_id, spool, self.metrics, cfg.reconnect)
         self.metrics.config_reload_success.set(1)
@@ -183,6 +191,8 @@ class Worker:
                 await asyncio.gather(sweep, return_exceptions=True)
             await self._shutdown(down, up)
             spool.close()
+            if self._consent_store is not None:
+                self._consent_store.close()
             if http is not None:
                 http.shutdown()
         log.info("gateway_stopped", worker=self.index)
@@ -271,6 +281,7 @@ class Worker:
                 assert self.uplink is not None
                 self.uplink.local_gen = self.gen
                 self._ack = acker(client)
+                self._conn = client  # dead letters of that backlog go out on it too
                 self.uplink.pressure = client.pause_reading  # backpressure: see Uplink._check_pressure
                 async with client:
                     self.local = client
@@ -400,6 +411,7 @@ class Worker:
             result = consents.update(topic, payload)
             self.metrics.consent_updates.labels(result).inc()
             self.metrics.consent_entries.set(len(consents))
+            self._schedule_store_flush()
             if result in ("unauthenticated", "full") and result not in self._consent_logged:
                 self._consent_logged.add(result)  # once each: the counter has the rest
                 log.warning("consent_ignored", reason=result, entries=len(consents),
@@ -425,6 +437,22 @@ class Worker:
         self._rejected(result, topic, payload)
         if ack:
             ack()
+
+    def _schedule_store_flush(self) -> None:
+        """Consent watermarks reach the disk within half a second, in one transaction (a burst of
+        retained records after a (re)subscribe is thousands of updates)."""
+        store = self._consent_store
+        if store is not None and store.dirty and self._store_flush is None:
+            self._store_flush = asyncio.get_running_loop().call_later(0.5, self._flush_store)
+
+    def _flush_store(self) -> None:
+        self._store_flush = None
+        if self._consent_store is not None:
+            try:
+                self._consent_store.flush()
+            except Exception as exc:  # a full disk must not stop consent: the marks stay in memory
+                log.warning("consent_watermarks_unsaved", error=exc.__class__.__name__, action="retrying")
+                self._store_flush = asyncio.get_running_loop().call_later(5, self._flush_store)
 
     def _forward(
         self, result: Forward, ack: Callable[[], None] | None, gen: int, received: float, topic: str = ""
@@ -490,7 +518,7 @@ class Worker:
                         note="further rejections of this kind are only counted")
         dl, sealer = self.cfg.dead_letter, self._sealer
         if dl and sealer is not None:
-            client = self.local
+            client = self._conn
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = [("reason", result.reason), ("policy", name), ("rule", result.rule)]
             # Sealed for the key holder: the raw payload and topic are personal data.
@@ -515,7 +543,7 @@ class Worker:
             if blocked:
                 raise ConfigError(f"{', '.join(blocked)}: cannot change while running; restart to apply")
             engine, shadow = build_engines(new)
-            consents = self.consents if new.consent == self.cfg.consent else _consents(new)
+            consents = self.consents if new.consent == self.cfg.consent else _consents(new, self._consent_store)
             sealer = _dead_letters(new, engine)
             limits = new.ingest.gt06.limits() if self._trackers is not None else None
             jt808_limits = new.ingest.jt808.limits() if self._terminals is not None else None
@@ -558,14 +586,14 @@ def _dead_letters(cfg: Config, engine: Engine) -> Sealer | None:
     return Sealer(engine.keyring) if cfg.dead_letter else None
 
 
-def _consents(cfg: Config) -> Consents | None:
+def _consents(cfg: Config, store: WatermarkStore | None = None) -> Consents | None:
     c = cfg.consent
     if not c.topic:
         return None
     keys = c.verify_keys()
     if not keys:
         log.warning("consent_without_keys", action="every consent record is ignored until consent.public_keys is set")
-    return Consents(c.topic, keys, c.max_entries, c.max_clock_skew_s)
+    return Consents(c.topic, keys, c.max_entries, c.max_clock_skew_s, store)
 
 
 def _provenance(plan: Plan, previous_device: str = "") -> Provenance:

@@ -11,6 +11,7 @@ long frames. LEN counts PROTO through CRC; the CRC-ITU covers LEN through SERIAL
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -92,16 +93,35 @@ def _check_integrity(frame: bytes) -> None:
         raise FrameError("bad_crc", f"frame of {len(frame)} bytes")
 
 
+_MARKER = re.compile(rb"\x78\x78|\x79\x79")
+
+
 def _find_start(buf: bytearray, begin: int = 0) -> int:
-    """Index of the first start marker from ``begin`` (C-speed ``find``); a trailing lone 78/79 is
-    kept as a possible marker half, anything else before the marker is garbage."""
-    short = buf.find(SHORT_START, begin)
-    long = buf.find(LONG_START, begin, short + 1 if short >= 0 else len(buf))
-    if long >= 0:
-        return long
-    if short >= 0:
-        return short
+    """Index of the first start marker from ``begin`` (one C-speed search for either marker); a
+    trailing lone 78/79 is kept as a possible marker half, anything else before it is garbage."""
+    found = _MARKER.search(buf, begin)
+    if found:
+        return found.start()
     return len(buf) - 1 if len(buf) > begin and buf[-1] in (0x78, 0x79) else len(buf)
+
+
+def _same_fate(buf: bytearray, max_frame: int) -> int:
+    """How many candidates, from the rejected one at the head, fail exactly as it did.
+
+    Inside a run of one marker byte (78 78 78 ... or 79 79 79 ...) every candidate announces
+    the same size, so all whose header and stop bytes lie in the run are rejected for the same
+    reason (stop bytes that are not 0D 0A, or oversize). Counting them as one rejection keeps a
+    flood of 0x78 at a few C-speed steps per read instead of one Python step per byte.
+    """
+    byte = buf[0]
+    width = 1 if byte == 0x78 else 2
+    if len(buf) < 2 + width or buf[2] != byte or (width == 2 and buf[3] != byte):
+        return 1
+    run = len(buf) - len(buf.lstrip(bytes([byte])))
+    size = 2 + width + int.from_bytes(bytes([byte]) * width, "big") + 2
+    if size > max_frame:  # every candidate whose header is in the run is oversize
+        return max(1, run - (2 + width) + 1)
+    return max(1, run - size + 1)  # every candidate whose stop bytes are in the run
 
 
 class UncheckedFrame(bytes):
@@ -175,7 +195,9 @@ class Framer:
                 frame = self._take_frame()
             except FrameError as exc:
                 self._bad_run_reported = True  # the bytes up to the next marker are the same fault
-                del buf[: _find_start(buf, 1)]  # the next real marker may lie inside the rejected bytes
+                # the next real marker may lie inside the rejected bytes: resume just past the
+                # candidates that must fail the same way
+                del buf[: _find_start(buf, _same_fate(buf, self._max_frame))]
                 yield exc
                 continue
             if frame is None:

@@ -158,8 +158,8 @@ def _cell(r: Content, lac_bytes: int = 2, cid_bytes: int = 3, wide_mnc: bool = F
 
 
 def _sized_cell(r: Content) -> Fields:
-    """A cell behind a length byte (alarm layouts). The length picks 2G (LAC 2, CID 3) or 4G
-    (LAC 4, CID 8) cells; it only ever skips surplus bytes (the Concox document counts the
+    """A cell behind a length byte (alarm layouts). The length picks 2G (LAC 2, CID 3), a 4-byte
+    CID (SeeWorld) or 4G (LAC 4, CID 8) cells; it only ever skips surplus bytes (the Concox document counts the
     length byte itself, its own 0x26 example does not), and 0 means no cell."""
     declared = r.uint(1)
     if not declared:
@@ -167,9 +167,9 @@ def _sized_cell(r: Content) -> Fields:
         return {}
     start = r.pos
     mcc = int.from_bytes(r.data[r.pos : r.pos + 2], "big")
-    wide_mnc = bool(mcc & MNC_2_BYTES)
-    wide = declared - 1 >= 2 + (2 if wide_mnc else 1) + 4 + 8
-    cell = _cell(r, 4 if wide else 2, 8 if wide else 3)
+    rest = declared - 1 - 2 - (2 if mcc & MNC_2_BYTES else 1)  # bytes for LAC and CID
+    lac_bytes, cid_bytes = (4, 8) if rest >= 12 else (2, 4) if rest == 6 else (2, 3)
+    cell = _cell(r, lac_bytes, cid_bytes)
     r.skip(max(0, declared - 1 - (r.pos - start)))
     return cell
 
@@ -246,10 +246,23 @@ def _position(r: Content) -> Fields:
         return fields
     if proto == 0xA0:
         fields |= _cell(r, 4, 8)
+    elif proto == 0x22 and r.length == _SEEWORLD_LENGTH:  # CID 4 bytes, then a fixed trailer
+        fields |= _cell(r, 2, 4)
+        fields["acc"] = r.uint(1) != 0
+        fields["upload_mode"] = r.uint(1)
+        fields["reupload"] = r.uint(1) != 0
+        fields["mileage"] = r.uint(4)
+        return fields
     elif proto == 0x11:
         fields |= _cell(r, 2, 4, wide_mnc=True)
     elif r.remaining:  # a GPS-only variant ends here; otherwise the cell is all there
         fields |= _cell(r)
+    if proto == 0x12 and r.length in _STATUS_VARIANTS and r.remaining >= 5:
+        info = r.uint(1)  # VXT01 (LEN 0x24) and S5 (LEN 0x2B) append a status block
+        fields |= {"acc": bool(info & ACC_ON), "charging": bool(info & CHARGING)}
+        fields["power_v"] = round(r.uint(2) * 0.01, 2)
+        fields["gsm_signal"] = r.uint(1)
+        return fields  # then an alarm extension and, on the S5, fuel, temperature, odometer
     _trailer(r, fields)
     if proto == 0x37 and r.remaining >= 3:  # one extension module: type, length, value
         module, size = r.uint(2), r.uint(1)
@@ -260,6 +273,10 @@ def _position(r: Content) -> Fields:
         else:
             r.skip(size)
     return fields
+
+
+_STATUS_VARIANTS = (0x24, 0x2B)
+_SEEWORLD_LENGTH = 0x2F
 
 
 def _gps_only(r: Content) -> Fields:
