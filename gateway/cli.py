@@ -91,7 +91,7 @@ def _dump_code(engine: Engine) -> None:
     from gateway.policy.codegen import sources
 
     for plan in engine.plans:
-        generated = sources(plan.run)
+        generated = sources(engine.runner(plan))
         if not generated:
             print(f"# {plan.name}: default = \"keep\", run by the dict interpreter (no generated code)")
         for filename, source in generated:
@@ -560,7 +560,7 @@ def cmd_spool(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_INVALID
     try:
-        spool = Spool(path, cfg.spool.max_bytes, exclusive=args.action == "resend")
+        spool = Spool(path, cfg.spool.max_bytes, exclusive=args.action == "resend", lock_wait_s=0)
     except SpoolError as exc:
         hint = "; stop the gateway first (resend changes the spool it is draining)" if exc.kind == "busy" else ""
         print(f"gateway spool: {exc}{hint}", file=sys.stderr)

@@ -29,6 +29,7 @@ import urllib.request
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import msgspec
@@ -160,7 +161,7 @@ async def _live(count: int, tty: bool) -> int:
                 if out is None:
                     print("   (nothing came out within the wait)")
                 elif out.topic.value.startswith("gateway/dead-letter/"):
-                    props = dict(out.properties.UserProperty) if out.properties else {}
+                    props = dict(out.properties.UserProperty) if out.properties else {}  # type: ignore[attr-defined]
                     rule = f" by rule {props['rule']}" if props.get("rule") else ""
                     print(_colour(f"   DROPPED: {props.get('reason', '?')}{rule} (sealed copy on the site broker's "
                                   "dead-letter topic only)", "33", tty))
@@ -235,7 +236,8 @@ async def _live(count: int, tty: bool) -> int:
 
 def _showcase(stream) -> list:
     """The first few samples, with the awkward cases (a PIN, a card in a note...) up front."""
-    normal, awkward = [], []
+    normal: list[Any] = []
+    awkward: list[Any] = []
     for sample in stream:
         (awkward if sample.awkward else normal).append(sample)
         if (len(normal) >= SHOW - 2 and len(awkward) >= 2) or len(normal) + len(awkward) > 400:
@@ -373,7 +375,7 @@ def _offline() -> int:
                 rule = f" (rule {result.rule})" if result.rule else ""
                 print(_colour(f"    DROPPED: {result.reason}{rule}", "33", tty))
                 totals["dropped"] += 1
-        actions = engine.plans[0].action_counts()
+        actions = engine.plans[0].stats.snapshot().actions
         summary = ", ".join(f"{k} {v}" for k, v in sorted(actions.items()) if v)
         print(f"  -> {totals['forwarded']} forwarded, {totals['dropped']} dropped; field actions: {summary}\n")
     return 0

@@ -61,6 +61,7 @@ WAL_LIMIT = 256 * 1024  # journal_size_limit: a checkpointed WAL is truncated ba
 # room too, and on a completely full disk they would fail and nothing could be freed.
 DISK_MARGIN = 256 * 1024
 BUSY_TIMEOUT_MS = 2000  # `gateway spool` and the service may share the file briefly
+LOCK_WAIT_S = 10.0  # how long a new owner waits for the previous one to let go of the file
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -159,10 +160,12 @@ class Spool:
     ``delete`` of ids the cloud acknowledged can never hit a newer entry.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int, *, exclusive: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int, *, exclusive: bool = True,
+                 lock_wait_s: float = LOCK_WAIT_S) -> None:
         """Open (or create) the spool. ``exclusive``: hold an advisory lock for this process's
         lifetime (the service does), so a second gateway, or ``gateway spool resend``, is refused
-        instead of changing rows behind the running gateway's counters."""
+        instead of changing rows behind the running gateway's counters. The lock is waited for
+        up to ``lock_wait_s`` (a restarted worker may start while its predecessor still exits)."""
         path = Path(path)
         # Create the file ourselves so it is never readable by others, not even
         # for a moment; SQLite gives its -wal and -shm files the same mode.
@@ -170,7 +173,15 @@ class Spool:
         try:
             os.fchmod(fd, 0o600)
             if exclusive:  # flock, not SQLite's own POSIX locks: the two do not interfere on Linux
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                deadline = time.monotonic() + lock_wait_s
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise
+                        time.sleep(0.1)
         except BlockingIOError:
             os.close(fd)
             raise SpoolError("open", "busy", f"{path} is in use by another process (a running gateway?)") from None
@@ -184,6 +195,7 @@ class Spool:
         self.max_bytes = max_bytes
         self.refused = 0
         self.disk_full = False  # the last append_many stopped short because the disk (not max_bytes) is full
+        self.quarantine_dropped = 0  # oldest quarantined messages dropped to keep the quarantine bounded
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=BUSY_TIMEOUT_MS / 1000)
@@ -192,7 +204,8 @@ class Spool:
             depth, size = self._db.execute(
                 f"SELECT count(*), coalesce(sum({_SIZE}), 0) FROM spool"
             ).fetchone()
-            self._quarantined: int = self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+            self._quarantined, self._qbytes = self._db.execute(
+                f"SELECT count(*), coalesce(sum({_SIZE}), 0) FROM quarantine").fetchone()
         except sqlite3.Error as exc:
             self._release()
             raise SpoolError("open", _kind(exc), f"{path}: {exc}") from None
@@ -279,7 +292,7 @@ class Spool:
         """
         with self._lock:
             size = _size(topic, payload, properties)
-            if self._bytes + size > self.max_bytes:
+            if self._bytes + size > self.max_bytes - self._qbytes:
                 self.refused += 1
                 return None
             self._check_room(size)
@@ -302,7 +315,8 @@ class Spool:
         with self._lock:
             now = time.time()
             total = self._bytes
-            limit = min(self.max_bytes, self._bytes + self._room())
+            cap = self.max_bytes - self._qbytes  # the quarantine counts against max_bytes too
+            limit = min(cap, self._bytes + self._room())
             rows: list[tuple[str, str, bytes, int, bytes, float]] = []
             for device, topic, payload, qos, properties in records:
                 size = _size(topic, payload, properties)
@@ -310,9 +324,9 @@ class Spool:
                     break
                 total += size
                 rows.append((device, topic, payload, qos, properties, now))
-            if not rows and records and limit < self.max_bytes:  # the disk, not max_bytes, is what is full
+            if not rows and records and limit < cap:  # the disk, not max_bytes, is what is full
                 self._check_room(_size(records[0][1], records[0][2], records[0][4]))
-            self.disk_full = bool(records) and len(rows) < len(records) and limit < self.max_bytes
+            self.disk_full = bool(records) and len(rows) < len(records) and limit < cap
             while rows:
                 try:
                     self._write("append", lambda rows=rows: self._db.executemany(
@@ -410,32 +424,39 @@ class Spool:
     # -- quarantine ----------------------------------------------------------------------
 
     def quarantine(self, entry_id: int, reason: int) -> bool:
-        """Move one spooled entry to the quarantine (one transaction); False if it is gone."""
+        """Move one spooled entry to the quarantine (one transaction); False if it is gone.
+
+        The quarantine holds at most ``max_bytes // 10``: beyond that its oldest messages
+        are dropped (counted in ``quarantine_dropped``), so refusals cannot fill the disk."""
         with self._lock:
-            def body() -> list[tuple[int]]:
-                self._db.execute(
+            def move() -> tuple[int, int, int]:
+                moved = self._db.execute(
                     f"INSERT INTO quarantine ({_COLUMNS}, quarantined, reason)"
-                    f" SELECT {_COLUMNS}, ?, ? FROM spool WHERE id = ?", (time.time(), reason, entry_id))
-                return self._db.execute(f"DELETE FROM spool WHERE id = ? RETURNING {_SIZE}", (entry_id,)).fetchall()
+                    f" SELECT {_COLUMNS}, ?, ? FROM spool WHERE id = ?", (time.time(), reason, entry_id)).rowcount
+                if not moved:
+                    return 0, 0, 0
+                size = self._db.execute(f"DELETE FROM spool WHERE id = ? RETURNING {_SIZE}",
+                                        (entry_id,)).fetchone()[0]
+                dropped = dropped_bytes = 0
+                total = self._qbytes + size
+                for qid, qsize in self._db.execute(f"SELECT id, {_SIZE} FROM quarantine ORDER BY id").fetchall():
+                    if total <= self.max_bytes // 10:
+                        break
+                    self._db.execute("DELETE FROM quarantine WHERE id = ?", (qid,))
+                    total -= qsize
+                    dropped += 1
+                    dropped_bytes += qsize
+                return size, dropped, dropped_bytes
 
-            sizes = self._write("quarantine", body)
-            if not sizes:
+            size, dropped, dropped_bytes = self._write("quarantine", move)
+            if not size:
                 return False
-            freed = sizes[0][0]
             self._depth -= 1
-            self._bytes -= freed
-            self._quarantined += 1
+            self._bytes -= size
+            self._quarantined += 1 - dropped
+            self._qbytes += size - dropped_bytes
+            self.quarantine_dropped += dropped
             return True
-
-    def quarantine_record(self, record: Record, reason: int) -> None:
-        """Quarantine a message that was never spooled (refused while published directly)."""
-        device, topic, payload, qos, properties = record
-        with self._lock:
-            now = time.time()
-            self._write("quarantine", lambda: self._db.execute(
-                f"INSERT INTO quarantine ({_COLUMNS}, quarantined, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (device, topic, payload, qos, properties, now, now, reason)))
-            self._quarantined += 1
 
     def quarantined(self, limit: int = 1000) -> list[Quarantined]:
         """The oldest ``limit`` quarantined messages."""
@@ -453,26 +474,31 @@ class Spool:
         with self._lock:
             where, args = _which(ids)
 
-            def body() -> int:
+            def body() -> list[Any]:
                 rows = self._db.execute(
                     f"DELETE FROM quarantine {where} RETURNING {_COLUMNS}", args).fetchall()
+                # (payload + topic + properties moves from the quarantine to the spool: max_bytes holds)
                 rows.sort(key=lambda r: r[5])  # oldest first, as they were spooled
                 self._db.executemany(f"INSERT INTO spool ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
                 return rows
 
             rows = self._write("resend", body)
+            moved = sum(_size(r[1], r[2], r[4]) for r in rows)
             self._quarantined -= len(rows)
+            self._qbytes -= moved
             self._depth += len(rows)
-            self._bytes += sum(_size(r[1], r[2], r[4]) for r in rows)
+            self._bytes += moved
             return len(rows)
 
     def purge(self, ids: Iterable[int] | None = None) -> int:
         """Delete quarantined messages (all, or ``ids``) for good; how many went."""
         with self._lock:
             where, args = _which(ids)
-            n = self._write("purge", lambda: self._db.execute(f"DELETE FROM quarantine {where}", args).rowcount)
-            self._quarantined -= n
-            return n
+            sizes = self._write("purge", lambda: self._db.execute(
+                f"DELETE FROM quarantine {where} RETURNING {_SIZE}", args).fetchall())
+            self._quarantined -= len(sizes)
+            self._qbytes -= sum(size for (size,) in sizes)
+            return len(sizes)
 
     def close(self) -> None:
         """Close the connection; the last close also checkpoints and removes the WAL."""
@@ -488,7 +514,8 @@ class Spool:
     def refresh(self) -> None:
         """Recount the quarantine (``gateway spool purge`` may have changed it under us)."""
         with self._lock, contextlib.suppress(sqlite3.Error):
-            self._quarantined = self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+            self._quarantined, self._qbytes = self._db.execute(
+                f"SELECT count(*), coalesce(sum({_SIZE}), 0) FROM quarantine").fetchone()
 
     # Kept last in the class body so that, for readers and type checkers, ``bytes``
     # in the annotations above is still the builtin type.

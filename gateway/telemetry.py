@@ -25,7 +25,6 @@ import threading
 import time
 import traceback
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
@@ -364,7 +363,6 @@ BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-
 # seconds under load or while the spool takes over, never more than a minute or two.
 DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 NO_POLICY = "none"  # policy label of a message no policy routes
-_SAMPLED = {"unknown_field", "unknown_field_sampled_messages"}
 
 
 def _package_version() -> str:
@@ -373,15 +371,6 @@ def _package_version() -> str:
     except metadata.PackageNotFoundError:
         return "unknown"
 
-
-def _snapshot(stats: Counter) -> list[tuple[tuple[str, str], int]]:
-    """Copy a Counter the engine thread may be growing while we scrape."""
-    for _ in range(5):
-        try:
-            return list(stats.items())
-        except RuntimeError:  # dictionary changed size during iteration
-            continue
-    return []
 
 
 class _EngineCollector(Collector):
@@ -408,15 +397,13 @@ class _EngineCollector(Collector):
         )
         engine = self.engine
         for plan in engine.plans if engine is not None else ():
-            for op, n in sorted(plan.action_counts().items()):
+            snap = plan.stats.snapshot()  # message-level events are Metrics.observe's, not in it
+            for op, n in sorted(snap.actions.items()):
                 actions.add_metric([plan.name, op], n)
-            stats = dict(_snapshot(plan.stats))
-            unknown.add_metric([plan.name], stats.get(("", "unknown_field"), 0))
-            sampled.add_metric([plan.name], stats.get(("", "unknown_field_sampled_messages"), 0))
-            skip = _SAMPLED | {"leak"} | {c.rule.reason for c in plan.conditions}  # observe() counts these
-            for (rule, event), n in sorted(stats.items()):
-                if event not in skip:
-                    events.add_metric([plan.name, rule, event], n)
+            unknown.add_metric([plan.name], snap.unknown_fields)
+            sampled.add_metric([plan.name], snap.sampled_messages)
+            for rule, event, n in snap.field_events:
+                events.add_metric([plan.name, rule, event], n)
         yield from (actions, unknown, sampled, events)
 
 
@@ -503,6 +490,10 @@ class Metrics:
         )
         for op in ("append", "delete", "peek", "compact", "quarantine", "drain"):
             self.spool_errors.labels(op)
+        self.spool_quarantine_dropped = PromCounter(
+            "gateway_spool_quarantine_dropped_total",
+            "Oldest quarantined messages dropped to keep the quarantine within a tenth of max_bytes", registry=r,
+        )
         self.spool_quarantined = Gauge(
             "gateway_spool_quarantined",
             "Messages in the spool's quarantine (refused by the cloud; gateway spool list)",

@@ -39,7 +39,7 @@ def test_a_traceback_through_the_generated_run_shows_its_source_and_policy() -> 
 
 def test_generated_source_names_every_declared_field_and_its_rule() -> None:
     engine = Engine([load(TRACKSOLID)], Keyring.test())
-    generated = sources(engine.plans[0].run)
+    generated = sources(engine.runner(engine.plans[0]))
     assert generated and all(name.startswith("<gateway policy jimi-tracksolid: ") for name, _ in generated)
     for name, source in generated:
         assert linecache.getlines(name) == source.splitlines(True)

@@ -32,3 +32,9 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 def test_ruff_check_is_clean() -> None:
     done = _run(_tool("ruff"), "check", ".", "--output-format", "concise", "--no-cache")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy_is_clean() -> None:
+    """Strict for gateway/policy and gateway/ops, the default checks for the rest of gateway/."""
+    done = _run(_tool("mypy"), "--no-incremental")
+    assert done.returncode == 0, done.stdout + done.stderr

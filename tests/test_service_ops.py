@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from brokers import Mosquitto
-from service_harness import GATEWAY, POLICY, ROOT, Gateway, Publisher, Sink, free_port, wait_until
+from service_harness import GATEWAY, POLICY, ROOT, Gateway, Publisher, Sink, assert_json_lines, free_port, wait_until
 
 from gateway.service.config import Config, ConfigError, Endpoint, load_config
 
@@ -161,6 +161,8 @@ def test_the_sample_config_runs_against_one_local_mosquitto(tmp_path: Path, brok
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+        assert proc.stderr is not None
+        assert_json_lines(proc.stderr.read().decode(), "stderr")  # format "auto", not a terminal: JSON lines
         fleet.close()
         pub.close()
 
@@ -209,6 +211,10 @@ def test_readyz_follows_the_local_broker_and_secrets_stay_out_of_logs(
         assert len(documented) > 20
         for name in documented:
             assert f"# TYPE {name} " in page or f"# TYPE {name.removesuffix('_total')} " in page, name
+        # and the other way: every gateway metric on the live page is documented (a counter's
+        # TYPE line names it without _total; an info metric's carries _info).
+        shown = re.findall(r"^# TYPE (gateway_[a-z0-9_]+) ", page, re.M)
+        assert [n for n in shown if not {n, f"{n}_total", n.removesuffix("_info")} & documented] == []
         local.stop()
         wait_until(lambda: gw.http("/readyz")[0] == 503, 20, "not ready without the local broker")
         assert gw.http("/healthz")[0] == 200

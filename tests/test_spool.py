@@ -258,7 +258,7 @@ def test_canary_only_the_minimised_bytes_reach_disk(tmp_path: Path) -> None:
     # No way in but finished bytes: the public surface is exactly this.
     assert {n for n in dir(Spool) if not n.startswith("_")} == {
         "append", "append_many", "peek", "delete", "close", "depth", "bytes", "compact", "disk_bytes",
-        "quarantine", "quarantine_record", "quarantined", "resend", "purge", "quarantine_depth", "refresh",
+        "quarantine", "quarantined", "resend", "purge", "quarantine_depth", "refresh",
     }
 
 
@@ -362,7 +362,7 @@ def test_one_gateway_per_spool_file(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     first = Spool(path, BIG)
     with pytest.raises(SpoolError) as caught:
-        Spool(path, BIG)
+        Spool(path, BIG, lock_wait_s=0.3)
     assert caught.value.kind == "busy"
     reader = Spool(path, BIG, exclusive=False)  # `gateway spool list` while the gateway runs
     assert reader.depth == 0
@@ -418,4 +418,85 @@ async def test_uplink_holds_on_a_failing_spool_then_resumes_by_itself(tmp_path: 
     assert acked == list(range(400)) and up.spool_writable and up.readiness()[0]
     assert spool.depth == 400
     await up.close(0)
+    spool.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(1, 40), st.integers(50, 3000)),  # a batch: count, payload size
+            st.tuples(st.just("del"), st.integers(0, 60), st.none()),
+            st.tuples(st.just("quarantine"), st.integers(0, 3), st.sampled_from([0x80, 0x87, 0x97])),
+            st.tuples(st.just("pages"), st.integers(0, 12), st.none()),  # headroom: 0 = full now
+        ),
+        max_size=30,
+    )
+)
+def test_counters_and_order_survive_any_sequence_of_full_disks(ops: list[tuple[str, object, object]]) -> None:
+    """Whatever fails, a failure is a SpoolError, nothing half happens, counters equal the file,
+    and what is stored is a prefix of what was offered, in order."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s.db"
+        spool = Spool(path, max_bytes=BIG)
+        offered = 0
+        stored: list[str] = []
+        for op, a, b in ops:
+            try:
+                if op == "add":
+                    batch = [("d", f"t/{offered + i}", b"x" * b, 1, b"") for i in range(a)]  # type: ignore[operator]
+                    n = spool.append_many(batch)
+                    stored += [r[1] for r in batch[:n]]
+                    offered += a  # type: ignore[operator]
+                elif op == "del":
+                    spool.delete(e.id for e in spool.peek(a))  # type: ignore[arg-type]
+                elif op == "quarantine":
+                    for e in spool.peek(a):  # type: ignore[arg-type]
+                        spool.quarantine(e.id, b)  # type: ignore[arg-type]
+                else:
+                    pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
+                    spool._db.execute(f"PRAGMA max_page_count={pages + a}")  # type: ignore[operator]
+            except SpoolError as exc:
+                assert exc.kind == "full"
+            assert not spool._db.in_transaction
+            rows = rows_in_db(path)
+            assert (spool.depth, spool.bytes) == (len(rows), expected_bytes(rows))
+            with sqlite3.connect(path) as db:
+                assert spool.quarantine_depth == db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+        topics = [r[2] for r in rows_in_db(path)]
+        assert topics == [t for t in stored if t in set(topics)]  # the survivors, still in order
+        spool.close()
+
+
+def test_a_new_owner_waits_for_the_previous_one_to_let_go(tmp_path: Path) -> None:
+    """A restarted worker may start while its predecessor still exits: it waits for the lock."""
+    import threading
+
+    path = tmp_path / "s.db"
+    first = Spool(path, BIG)
+    first.append("d", "t", b"kept", 1)
+    threading.Timer(0.3, first.close).start()
+    second = Spool(path, BIG, lock_wait_s=10)
+    assert [e.payload for e in second.peek(5)] == [b"kept"]
+    second.close()
+
+
+def test_quarantine_counts_against_max_bytes_and_keeps_to_a_tenth(tmp_path: Path) -> None:
+    """Refusals cannot fill the disk: the quarantine is part of max_bytes and holds at most a
+    tenth of it, dropping its oldest (counted) beyond that."""
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_bytes=BIG)
+    ids = [spool.append("p", "cloud/x/alarm", bytes([i % 256]) * 20_000, 1) for i in range(12)]  # 20,013 bytes each
+    for row_id in ids:
+        assert spool.quarantine(row_id, 0x87)
+    with sqlite3.connect(path) as db:
+        kept = db.execute("SELECT id, length(payload) + length(CAST(topic AS BLOB)) + length(properties)"
+                          " FROM quarantine ORDER BY id").fetchall()
+    assert sum(size for _, size in kept) <= BIG // 10 < sum(size for _, size in kept) + 20_013
+    assert spool.quarantine_dropped == 12 - len(kept) > 0
+    assert [q.id for q in spool.quarantined()] == [i for i, _ in kept]  # the newest are the ones kept
+    assert spool.quarantine_depth == len(kept) and spool.depth == 0
+    room = BIG - sum(size for _, size in kept)  # what the spool itself may still take
+    assert spool.append("p", "t", b"x" * (room - 1), 1) is not None
+    assert spool.append("p", "t", b"xx", 1) is None
     spool.close()

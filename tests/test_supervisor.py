@@ -149,3 +149,22 @@ def test_two_workers_write_whole_json_lines(tmp_path: Path, broker_pair: tuple[M
         pub.close()
         sink.close()
         gw.close()
+
+
+def test_sigterm_while_a_worker_waits_for_its_restart_exits_0(
+    tmp_path: Path, broker_pair: tuple[Mosquitto, Mosquitto]
+) -> None:
+    """The dead worker was logged when it died; a clean stop of the rest is still a clean stop."""
+    local, cloud = broker_pair
+    slow = "[supervisor]\nrestart_min_s = 60\nrestart_max_s = 60\n"
+    gw = Gateway(tmp_path / "gw", local.url, cloud.url, workers=2, extra=slow)
+    try:
+        gw.start()
+        os.kill(_worker_pid(gw, 1), signal.SIGKILL)
+        wait_until(lambda: bool(_events(gw, "worker_exited")), 20, "worker_exited")
+        assert _events(gw, "worker_exited")[0]["restart_in_s"] == 60
+        assert gw.stop() == 0
+        assert not _events(gw, "worker_restarted")
+        assert _events(gw, "supervisor_stopped")[0]["status"] == 0
+    finally:
+        gw.close()

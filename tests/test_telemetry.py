@@ -173,3 +173,23 @@ def test_forward_and_reject_types_accepted(engine: Engine) -> None:
     assert isinstance(r, Forward)
     m.observe(r, 1e-5)
     assert sample(m, "gateway_messages_out_total", policy="jimi-tracksolid") == 1
+
+
+def test_engine_metrics_are_the_plan_stats_snapshot(metrics: Metrics, engine: Engine) -> None:
+    """One stats object per plan: the scrape shows exactly what ``plan.stats.snapshot()`` holds."""
+    p = "jimi-tracksolid"
+    (plan,) = engine.plans
+    snap = plan.stats.snapshot()
+    assert snap.actions == dict(plan.action_counts())
+    assert snap.actions["truncate_ip"] == 2  # both login_ip values: one truncated, one invalid
+    assert snap.unknown_fields == 1 and snap.sampled_messages >= 2
+    assert ("login_ip", "invalid_ip", 1) in snap.field_events
+    assert not any(event == "leak" for _, event, _ in snap.field_events)  # a message-level event
+    for op, n in snap.actions.items():
+        assert sample(metrics, "gateway_field_actions_total", policy=p, op=op) == n
+    for rule, event, n in snap.field_events:
+        assert sample(metrics, "gateway_field_events_total", policy=p, rule=rule, event=event) == n
+    assert sample(metrics, "gateway_unknown_fields_sampled_total", policy=p) == snap.unknown_fields
+    engine.process(TOPIC, json.dumps({"login_ip": "also-not-an-ip"}).encode())
+    assert sample(metrics, "gateway_field_events_total", policy=p, rule="login_ip", event="invalid_ip") == 2
+    assert plan.stats.snapshot().actions["truncate_ip"] == 3  # read at scrape time, nothing cached

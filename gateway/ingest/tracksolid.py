@@ -60,7 +60,7 @@ class Media(msgspec.Struct, omit_defaults=True, frozen=True, kw_only=True):
     ref: str  # vendor file name or URL; often embeds the IMEI, so the pack scrubs it
 
 
-class Location(_Base, tag="location"):
+class Location(_Base, tag="location", frozen=True):
     """A GNSS fix with the serving cell (GT06 0x12 / 0x22 / 0xA0 ...), or an LBS / Wi-Fi report
     (GT06 0x28 / 0x2C / 0x69 ...) whose cells and access points stand in for the fix."""
 
@@ -83,7 +83,7 @@ class Location(_Base, tag="location"):
     power_v: float | None = None  # external supply
 
 
-class Heartbeat(_Base, tag="heartbeat"):
+class Heartbeat(_Base, tag="heartbeat", frozen=True):
     """Status report (GT06 0x13 / 0x23 / 0x36, information packets 0x94); MQTT trackers add the
     network and configuration they run with."""
 
@@ -102,7 +102,7 @@ class Heartbeat(_Base, tag="heartbeat"):
     imsi: str | None = None
 
 
-class Alarm(_Base, tag="alarm"):
+class Alarm(_Base, tag="alarm", frozen=True):
     """An alarm with the position and status at the time (GT06 0x16 / 0x26 / 0x27 / 0x95 / 0xA4 ...)."""
 
     alarm: str  # sos | power_cut | vibration | enter_fence | exit_fence | overspeed | ... (a fixed list)
@@ -127,7 +127,7 @@ class Alarm(_Base, tag="alarm"):
     media: Media | None = None
 
 
-class Login(_Base, tag="login"):
+class Login(_Base, tag="login", frozen=True):
     """The first message of a connection (GT06 0x01): where the device connects from."""
 
     login_ip: str | None = None

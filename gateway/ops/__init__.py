@@ -14,4 +14,8 @@ FIELD_RULES = (
 # Operations that can rewrite a captured topic segment (their output is a plain string or number).
 TOPIC_RULES = (Keep, Pseudonymise, Encrypt, Mask, Replace, Generalise)
 
-__all__ = [c.__name__ for c in FIELD_RULES] + ["FIELD_RULES", "TOPIC_RULES"]
+__all__ = [
+    "FIELD_RULES", "TOPIC_RULES", "Bucket", "BucketTime", "CoarsenLocation", "Drop", "Encrypt", "Generalise",
+    "Keep", "Mask", "Pseudonymise", "Replace", "Round", "Scrub", "TruncateIp",
+]  # fmt: skip
+assert set(__all__) == {c.__name__ for c in FIELD_RULES} | {"FIELD_RULES", "TOPIC_RULES"}

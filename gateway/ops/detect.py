@@ -27,6 +27,7 @@ import math
 import re
 import unicodedata
 from bisect import bisect_right
+from collections.abc import Callable
 from itertools import accumulate
 
 DETECTORS = ("secret", "email", "upi_vpa", "ip", "card", "imei", "utr", "phone")
@@ -69,11 +70,11 @@ def normal_char(ch: str) -> str:
     return "".join(map(_fold, unicodedata.normalize("NFKC", ch)))
 
 
-class _Table(dict):
+class _Table(dict[int, str]):
     """``str.translate`` table from a code point to what ``value`` makes of its normal form,
     filled lazily and bounded, so no table of all of Unicode is built at import."""
 
-    def __init__(self, value) -> None:
+    def __init__(self, value: Callable[[str], str]) -> None:
         super().__init__({cp: value(chr(cp)) for cp in range(128)})
         self.value = value
 
@@ -102,7 +103,7 @@ def _unescape(s: str) -> str:
     return chr(int(s[2:], 16))
 
 
-def _unescape_match(m: re.Match) -> str:
+def _unescape_match(m: re.Match[str]) -> str:
     return _unescape(m.group())
 
 
@@ -352,7 +353,7 @@ def _float_decimals(x: float) -> int:
 _RANK = {"card": 0, "imei": 0, "utr": 1, "phone": 2}
 
 
-def _digit_runs(text: str, m: re.Match) -> list[tuple[int, int, str]]:
+def _digit_runs(text: str, m: re.Match[str]) -> list[tuple[int, int, str]]:
     """_digit_run over the match, with a "+", "(" or "+(" written just before it."""
     start = m.start()
     if start and text[start - 1] == "(":
@@ -425,7 +426,7 @@ def _digit_run(run: str, offset: int) -> list[tuple[int, int, str]]:
     return sorted(hits)
 
 
-def _weak_ok(run: str, groups: list, i: int, k: int, plus: bool) -> bool:
+def _weak_ok(run: str, groups: list[tuple[int, int, str, str, str]], i: int, k: int, plus: bool) -> bool:
     if k - i < 2:
         return False
     sizes = [len(groups[j][2]) for j in range(i, k + 1)]
@@ -439,17 +440,17 @@ def _in_hash(text: str, start: int, end: int) -> bool:
     glued_left = start > 0 and text[start - 1] in _ALNUM
     if not glued_left and (end == len(text) or text[end] not in _ALNUM):
         return False  # a word of its own: all digits, so no hash
-    right = _HEX_RUN.match(text, end).end()
+    right = _HEX_RUN.match(text, end).end()  # type: ignore[union-attr]  # matches the empty string
     if right < len(text) and text[right] in _ALNUM:
         return False  # part of a longer word, not (only) hex
-    left = start - len(_HEX_RUN.match(text[max(0, start - 160) : start][::-1]).group())
+    left = start - len(_HEX_RUN.match(text[max(0, start - 160) : start][::-1]).group())  # type: ignore[union-attr]
     if left and text[left - 1] in _ALNUM:
         return False
     word = text[left:right]
     return 32 <= len(word) <= 160 and not word.isdigit() and text[start:end].translate(_NOT_HEX) == ""
 
 
-def _at(m: re.Match) -> str | None:
+def _at(m: re.Match[str]) -> str | None:
     domain = m.group("domain")
     if "." in domain:
         tld = domain.rsplit(".", 1)[1]
@@ -457,7 +458,7 @@ def _at(m: re.Match) -> str | None:
     return "upi_vpa" if len(domain) >= 2 and domain.isalpha() else None
 
 
-def _ipv6(m: re.Match) -> str | None:
+def _ipv6(m: re.Match[str]) -> str | None:
     try:
         ipaddress.IPv6Address(m.group().split("%", 1)[0])
     except ValueError:
@@ -465,7 +466,7 @@ def _ipv6(m: re.Match) -> str | None:
     return "ip"
 
 
-def _pair(m: re.Match) -> bool:
+def _pair(m: re.Match[str]) -> bool:
     a, b = _PAIR_NUMBER.findall(m.group())[:2]
     return max(len(m.group(1)), len(m.group(2))) >= PAIR_DECIMALS and _coordinates(float(a), float(b))
 
@@ -498,7 +499,7 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
     if "secret" in enabled:
         if _SECRET_WORDS.search(raw.lower()):
             for m in _SECRET.finditer(text):
-                group = m.lastgroup
+                group = m.lastgroup or 0
                 hits.append((m.start(group), m.end(group), "secret"))
         if b"://" in raw:
             hits.extend((m.start(1), m.end(1), "secret") for m in _USERINFO.finditer(text))

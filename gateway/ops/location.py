@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
-from gateway.ops.base import BoundedCache, BuildEnv, Rule
+from gateway.ops.base import BoundedCache, BuildEnv, Compiled, Inline, Rule
 
 M_PER_DEG = 111_320.0  # metres per degree of latitude (and of longitude at the equator)
 EARTH_RADIUS_M = 6_371_008.8
 
-Coarsen = Callable[[float, float, bool], "tuple[float, float] | None"]
+SnapForm = Callable[[str], "tuple[list[str], dict[str, Any]]"]  # prefix -> (lines, names) setting ``pt``
 
 
 class Zone(msgspec.Struct, forbid_unknown_fields=True):
@@ -85,16 +85,21 @@ class CoarsenLocation(Rule, tag="coarsen_location"):
         """The finest precision this rule emits without consent (used by the leak guard)."""
         if self.decimals is not None:
             return self.decimals
+        assert self.grid_m is not None  # __post_init__: decimals or grid_m
         return _repr_decimals(self.grid_m / M_PER_DEG)
 
-    def build(self, env: BuildEnv) -> Coarsen:
-        snap = _rounder(self.decimals) if self.decimals is not None else _grid(self.grid_m)
+    def build(self, env: BuildEnv) -> Compiled:
+        """``call(lat, lon, consented) -> (lat, lon) | None`` (None: remove the point)."""
+        assert self.decimals is not None or self.grid_m is not None  # __post_init__
+        snap, snap_inline = (
+            (_rounder(self.decimals), None) if self.decimals is not None else _grid(self.grid_m)  # type: ignore[arg-type]
+        )
         precise = _rounder(self.consent_decimals) if self.consent_decimals is not None else None
         zones = [(math.radians(z.lat), math.radians(z.lon), z.radius_m) for z in self.zones]
         stats, label = env.stats, self.label()
-        fixed = snap(*self.at) if self.mode == "fixed" else None
+        fixed = snap(*self.at) if self.at is not None else None  # set exactly for mode = "fixed"
 
-        def coarsen_location(lat: float, lon: float, consented: bool):
+        def coarsen_location(lat: float, lon: float, consented: bool) -> tuple[float, float] | None:
             if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # False for NaN too
                 stats[(label, "invalid_location")] += 1
                 return None
@@ -107,22 +112,20 @@ class CoarsenLocation(Rule, tag="coarsen_location"):
                 return precise(lat, lon) if precise else (lat, lon)
             return snap(lat, lon)
 
-        def fuse(p: str, consented: str) -> tuple[str, list[str], dict] | None:
-            """The common case inline (see gateway.ops.base.Fuse), over the float locals ``la``
+        def inline(p: str, consented: str) -> Inline | None:
+            """The common case inline (see gateway.ops.base.Inline), over the float locals ``la``
             and ``lo``: when ``test`` holds (a valid point, no consent, no zones), ``lines``
             set ``pt`` to the snapped point; anything else is the call. ``consented`` is the
             expression for the call's third argument."""
-            snap_fuse = getattr(snap, "fuse", None)
-            if zones or fixed is not None or snap_fuse is None:
+            if zones or fixed is not None or snap_inline is None:
                 return None
-            lines, names = snap_fuse(p)
+            lines, names = snap_inline(p)
             test = "-90.0 <= la <= 90.0 and -180.0 <= lo < 180.0" + (
                 "" if consented == "False" else f" and not ({consented})"
             )
-            return test, lines, names
+            return Inline(test, lines, names)
 
-        coarsen_location.fuse = fuse  # type: ignore[attr-defined]
-        return coarsen_location
+        return Compiled(coarsen_location, inline)
 
 
 def valid(lat: float, lon: float) -> bool:
@@ -145,7 +148,8 @@ def _rounder(decimals: int) -> Callable[[float, float], tuple[float, float]]:
     return round_point
 
 
-def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
+def _grid(grid_m: float) -> tuple[Callable[[float, float], tuple[float, float]], SnapForm]:
+    """``(snap, snap_inline)``: the grid snap and its inline form."""
     n_lat = max(1, math.floor(180.0 / (grid_m / M_PER_DEG)))
     step_lat = 180.0 / n_lat
     digits = _repr_decimals(step_lat)
@@ -154,8 +158,8 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
     # Cell indices are whole floats, q // 1.0 (the exact floor for q >= 0, and 2x cheaper
     # than int(q) here); a cell's key is i * 2**26 + j (j < 40,075,200 cells round the
     # equator at 1 m < 2**26; the key stays below 2**51, so it is exact).
-    bands = BoundedCache(65536)
-    centres = BoundedCache(65536)
+    bands: BoundedCache[float, tuple[int, float]] = BoundedCache(65536)
+    centres: BoundedCache[float, tuple[float, float]] = BoundedCache(65536)
     top = n_lat - 1.0
 
     def band(i: float) -> tuple[int, float]:
@@ -180,7 +184,7 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
         j = (lon + 180.0) / b[1] // 1.0 % b[0]
         return centres.get(i * 67108864.0 + j) or centre(i, j, b)
 
-    def fuse(p: str) -> tuple[list[str], dict]:
+    def fuse(p: str) -> tuple[list[str], dict[str, Any]]:
         """``snap`` inline: ``pt`` from the locals ``la``, ``lo`` (valid, and ``lo < 180``)."""
         lines = [
             f"i = (la + 90.0) / {step_lat!r} // 1.0",
@@ -192,8 +196,7 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
         ]
         return lines, {f"{p}bands": bands, f"{p}band": band, f"{p}centres": centres, f"{p}centre": centre}
 
-    snap.fuse = fuse  # type: ignore[attr-defined]
-    return snap
+    return snap, fuse
 
 
 def _in_zone(lat: float, lon: float, zones: list[tuple[float, float, float]]) -> bool:

@@ -10,10 +10,11 @@ used to slip a full IPv4 address through an IPv6 rule.
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from msgspec import UNSET
 
-from gateway.ops.base import BoundedCache, BuildEnv, FieldRule, Transform, fusable
+from gateway.ops.base import BoundedCache, BuildEnv, Compiled, FieldRule, per_value
 
 
 class TruncateIp(FieldRule, tag="truncate_ip"):
@@ -29,15 +30,15 @@ class TruncateIp(FieldRule, tag="truncate_ip"):
         if not 0 <= self.ipv6_prefix <= 128:
             raise ValueError("ipv6_prefix must be between 0 and 128")
 
-    def build(self, env: BuildEnv) -> Transform:
-        cache = BoundedCache(env.cache_size)
+    def build(self, env: BuildEnv) -> Compiled:
+        cache: BoundedCache[Any, Any] = BoundedCache(env.cache_size)
         stats, label = env.stats, self.label()
         mask4 = (0xFFFFFFFF << (32 - self.ipv4_prefix)) & 0xFFFFFFFF
         mask6 = ((1 << 128) - 1) ^ ((1 << (128 - self.ipv6_prefix)) - 1)
         prefix6to4 = 16 + self.ipv4_prefix  # 2002::/16, then the embedded IPv4 address
         mask6to4 = ((1 << 128) - 1) ^ ((1 << (128 - prefix6to4)) - 1)
 
-        def truncate_ip(value: str):
+        def truncate_ip(value: str) -> Any:
             hit = cache.get(value)
             if hit is not None:
                 return hit
@@ -56,7 +57,7 @@ class TruncateIp(FieldRule, tag="truncate_ip"):
                 out = str(ipaddress.IPv6Address(int(ip) & mask6))
             return cache.put(value, out)
 
-        def fuse(p: str) -> tuple[str, list[str], dict]:  # a cache hit without the call
+        def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:  # a cache hit without the call
             return f"(r := {p}cache.get(v)) is not None", ["v = r"], {f"{p}cache": cache}
 
-        return fusable(truncate_ip, fuse)
+        return Compiled(truncate_ip, per_value(fuse))

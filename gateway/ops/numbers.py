@@ -12,11 +12,11 @@ from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import pairwise
-from typing import Literal
+from typing import Any, Literal
 
 from msgspec import UNSET
 
-from gateway.ops.base import BuildEnv, FieldRule, Transform, fusable
+from gateway.ops.base import BuildEnv, Compiled, FieldRule, per_value
 
 NUMBER = int | float
 
@@ -24,10 +24,10 @@ NUMBER = int | float
 def _decimals_of(step: float) -> int:
     """Decimal places of a step as written (0.25 -> 2, 1e-05 -> 5, 10.0 -> 0)."""
     exponent = Decimal(repr(float(step))).normalize().as_tuple().exponent
-    return max(0, -exponent)
+    return max(0, -int(exponent))  # a finite step: the exponent is an int
 
 
-def _multiples(step: float, floor: bool, stats: Counter | None = None, label: str = "") -> Transform:
+def _multiples(step: float, floor: bool, stats: Counter[tuple[str, str]] | None = None, label: str = "") -> Compiled:
     """Nearest (or floor) multiple of ``step`` with a clean repr: n * 0.5 gives 2.5, not 2.5000000001.
 
     Integer arithmetic on the scaled step instead of round(x, n), which is ~10x slower.
@@ -39,7 +39,7 @@ def _multiples(step: float, floor: bool, stats: Counter | None = None, label: st
     istep = round(step * scale)
     integral = digits == 0
 
-    def multiple(v: int | float):
+    def multiple(v: int | float) -> Any:
         if v.__class__ is float and not math.isfinite(v):
             return UNSET
         try:
@@ -58,7 +58,7 @@ def _multiples(step: float, floor: bool, stats: Counter | None = None, label: st
                 stats[(label, "invalid_number")] += 1
             return UNSET
 
-    def fuse(p: str) -> tuple[str, list[str], dict] | None:
+    def fuse(p: str) -> tuple[str, list[str], dict[str, Any]] | None:
         # An int inline, in integers. Below 2**31 (and with a step below 2**21) the float
         # quotient v / step is within 2**-23 of the exact one, while an exact quotient that is
         # not whole is at least 2**-21 from a whole number (and one that is not a half, that
@@ -77,7 +77,7 @@ def _multiples(step: float, floor: bool, stats: Counter | None = None, label: st
             f"v = n * {istep}",
         ], {}
 
-    return fusable(multiple, fuse)
+    return Compiled(multiple, per_value(fuse))
 
 
 class Round(FieldRule, tag="round"):
@@ -95,11 +95,12 @@ class Round(FieldRule, tag="round"):
         if self.decimals is not None and not -9 <= self.decimals <= 9:
             raise ValueError("decimals must be between -9 and 9")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         if self.decimals is not None:
             d = self.decimals
             # an int is always finite (math.isfinite would overflow on a huge one)
-            return lambda v: UNSET if v.__class__ is float and not math.isfinite(v) else round(v, d)
+            return Compiled(lambda v: UNSET if v.__class__ is float and not math.isfinite(v) else round(v, d))
+        assert self.step is not None  # __post_init__: decimals or step
         return _multiples(self.step, False, env.stats, self.label())
 
 
@@ -118,14 +119,15 @@ class Bucket(FieldRule, tag="bucket"):
         if self.edges is not None and (not self.edges or self.edges != sorted(set(self.edges))):
             raise ValueError("edges must be a non-empty, strictly increasing list")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         if self.step is not None:
             return _multiples(self.step, True, env.stats, self.label())
         edges = self.edges
+        assert edges is not None  # __post_init__: step or edges
         fmt = [_fmt(e) for e in edges]
         labels = [f"<{fmt[0]}"] + [f"{a}-{b}" for a, b in pairwise(fmt)] + [f">={fmt[-1]}"]
 
-        def label_range(v: int | float):
+        def label_range(v: int | float) -> Any:
             if v.__class__ is float and not math.isfinite(v):  # ints compare exactly, however large
                 return UNSET
             i = 0
@@ -133,7 +135,7 @@ class Bucket(FieldRule, tag="bucket"):
                 i += 1
             return labels[i]
 
-        return label_range
+        return Compiled(label_range)
 
 
 def _fmt(x: float) -> str:
@@ -160,7 +162,7 @@ class BucketTime(FieldRule, tag="bucket_time"):
         if self.seconds is not None and not 1 <= self.seconds <= 31 * 86400:
             raise ValueError("seconds must be between 1 and 2678400")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         stats, label = env.stats, self.label()
         month = self.to == "month"
         width = self.seconds or _UNITS.get(self.to or "", 0)
@@ -171,7 +173,7 @@ class BucketTime(FieldRule, tag="bucket_time"):
                 return datetime(d.year, d.month, 1, tzinfo=UTC).timestamp()
             return t - t % width
 
-        def bucket_time(v: str | int | float):
+        def bucket_time(v: str | int | float) -> Any:
             try:
                 if isinstance(v, str):
                     d = datetime.fromisoformat(v.strip())
@@ -189,4 +191,4 @@ class BucketTime(FieldRule, tag="bucket_time"):
                 stats[(label, "invalid_time")] += 1
                 return UNSET
 
-        return bucket_time
+        return Compiled(bucket_time)

@@ -19,7 +19,7 @@ from gateway.policy.load import Source
 from gateway.policy.model import Test
 
 
-class AnyDevice(Mapping):
+class AnyDevice(Mapping[str, Any]):
     """Consent mapping that grants the same purposes to whatever device asks."""
 
     def __init__(self, purposes: list[str]):

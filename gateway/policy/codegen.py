@@ -7,7 +7,7 @@ the message-level drops, runs the field operations and the leak guard over the
 kept values of the root object, and encodes. Each nested object gets its own
 ``apply(obj, granted)`` and ``guard(obj, depth)``. Direct attribute access
 (``obj.f3``), no loop over step objects, and the operations pasted in as
-statements (their ``fuse`` form, see gateway.ops.base) where they offer one make
+statements (their ``Compiled.inline`` form, see gateway.ops.base) where they offer one make
 a field cost a few bytecodes instead of a call and a loop turn with several
 lookups, which matters when the whole budget per message is a few microseconds.
 The generated source is kept on each function (``__source__``) for debugging.
@@ -16,7 +16,7 @@ The generated source is kept on each function (``__source__``) for debugging.
 from __future__ import annotations
 
 import linecache
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -25,6 +25,7 @@ from msgspec import UNSET, UnsetType
 from gateway.ops.base import BoundedCache
 from gateway.ops.detect import ISO_SHAPES, NUMBER_LIMIT, ZERO_DIGITS, classify_number, find
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step
+from gateway.policy.runtime import RUNTIME, coarsen
 
 VERDICT_CACHE = 1024  # per kept string field: recent values the guard found clean
 VERDICT_MAX_LEN = 64  # only short values are remembered
@@ -32,10 +33,11 @@ VERDICT_MAX_LEN = 64  # only short values are remembered
 # ``v`` is an ISO 8601 timestamp (gateway.ops.detect.iso_time, inline; a shape is at most 35
 # ASCII characters, so no length test is needed): find() would return nothing.
 # (A str from msgspec has no lone surrogate, so encode() cannot fail.)
+Fn = Callable[..., Any]  # a generated function or a runtime helper
 _ISO = "v.encode().translate(ZERO) in SHAPES"
 
 
-def build(node: Node, guard: bool, scan: Callable, coarsen: Callable) -> tuple[Callable, Callable]:
+def build(node: Node, guard: bool, scan: Fn, coarsen: Fn) -> tuple[Fn, Fn]:
     """``(apply, guard)`` for ``node`` and, recursively, its children."""
     ns = _namespace(scan, coarsen)
     apply_lines = ["def apply(obj, granted):", *_indent(_apply(node, ns, guard, scan, coarsen), 1), "    return None"]
@@ -47,12 +49,12 @@ def build(node: Node, guard: bool, scan: Callable, coarsen: Callable) -> tuple[C
     return _define(apply_lines, ns, "apply"), _define(guard_lines, ns, "guard")
 
 
-def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, helpers: dict[str, Any]) -> Callable:
+def build_runner(plan: Plan, sample: int, scan: Fn) -> Fn:
     """``run(payload, upstream, device, consents) -> Forward | Reject`` for a fail-closed plan.
 
-    ``helpers`` come from gateway.pipeline: Forward, Reject, TooDeep, invalid,
-    sample_unknown, granted_of, holds, read, refused, AffixRefused, NO_CONSENT, EMPTY. Sets
-    ``plan.tallies`` (the counts the generated code keeps in local cells).
+    The generated code calls the helpers of gateway.policy.runtime (``RUNTIME``) and ``scan``,
+    the plan's leak-guard scanner. Hands ``plan.stats`` the ``tallies()`` of the counts the
+    generated code keeps in local cells.
 
     With the leak guard on, kept root ``integer`` fields are decoded by a second
     Struct type that only admits values the guard would pass without a look
@@ -63,17 +65,17 @@ def build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, hel
     _BUILDING.append(plan.name)
     _SOURCES.append([])
     try:
-        run = _build_runner(plan, sample, scan, coarsen, helpers)
-        run.__sources__ = _SOURCES[-1]
+        run = _build_runner(plan, sample, scan, coarsen)
+        run.__sources__ = _SOURCES[-1]  # type: ignore[attr-defined]
         return run
     finally:
         _BUILDING.pop()
         _SOURCES.pop()
 
 
-def _build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, helpers: dict[str, Any]) -> Callable:
+def _build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn) -> Fn:
     ns = _namespace(scan, coarsen)
-    ns.update(helpers)
+    ns.update(RUNTIME)
     ns.update(plan=plan, stats=plan.stats, decode=plan.decode, encode=plan.encode, conditions=plan.conditions)
     root = plan.root
     counters: list[tuple[str, str]] = []  # (cell name, operation name)
@@ -154,9 +156,10 @@ def _build_runner(plan: Plan, sample: int, scan: Callable, coarsen: Callable, he
         lines += ["    run = run_full"]
     lines += ["    return run, tallies"]
     make = _define(lines, ns, "make")
-    run, plan.tallies = make()
-    run.__source__ = make.__source__
-    return run
+    run, tallies = make()
+    plan.stats.track(tallies)
+    run.__source__ = make.__source__  # type: ignore[attr-defined]
+    return run  # type: ignore[no-any-return]
 
 
 def bounded_struct(node: Node, steps: list[Step]) -> type:
@@ -164,6 +167,7 @@ def bounded_struct(node: Node, steps: list[Step]) -> type:
     small = Annotated[int, msgspec.Meta(gt=-NUMBER_LIMIT, lt=NUMBER_LIMIT)]
     attrs = {s.attr for s in steps}
     fields = []
+    assert node.struct is not None  # a fail-closed plan declares every node's fields
     for f in msgspec.structs.fields(node.struct):
         kind = f.type
         if f.name in attrs:
@@ -174,7 +178,7 @@ def bounded_struct(node: Node, steps: list[Step]) -> type:
     return msgspec.defstruct(node.struct.__name__ + "Bounded", fields, kw_only=True, rename=rename, gc=False)
 
 
-def _namespace(scan: Callable, coarsen: Callable) -> dict[str, Any]:
+def _namespace(scan: Fn, coarsen: Fn) -> dict[str, Any]:
     return {
         "UNSET": UNSET, "scan": scan, "coarsen": coarsen, "find": find, "number": classify_number,
         "ZERO": ZERO_DIGITS, "SHAPES": ISO_SHAPES, "tuple_new": tuple.__new__,
@@ -182,7 +186,9 @@ def _namespace(scan: Callable, coarsen: Callable) -> dict[str, Any]:
 
 
 def _uses_consent(node: Node) -> bool:
-    return any(loc.rule.consent for loc in node.locations) or any(_uses_consent(s.child) for s in node.children)
+    return any(loc.rule.consent for loc in node.locations) or any(
+        _uses_consent(s.child) for s in node.children if s.child
+    )
 
 
 def _why(rule: Any) -> str:
@@ -202,7 +208,12 @@ def _indent(lines: list[str], levels: int) -> list[str]:
 
 
 def _apply(
-    node: Node, ns: dict[str, Any], guard: bool, scan: Callable, coarsen: Callable, counters: list | None = None
+    node: Node,
+    ns: dict[str, Any],
+    guard: bool,
+    scan: Fn,
+    coarsen: Fn,
+    counters: list[tuple[str, str]] | None = None,
 ) -> list[str]:
     """Statements running the field operations of ``node`` on ``obj`` (``granted`` in scope).
 
@@ -225,8 +236,8 @@ def _apply(
         ]
     for i, step in enumerate(node.leaves):
         ns[f"s{i}"], ns[f"fn{i}"] = step, step.fn
-        fuse = getattr(step.fn, "fuse", None)
-        fused = fuse(f"_{i}_") if fuse is not None and not step.array else None
+        inline = step.compiled.inline if step.compiled is not None else None
+        fused = inline(f"_{i}_", "False") if inline is not None and not step.array else None
         tally = count(f"s{i}", step.op)
         lines += [_comment(step), f"v = obj.{step.attr}"]
         if fused is not None:  # the operation's common case inline, the rest a call
@@ -249,8 +260,8 @@ def _apply(
         ns[f"loc{i}"], ns[f"cl{i}"], ns[f"purpose{i}"] = loc, loc.fn, loc.rule.consent
         lat, lon = f"obj.{loc.lat.attr}", f"obj.{loc.lon.attr}"
         consented = f"purpose{i} in granted" if loc.rule.consent else "False"
-        fuse = getattr(loc.fn, "fuse", None)
-        fused = fuse(f"_loc{i}_", consented) if fuse is not None else None
+        inline = loc.compiled.inline
+        fused = inline(f"_loc{i}_", consented) if inline is not None else None
         tally = count(f"loc{i}", "coarsen_location")
         lines.append(f"# {loc.lat.key}, {loc.lon.key}: coarsen_location ({_why(loc.rule)})")
         call = [
@@ -279,6 +290,7 @@ def _apply(
             f"        {lat}, {lon} = pt",
         ]
     for i, step in enumerate(node.children):
+        assert step.child is not None  # children are the steps with a nested node
         child_apply, child_guard = build(step.child, guard, scan, coarsen)
         ns[f"ca{i}"], ns[f"cg{i}"] = child_apply, child_guard
         lines += [f"# {step.key}{'[]' if step.array else ''}: the nested object's rules (ca{i})",
@@ -294,10 +306,10 @@ def _guard(
     node: Node,
     ns: dict[str, Any],
     guard: bool,
-    scan: Callable,
-    coarsen: Callable,
+    scan: Fn,
+    coarsen: Fn,
     hit: Callable[[str, str], str],
-    skip: list[Step] = (),
+    skip: Sequence[Step] = (),
 ) -> list[str]:
     """Statements of the leak guard over the kept values of ``obj`` (``depth`` in scope).
 
@@ -363,6 +375,7 @@ def _guard(
                 *_indent(other, 1),
             ]
     for i, step in enumerate(node.children):
+        assert step.child is not None  # children are the steps with a nested node
         ns[f"cg{i}"] = ns.get(f"cg{i}") or build(step.child, guard, scan, coarsen)[1]
         lines += [f"v = obj.{step.attr}", "if v is not UNSET and v is not None:"]
         if step.array:
@@ -378,7 +391,7 @@ def _guard(
     return lines
 
 
-def _define(lines: list[str], ns: dict[str, Any], name: str) -> Callable:
+def _define(lines: list[str], ns: dict[str, Any], name: str) -> Fn:
     """Compile generated ``lines`` defining ``name``, under a file name that carries the policy and is
     registered in ``linecache`` (as attrs does), so a traceback through it shows the line and the
     comment naming the field and rule; the source is also kept on the function (``__source__``)."""
@@ -389,8 +402,8 @@ def _define(lines: list[str], ns: dict[str, Any], name: str) -> Callable:
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     local: dict[str, Any] = {}
     exec(compile(source, filename, "exec"), dict(ns), local)
-    fn = local[name]
-    fn.__source__ = source
+    fn: Fn = local[name]
+    fn.__source__ = source  # type: ignore[attr-defined]
     if _SOURCES:
         _SOURCES[-1].append((filename, source))
     return fn
@@ -401,6 +414,6 @@ _BUILDING: list[str] = []  # the policy whose code is being generated (compiling
 _SOURCES: list[list[tuple[str, str]]] = []  # its generated functions, for ``gateway check --dump-code``
 
 
-def sources(run: Callable) -> list[tuple[str, str]]:
+def sources(run: Fn) -> list[tuple[str, str]]:
     """``(file name, source)`` of every function generated for a plan's ``run``, outermost last."""
     return list(getattr(run, "__sources__", []))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,12 +20,13 @@ import msgspec
 from msgspec import NODEFAULT, UNSET, UnsetType
 
 from gateway.keys import Keyring
-from gateway.ops import Drop, Keep
-from gateway.ops.base import BuildEnv, Epochs, Rule, Transform
+from gateway.ops import Drop, Generalise, Keep, Mask, Replace
+from gateway.ops.base import BuildEnv, Compiled, Epochs, Rule, Transform
 from gateway.ops.detect import ALL, classify_number, find
 from gateway.ops.location import CoarsenLocation
 from gateway.policy.load import PolicyError, Source, locate
-from gateway.policy.model import DropWhen, Match, Policy, fold
+from gateway.policy.model import DropWhen, FieldRuleT, Match, Policy, fold
+from gateway.policy.stats import PlanStats
 from gateway.policy.topics import Template, TopicFilter, safe_level
 
 _SEGMENT = re.compile(r"([^.\[\]]+)(\[\])?")
@@ -39,7 +40,8 @@ class Step:
     key: str
     attr: str = ""
     rule: Rule | None = None  # None: only read (drop_when, device) then dropped
-    fn: Transform | None = None
+    compiled: Compiled | None = None  # what the rule built: its call, inline form and refresh
+    fn: Transform | None = None  # compiled.call, held for the interpreter
     array: bool = False  # the value is an array; ``fn`` / ``child`` apply per element
     child: Node | None = None
     count: int = 0  # how often the rule acted (a metric)
@@ -60,7 +62,8 @@ class Location:
     lat: Step
     lon: Step
     rule: CoarsenLocation
-    fn: Any
+    compiled: Compiled  # call(lat, lon, consented) -> (lat, lon) | None, and its inline form
+    fn: Any  # compiled.call
     count: int = 0
 
 
@@ -113,9 +116,10 @@ def matcher(m: Match) -> Callable[[Any], bool]:
     return equal
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class Plan:
-    """Everything the hot path needs for one policy."""
+    """Everything the hot path needs for one policy: built once by ``compile_policy``, never
+    changed after. The Engine holds what it compiles from a plan (its runner, gateway.pipeline)."""
 
     source: Source
     filters: list[TopicFilter]
@@ -127,7 +131,7 @@ class Plan:
     device_steps: list[Step] | None
     key_id: str
     coordinate_decimals: int
-    stats: Counter
+    stats: PlanStats  # every count of this plan; telemetry reads stats.snapshot()
     paths: frozenset[str]  # every declared path, for safe error details
     structs: bool  # fail-closed policy decoded into Structs
     max_bytes: int = 0
@@ -135,8 +139,6 @@ class Plan:
     leak_guard: bool = True
     decode: Any = None
     encode: Any = None
-    run: Any = None  # (payload, upstream, device, consents) -> Forward | Reject, set by the Engine
-    tallies: Any = None  # () -> [(operation, count)]: counts the generated code keeps outside the steps
 
     def __repr__(self) -> str:
         return f"Plan({self.name!r})"
@@ -149,20 +151,9 @@ class Plan:
     def name(self) -> str:
         return self.policy.policy.name
 
-    def action_counts(self) -> Counter:
+    def action_counts(self) -> Counter[str]:
         """How often each operation acted so far (``coarsen_location`` counts points)."""
-        counts: Counter = Counter()
-        nodes = [self.root]
-        while nodes:
-            node = nodes.pop()
-            for step in node.leaves + node.drops:
-                counts[step.op] += step.count
-            for loc in node.locations:
-                counts["coarsen_location"] += loc.count
-            nodes.extend(step.child for step in node.children)
-        for op, n in self.tallies() if self.tallies is not None else ():
-            counts[op] += n
-        return counts
+        return self.stats.actions()
 
 
 def parse_path(path: str) -> list[tuple[str, bool]]:
@@ -185,7 +176,8 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         return PolicyError(file, message, locate(text, where) if text else None, where)
 
     meta = policy.policy
-    env = BuildEnv(keyring, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain)
+    stats = PlanStats()  # the operations count their events in it as they run
+    env = BuildEnv(keyring, epochs, stats, cache_size, pack=meta.name, link_domain=meta.link_domain)
     root = Node()
     paths: set[str] = set()
 
@@ -223,7 +215,8 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
                     raise fail(f"{path!r} already has a rule", where)
                 step.rule = rule
                 paths.add(path)
-            node.locations.append(Location(lat, lon, rule, rule.build(env)))
+            built = rule.build(env)
+            node.locations.append(Location(lat, lon, rule, built, built.call))
             continue
         if not rule.path:
             raise fail(f"{rule.op_name()} needs a path", where)
@@ -239,7 +232,8 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
             if rule.type != "boolean":  # a flag cannot carry an identifier
                 node.kept.append(step)
         else:
-            step.fn = rule.build(replace(env, field=rule.path))
+            step.compiled = rule.build(replace(env, field=rule.path))
+            step.fn = step.compiled.call
             node.leaves.append(step)
 
     def chain(path: str, where: str) -> list[Step]:
@@ -249,7 +243,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         for key, _ in parse_path(path):
             out.append(node.steps[key])
             node.steps[key].read = True
-            node = node.steps[key].child
+            node = node.steps[key].child  # type: ignore[assignment]  # a path's inner keys have children
         paths.add(path)
         return out
 
@@ -278,7 +272,9 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
     for name, rule in policy.route.capture.items():
         if getattr(rule, "path", ""):
             raise fail("a capture rule has no path (it applies to the topic level)", f"route.capture.{name}")
-    captures = {name: rule.build(replace(env, field=f"topic_{name}")) for name, rule in policy.route.capture.items()}
+    captures = {
+        name: rule.build(replace(env, field=f"topic_{name}")).call for name, rule in policy.route.capture.items()
+    }
     if meta.device:
         m = re.fullmatch(r"\{([a-z_][a-z0-9_]*)\}", meta.device)
         if m:
@@ -298,14 +294,12 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
             )
 
     for name, rule in policy.route.capture.items():
-        constants = (
-            [rule.value]
-            if rule.op_name() == "replace"
-            else [*rule.map.values(), rule.default]
-            if rule.op_name() == "generalise"
-            else []
-        )
-        if rule.op_name() == "mask":
+        constants: list[Any] = []
+        if isinstance(rule, Replace):
+            constants = [rule.value]
+        elif isinstance(rule, Generalise):
+            constants = [*rule.map.values(), rule.default]
+        elif isinstance(rule, Mask):
             constants = [rule.char]
         if any(safe_level(c) is None for c in constants):
             raise fail(
@@ -321,6 +315,7 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
 
     structs = meta.default == "drop"
     _finish(root, structs, "Root")
+    stats.bind(root, (c.rule.reason for c in conditions))
     plan = Plan(
         source=source,
         filters=filters,
@@ -332,19 +327,19 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
         device_steps=device_steps,
         key_id=keyring.active,
         coordinate_decimals=coordinate_decimals,
-        stats=env.stats,
+        stats=stats,
         paths=frozenset(paths),
         structs=structs,
         max_bytes=meta.max_bytes,
         max_depth=meta.max_depth,
         leak_guard=meta.leak_guard,
+        decode=msgspec.json.Decoder(root.struct if structs else Any).decode,
+        encode=(msgspec.msgpack.Encoder() if meta.output == "msgpack" else msgspec.json.Encoder()).encode,
     )
-    plan.decode = msgspec.json.Decoder(root.struct if structs else Any).decode
-    plan.encode = (msgspec.msgpack.Encoder() if meta.output == "msgpack" else msgspec.json.Encoder()).encode
     return plan
 
 
-def _constants(policy: Policy):
+def _constants(policy: Policy) -> Iterator[tuple[str, FieldRuleT]]:
     for i, rule in enumerate(policy.field):
         yield f"field[{i}]", rule
     for name, rule in policy.route.capture.items():
@@ -353,10 +348,10 @@ def _constants(policy: Policy):
 
 def _first_leak(rule: Rule) -> str | None:
     """Constants a rule emits (replace, generalise) must not themselves look like identifiers."""
-    values = []
-    if rule.op_name() == "replace":
+    values: list[Any] = []
+    if isinstance(rule, Replace):
         values = [rule.value]
-    elif rule.op_name() == "generalise":
+    elif isinstance(rule, Generalise):
         values = [*rule.map.values(), rule.default]
     for v in values:
         if isinstance(v, str):
@@ -375,7 +370,8 @@ def _finish(node: Node, structs: bool, name: str) -> None:
     skips it while decoding, like any undeclared field. A dropped field that a
     condition or the device lookup reads is decoded, then removed.
     """
-    fields = []
+    fields: list[tuple[str, Any, Any]] = []
+    inner: Any
     for i, step in enumerate(node.steps.values()):
         step.attr = f"f{i}"
         plain_drop = isinstance(step.rule, Drop) or (step.rule is None and step.child is None)

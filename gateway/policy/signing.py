@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
@@ -123,7 +124,7 @@ def sign(private: Ed25519PrivateKey, policy: str | os.PathLike[str]) -> Path:
     return out
 
 
-def verify(policy: str | os.PathLike[str], data: bytes, keys: dict[str, Ed25519PublicKey]) -> str:
+def verify(policy: str | os.PathLike[str], data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> str:
     """Check ``data`` (the pack's bytes as loaded) against ``POLICY.sig``; return the signer's key id."""
     policy = Path(policy)
     where = sig_path(policy)

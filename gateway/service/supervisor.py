@@ -162,7 +162,7 @@ def supervise(cfg: Config, config: str, workers: int) -> int:
                 alive += 1
                 continue
             if stopping:
-                if i not in reported:
+                if i not in reported and i not in due:  # one waiting for its restart was logged already
                     reported.add(i)
                     status = status or _code(rc)
                 continue

@@ -303,6 +303,7 @@ class Uplink:
             )
         except SpoolError as exc:  # like a full spool: hold, do not acknowledge, retry on a timer
             self._held = items
+            self.metrics.spool_refused.inc(len(items) - held)  # each message once
             self._spool_failed(exc)
             self._arm_retry()
             self._check_pressure()
@@ -312,6 +313,7 @@ class Uplink:
             for item in items[:stored]:
                 self._done(item)
             self.metrics.spooled.inc(stored)
+            self.metrics.spool_refused.inc(len(items) - max(stored, held))
             self._spool_failed(SpoolError("append", "full", "file system full"))
             self._arm_retry()
             self._update_gauges()
@@ -551,7 +553,13 @@ class Uplink:
                 waiting = True
                 continue
             self._tries.pop(sid, None)
+            dropped = self.spool.quarantine_dropped
             if self.spool.quarantine(sid, reason):
+                if self.spool.quarantine_dropped > dropped:
+                    self.metrics.spool_quarantine_dropped.inc(self.spool.quarantine_dropped - dropped)
+                    if not dropped:  # the first time since start
+                        log.warning("spool_quarantine_full", quarantined=self.spool.quarantine_depth,
+                                    action="dropping the oldest quarantined messages (counted)")
                 entry = by_id.get(sid)
                 policy = entry.device if entry is not None else ""
                 pattern = topic_pattern(entry.topic) if entry is not None else ""

@@ -140,6 +140,7 @@ class _Connection:
         self._answer(codec.general_response(head, self._next_serial(), result))
 
     async def _frame(self, inner: bytes) -> None:
+        message: codec.Message | None
         try:
             message = codec.decode(inner)
         except FrameError as exc:

@@ -37,7 +37,7 @@ def position(terminal: str, p: Position) -> tuple[str, bytes]:
     else:
         cells = [tracksolid.Cell(mcc=c.mcc, mnc=c.mnc, lac=c.lac, cell_id=c.cell_id) for c in p.cells] or None
         message = tracksolid.Location(imei=terminal, wifi_aps=p.wifi or None, cells=cells, **fields)
-    return tracksolid.topic(terminal, message.__struct_config__.tag), tracksolid.encode(message)
+    return tracksolid.topic(terminal, str(message.__struct_config__.tag)), tracksolid.encode(message)
 
 
 def heartbeat(terminal: str) -> tuple[str, bytes]:
