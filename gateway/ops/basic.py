@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -96,14 +97,13 @@ class Generalise(FieldRule, tag="generalise"):
                 )
 
             return Compiled(generalise, per_value(fuse))
-        prefixes = sorted(table, key=len, reverse=True)
+        # One regex over the keys, longest first: alternation tries them in that order, so the
+        # first that matches is the longest matching key (as a loop of startswith would find).
+        longest_first = re.compile("|".join(re.escape(p) for p in sorted(table, key=len, reverse=True))).match
 
         def generalise_prefix(v: Any) -> Any:
-            text = v if isinstance(v, str) else _key(v)
-            for p in prefixes:
-                if text.startswith(p):
-                    return table[p]
-            return default
+            m = longest_first(v if isinstance(v, str) else _key(v))
+            return default if m is None else table[m.group()]
 
         return Compiled(generalise_prefix)
 
