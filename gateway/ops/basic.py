@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any, Literal
 
@@ -114,18 +115,16 @@ class Generalise(FieldRule, tag="generalise"):
                 )
 
             return Compiled(generalise, per_value(fuse))
-        prefixes = sorted(table, key=len, reverse=True)
+        # One regex over the keys, longest first: alternation tries them in that order, so the
+        # first that matches is the longest matching key (as a loop of startswith would find).
+        longest_first = re.compile("|".join(re.escape(p) for p in sorted(table, key=len, reverse=True))).match
 
         folded = self.fold
 
         def generalise_prefix(v: Any) -> Any:
             text = v if isinstance(v, str) else _key(v)
-            if folded:
-                text = fold(text)
-            for p in prefixes:
-                if text.startswith(p):
-                    return table[p]
-            return default
+            m = longest_first(fold(text) if folded else text)
+            return default if m is None else table[m.group()]
 
         return Compiled(generalise_prefix)
 
@@ -133,7 +132,7 @@ class Generalise(FieldRule, tag="generalise"):
 def fold(text: str) -> str:
     """Text as ``drop_when`` and ``generalise`` with ``fold = true`` compare it: NFKC, case-folded,
     without white space or invisible (control and format) characters, so ``"PIN"``, ``" pin "``,
-    fullwidth ``"\uff30in"`` and ``"p\u200bin"`` are one."""
+    fullwidth ``"\\uff30in"`` and ``"p\\u200bin"`` are one."""
     if text.isascii() and text.isalnum():  # the common case, e.g. "card": nothing to normalise or remove
         return text.lower()
     text = unicodedata.normalize("NFKC", text).casefold()
