@@ -75,7 +75,10 @@ class Engine:
         }
         # Fused pseudonymisers read their cache directly: re-key them as soon as an epoch rolls over.
         self._refresh = [
-            step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")
+            step.compiled.refresh
+            for plan in self.plans
+            for step in _leaves(plan.root)
+            if step.compiled is not None and step.compiled.refresh is not None
         ]
         self._routes: BoundedCache[str, tuple[Any, str | None, str | None]] = BoundedCache(cache_size)
         self._generation = self.epochs.generation
@@ -185,7 +188,7 @@ def _previous_devices(plans: list[Plan], keyring: Keyring, epochs: Epochs, cache
             meta = plan.policy.policy
             env = BuildEnv(previous, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain,
                            field=f"topic_{name}")
-            out[plan.name] = rule.build(env)
+            out[plan.name] = rule.build(env).call
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from gateway.ops import detect
-from gateway.ops.base import BuildEnv, FieldRule, Transform
+from gateway.ops.base import BuildEnv, Compiled, FieldRule
 
 
 class Scrub(FieldRule, tag="scrub"):
@@ -20,6 +20,6 @@ class Scrub(FieldRule, tag="scrub"):
         if unknown:
             raise ValueError(f"unknown detector(s) {sorted(unknown)}; known: {list(detect.DETECTORS)}")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         enabled = frozenset(self.detectors)
-        return lambda text: detect.scrub(text, enabled)
+        return Compiled(lambda text: detect.scrub(text, enabled))

@@ -7,7 +7,7 @@ the message-level drops, runs the field operations and the leak guard over the
 kept values of the root object, and encodes. Each nested object gets its own
 ``apply(obj, granted)`` and ``guard(obj, depth)``. Direct attribute access
 (``obj.f3``), no loop over step objects, and the operations pasted in as
-statements (their ``fuse`` form, see gateway.ops.base) where they offer one make
+statements (their ``Compiled.inline`` form, see gateway.ops.base) where they offer one make
 a field cost a few bytecodes instead of a call and a loop turn with several
 lookups, which matters when the whole budget per message is a few microseconds.
 The generated source is kept on each function (``__source__``) for debugging.
@@ -236,8 +236,8 @@ def _apply(
         ]
     for i, step in enumerate(node.leaves):
         ns[f"s{i}"], ns[f"fn{i}"] = step, step.fn
-        fuse = getattr(step.fn, "fuse", None)
-        fused = fuse(f"_{i}_") if fuse is not None and not step.array else None
+        inline = step.compiled.inline if step.compiled is not None else None
+        fused = inline(f"_{i}_", "False") if inline is not None and not step.array else None
         tally = count(f"s{i}", step.op)
         lines += [_comment(step), f"v = obj.{step.attr}"]
         if fused is not None:  # the operation's common case inline, the rest a call
@@ -260,8 +260,8 @@ def _apply(
         ns[f"loc{i}"], ns[f"cl{i}"], ns[f"purpose{i}"] = loc, loc.fn, loc.rule.consent
         lat, lon = f"obj.{loc.lat.attr}", f"obj.{loc.lon.attr}"
         consented = f"purpose{i} in granted" if loc.rule.consent else "False"
-        fuse = getattr(loc.fn, "fuse", None)
-        fused = fuse(f"_loc{i}_", consented) if fuse is not None else None
+        inline = loc.compiled.inline
+        fused = inline(f"_loc{i}_", consented) if inline is not None else None
         tally = count(f"loc{i}", "coarsen_location")
         lines.append(f"# {loc.lat.key}, {loc.lon.key}: coarsen_location ({_why(loc.rule)})")
         call = [
