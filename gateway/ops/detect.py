@@ -386,6 +386,42 @@ def precise_pair(a: float, b: float) -> bool:
     return _coordinates(a, b) and max(_float_decimals(a), _float_decimals(b)) >= PAIR_DECIMALS
 
 
+_NUMBER_TEXT = re.compile(r"\s*+[-+]?\d{1,3}(?:\.(\d*?)0*+)?\s*+", re.ASCII)
+
+
+def coordinate_value(v: object) -> tuple[float, int] | None:
+    """A JSON number or a string holding one decimal number of up to 3 integer digits (in any
+    script: ``"১২.৯৭১৫৯৮"``), as ``(value, decimals)``; None for anything else."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, float):
+        return v, _float_decimals(v)
+    if isinstance(v, int):
+        return float(v), 0
+    if isinstance(v, str) and len(v) <= 48:
+        text = v if v.isascii() else normalise(v)[0]
+        m = _NUMBER_TEXT.fullmatch(text)
+        if m is not None:
+            return float(text), len(m.group(1) or "")
+    return None
+
+
+def position(a: object, b: object) -> bool:
+    """Two values (numbers or numeric strings) that read as a latitude and longitude, one
+    with PAIR_DECIMALS or more decimals: ``[12.971598, 77.594562]``, ``["12.971598", "77.594562"]``."""
+    x, y = coordinate_value(a), coordinate_value(b)
+    return x is not None and y is not None and max(x[1], y[1]) >= PAIR_DECIMALS and _coordinates(x[0], y[0])
+
+
+_XY = (("x", "y"), ("X", "Y"), ("la", "lo"), ("lt", "ln"))
+
+
+def keyed_position(d: dict[str, object]) -> bool:
+    """An object holding a precise position under ``x``/``y`` (or ``la``/``lo``, ``lt``/``ln``)
+    keys; ``lat``/``lon``-named keys are checked one by one (``coordinate_value``)."""
+    return any(a in d and b in d and position(d[a], d[b]) for a, b in _XY)
+
+
 def _coordinates(a: float, b: float) -> bool:
     return abs(a) <= 180 and abs(b) <= 180 and min(abs(a), abs(b)) <= 90
 
