@@ -21,7 +21,7 @@ from msgspec import UNSET
 
 from gateway.keys import Keyring
 from gateway.ops import BucketTime, Generalise, Scrub, detect
-from gateway.ops.base import BuildEnv, Epochs
+from gateway.ops.base import BoundedCache, BuildEnv, Epochs
 from gateway.ops.text import CLEAN_CACHE, CLEAN_MAX_LEN
 from gateway.pipeline import Engine, Forward, interpret
 from gateway.policy.load import loads
@@ -95,7 +95,7 @@ def test_scrub_cache_gives_the_same_text_as_a_fresh_scrub_and_stays_bounded() ->
             if i % 100 == 0:
                 for d in dirty:  # never remembered as clean, scrubbed every time
                     assert fn(d) == detect.scrub(d) != d
-    cache = next(c.cell_contents for c in fn.call.__closure__ if isinstance(c.cell_contents, dict))
+    cache = next(c.cell_contents for c in fn.call.__closure__ if isinstance(c.cell_contents, BoundedCache))
     assert len(cache) == CLEAN_CACHE
     assert not any(d in cache for d in dirty)
     long = "word " * (CLEAN_MAX_LEN // 5 + 1)
@@ -228,5 +228,19 @@ def test_kept_object_scanner_cache_is_bounded_and_never_hides_a_hit() -> None:
     assert scan({"products": [*names[:3], "mail me at a.b@example.com"]}, detect.ALL, "p", 4) == "email"
     assert scan(["Product line 1", "call 98765 43210"], detect.ALL, "p", 4) == "phone"
     assert scan(["Product line 1"], frozenset({"email"}), "p", 4) is None
-    cache = next(c.cell_contents for c in scan.__closure__ if isinstance(c.cell_contents, dict))
+    cache = next(c.cell_contents for c in scan.__closure__ if isinstance(c.cell_contents, BoundedCache))
     assert len(cache) <= SCAN_CACHE
+
+
+def test_generalise_prefix_cache_is_bounded_and_keeps_types_apart() -> None:
+    from gateway.ops.basic import PREFIX_CACHE
+
+    fn = build(Generalise, path="v", match="prefix", map={"1": "one", "true": "yes", "Android": "A"}, default="?")
+    for i in range(PREFIX_CACHE + 20):
+        assert fn(f"Android {i}") == "A"
+        assert fn(f"x{i}") == "?"
+    assert fn(True) == "yes" and fn(1) == "one" and fn("1") == "one" and fn("True") == "?"  # True is not "1"
+    cache = next(c.cell_contents for c in fn.call.__closure__ if isinstance(c.cell_contents, BoundedCache))
+    assert len(cache) == PREFIX_CACHE
+    folded = build(Generalise, path="v", match="prefix", fold=True, map={"android": "A"}, default="?")
+    assert folded(" ANDROID 14") == "A" and folded(" ANDROID 14") == "A" and folded("iOS") == "?"
