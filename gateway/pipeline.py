@@ -20,7 +20,7 @@ from msgspec import UNSET
 from gateway.keys import Keyring
 from gateway.ops.base import BoundedCache, BuildEnv, Epochs
 from gateway.ops.basic import Keep
-from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, find, precise_pair
+from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, coordinate_value, find, keyed_position, position
 from gateway.ops.identity import AffixRefused, Pseudonymise
 from gateway.policy import codegen
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, compile_policy
@@ -186,8 +186,15 @@ def _previous_devices(plans: list[Plan], keyring: Keyring, epochs: Epochs, cache
         rule = plan.policy.route.capture.get(name) if name else None
         if isinstance(rule, Pseudonymise):
             meta = plan.policy.policy
-            env = BuildEnv(previous, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain,
-                           field=f"topic_{name}")
+            env = BuildEnv(
+                previous,
+                epochs,
+                Counter(),
+                cache_size,
+                pack=meta.name,
+                link_domain=meta.link_domain,
+                field=f"topic_{name}",
+            )
             out[plan.name] = rule.build(env).call
     return out
 
@@ -259,7 +266,12 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
     if cls is str:
         if enabled and v and not v.isalpha():
             hits = find(v, enabled)
-            return hits[0][0] if hits else None
+            if hits:
+                return hits[0][0]
+        if key and coordinate_decimals < NO_COORDINATES and COORDINATE_KEYS.fullmatch(key):
+            number = coordinate_value(v)  # {"lat": "12.971598"}
+            if number is not None and number[1] > coordinate_decimals:
+                return "coordinate"
     elif cls is int:
         if enabled:
             kind = classify_number(v)
@@ -274,6 +286,8 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
     elif cls is dict:
         if depth <= 0:
             raise TooDeep
+        if coordinate_decimals < NO_COORDINATES and keyed_position(v):  # {"x": 77.594562, "y": 12.971598}
+            return "coordinate"
         for k, x in v.items():
             hit = _scan(k, enabled, coordinate_decimals, "", depth)
             hit = hit or _scan(x, enabled, coordinate_decimals, k, depth - 1)
@@ -295,14 +309,9 @@ NO_COORDINATES = 99
 
 
 def _position(v: list) -> bool:
-    """``[lat, lon]``, ``[lon, lat]`` or ``[lon, lat, alt]`` with a precise coordinate."""
-    a, b = v[0], v[1]
-    return (
-        (a.__class__ is float or b.__class__ is float)
-        and a.__class__ in (int, float)
-        and b.__class__ in (int, float)
-        and precise_pair(a, b)
-    )
+    """``[lat, lon]``, ``[lon, lat]`` or ``[lon, lat, alt]`` with a precise coordinate, as numbers
+    or numeric strings (``["12.971598", "77.594562"]``)."""
+    return position(v[0], v[1])
 
 
 def _decimals(x: float) -> int:
