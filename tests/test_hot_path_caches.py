@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 import time
 from typing import Any
 
@@ -184,3 +185,48 @@ def test_inline_drop_when_examples() -> None:
     assert reason({"kind": "t", "a": {"b": {"c": 2.0}}}) is None  # 2.0 is not the JSON value 2
     assert reason({"a": {"b": {"c": 3}}}) is None  # no kind, unless a.b.c present
     assert reason({"a": {"b": {}}}) == "no_kind"
+
+
+# -- detectors: the IPv4 gate only skips texts _IPV4 cannot match -------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="0123456789.abv:_ -\u0663", max_size=30))
+def test_ipv4_gate_never_hides_an_address(text: str) -> None:
+    if list(detect._IPV4.finditer(text)):
+        assert detect._IPV4_GATE.search(text.encode())
+
+
+IPV4_PARTS = ["ip", "10.0.0.1", "v1.2.3.4", "203.0.113.077", ".", "1.2.3", " ", "x", "9"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(IPV4_PARTS), max_size=8))
+def test_find_is_the_same_with_and_without_the_ipv4_gate(parts: list[str]) -> None:
+    text = "".join(parts)
+    gated = detect.find(text)
+    gate = detect._IPV4_GATE
+    detect._IPV4_GATE = re.compile(b"")  # always open
+    try:
+        assert detect.find(text) == gated
+    finally:
+        detect._IPV4_GATE = gate
+
+
+# -- the scanner of kept objects: clean strings remembered, bounded ------------------------
+
+
+def test_kept_object_scanner_cache_is_bounded_and_never_hides_a_hit() -> None:
+    from gateway.pipeline import CLEAN_CACHE as SCAN_CACHE
+    from gateway.pipeline import _kept_scanner
+
+    plan = ENGINE.plans[0]
+    scan = _kept_scanner(plan)
+    names = [f"Product line {i}" for i in range(SCAN_CACHE + 10)]
+    for _ in range(2):
+        assert scan({"products": names}, detect.ALL, "p", 4) is None
+    assert scan({"products": [*names[:3], "mail me at a.b@example.com"]}, detect.ALL, "p", 4) == "email"
+    assert scan(["Product line 1", "call 98765 43210"], detect.ALL, "p", 4) == "phone"
+    assert scan(["Product line 1"], frozenset({"email"}), "p", 4) is None
+    cache = next(c.cell_contents for c in scan.__closure__ if isinstance(c.cell_contents, dict))
+    assert len(cache) <= SCAN_CACHE

@@ -248,6 +248,9 @@ _VERSION_MARK = (
     r"(?<!(?<![A-Za-z])[vVrRbB])(?<!(?i:ver|rev|fw_|fw-|sw_|sw-))(?<!(?i:fw|sw))(?<!(?i:build))"
     r"(?<!(?i:version|release))(?<!(?i:firmware))(?<!(?i:v|r)[_-])"
 )
+# Every _IPV4 match holds four runs of 1-3 ASCII digits joined by dots: a cheap gate (C speed,
+# no look-behinds) before _IPV4, whose look-behinds are tried at every position.
+_IPV4_GATE = re.compile(rb"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")
 _IPV4 = re.compile(rf"(?:(?<![\w.])|(?<=[A-Za-z_]){_VERSION_MARK}){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", re.ASCII)
 _IPV6 = re.compile(
     r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\d{1,3}(?:\.\d{1,3}){3})?(?:%[\w.]+)?"
@@ -596,7 +599,7 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
             if kind:
                 hits.append((m.start(), m.end(), kind))
     if "ip" in enabled:
-        if digits >= 4 and b"." in raw:
+        if digits >= 4 and _IPV4_GATE.search(raw):
             hits.extend((m.start(), m.end(), "ip") for m in _IPV4.finditer(text))
         if raw.count(b":") >= 2:
             hits.extend((m.start(), m.end(), "ip") for m in _IPV6.finditer(text) if _ipv6(m))
