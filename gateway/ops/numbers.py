@@ -173,14 +173,23 @@ class BucketTime(FieldRule, tag="bucket_time"):
                 return datetime(d.year, d.month, 1, tzinfo=UTC).timestamp()
             return t - t % width
 
+        # The last bucket's text: consecutive messages mostly fall in one bucket, so the
+        # strftime runs once per bucket, not per message. One (bucket, text) tuple, swapped whole.
+        last: tuple[float, str] = (math.nan, "")
+
         def bucket_time(v: str | int | float) -> Any:
+            nonlocal last
             try:
                 if isinstance(v, str):
                     d = datetime.fromisoformat(v.strip())
                     if d.tzinfo is None:
                         d = d.replace(tzinfo=UTC)  # naive device time is taken as UTC
                     t = floor_ts(d.timestamp())
-                    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    bucket, text = last
+                    if t != bucket:
+                        text = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                        last = (t, text)
+                    return text
                 if not math.isfinite(v):
                     raise ValueError
                 millis = abs(v) >= 100_000_000_000  # later than 5138 AD in seconds: milliseconds

@@ -24,7 +24,7 @@ from msgspec import UNSET, UnsetType
 
 from gateway.ops.base import BoundedCache
 from gateway.ops.detect import ISO_SHAPES, NUMBER_LIMIT, ZERO_DIGITS, classify_number, find
-from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step
+from gateway.policy.compile import COORDINATE_KEYS, Condition, Node, Plan, Step
 from gateway.policy.runtime import RUNTIME, coarsen
 
 VERDICT_CACHE = 1024  # per kept string field: recent values the guard found clean
@@ -102,13 +102,7 @@ def _build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn) -> Fn:
             f"    countdown = {sample}",
             "    unknown = sample_unknown(plan, payload)",
         ]
-        if plan.conditions:
-            lines += [
-                "for cond in conditions:",
-                "    if holds(cond, obj, True):",
-                "        stats[(cond.rule.path, cond.rule.reason)] += 1",
-                "        return Reject(cond.rule.reason, plan, cond.rule.path)",
-            ]
+        lines += _drop_when(plan.conditions, ns)
         if _uses_consent(root):
             lines += ["granted = EMPTY if consents is NO_CONSENT else granted_of(plan, obj, device, consents)"]
         else:
@@ -178,10 +172,46 @@ def bounded_struct(node: Node, steps: list[Step]) -> type:
     return msgspec.defstruct(node.struct.__name__ + "Bounded", fields, kw_only=True, rename=rename, gc=False)
 
 
+def _drop_when(conditions: Sequence[Condition], ns: dict[str, Any]) -> list[str]:
+    """Statements that reject the message ``obj`` (a Struct) when a ``drop_when`` condition holds.
+
+    The same decision as runtime.holds, with the paths read inline instead of interpreted
+    per message; the tests stay the matcher's own functions."""
+    lines: list[str] = []
+    for i, cond in enumerate(conditions):
+        rule = cond.rule
+        ns[f"dt{i}"], ns[f"dk{i}"] = cond.test, (rule.path, rule.reason)
+        ns[f"dr{i}"], ns[f"dp{i}"] = rule.reason, rule.path
+        lines += [f"# drop_when[{i}]: {' '.join(rule.path.split())[:60]} ({' '.join(rule.reason.split())[:40]})"]
+        lines += _read_path(cond.steps)
+        reject = [f"stats[dk{i}] += 1", f"return Reject(dr{i}, plan, dp{i})"]
+        if rule.unless is not None:
+            ns[f"du{i}"] = cond.unless_test
+            unless = _test(rule.unless, f"du{i}")
+            reject = [*_read_path(cond.unless_steps or []), f"if not ({unless}):", *_indent(reject, 1)]
+        lines += [f"if {_test(rule, f'dt{i}')}:", *_indent(reject, 1)]
+    return lines
+
+
+def _read_path(steps: Sequence[Step]) -> list[str]:
+    """``v = `` the value at ``steps`` of ``obj``, UNSET past a missing or null object (runtime.read)."""
+    lines = [f"v = obj.{steps[0].attr}"]
+    return lines + [f"v = UNSET if v is UNSET or v is None else v.{step.attr}" for step in steps[1:]]
+
+
+def _test(match: Any, fn: str) -> str:
+    """The condition for ``fn(v)`` (model.Match's matcher), without a call where the answer is plain."""
+    if match.present is True:  # a Raw is decoded by the matcher: ``null`` is not present
+        return f"v is not UNSET and v is not None and (v.__class__ is not Raw or {fn}(v))"
+    if match.present is False:
+        return f"{fn}(v)"
+    return f"v is not UNSET and v is not None and {fn}(v)"  # an absent or null field equals nothing
+
+
 def _namespace(scan: Fn, coarsen: Fn) -> dict[str, Any]:
     return {
         "UNSET": UNSET, "scan": scan, "coarsen": coarsen, "find": find, "number": classify_number,
-        "ZERO": ZERO_DIGITS, "SHAPES": ISO_SHAPES, "tuple_new": tuple.__new__,
+        "ZERO": ZERO_DIGITS, "SHAPES": ISO_SHAPES, "tuple_new": tuple.__new__, "Raw": msgspec.Raw,
     }  # fmt: skip
 
 
@@ -335,7 +365,7 @@ def _guard(
                 ]
             continue
         string = [  # words and timestamps hold no identifier; nor a value found clean before
-            f"if v and not v.isalpha() and not {_ISO} and v not in ok{i}:",
+            f"if v and not v.isalpha() and v not in ok{i} and not {_ISO}:",
             f"    h = find(v, e{i})",
             "    if h:",
             f"        {hit(f'l{i}', 'h[0][0]')}",
