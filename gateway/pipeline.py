@@ -253,21 +253,36 @@ def interpret(plan: Plan, payload: bytes, upstream: str, device: str | None, con
 # -- shared by the generated Struct code (gateway.policy.codegen) and the dict executor ----
 
 
+CLEAN_CACHE = 4096  # per plan: recent (string, detectors) pairs inside kept objects found clean
+CLEAN_MAX_LEN = 64  # only short strings are remembered
+
+
 def _kept_scanner(plan: Plan):
     decimals = plan.coordinate_decimals
-    return lambda v, enabled, key, depth: _scan(v, enabled, decimals, key, depth)
+    clean: BoundedCache[tuple[str, frozenset[str]], bool] = BoundedCache(CLEAN_CACHE)
+    return lambda v, enabled, key, depth: _scan(v, enabled, decimals, key, depth, clean)
 
 
-def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, depth: int) -> str | None:
+def _scan(
+    v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, depth: int, clean: Any = None
+) -> str | None:
     """The detector an identifier in ``v`` trips, or None. Raises TooDeep past ``depth``.
 
-    ``coordinate_decimals`` NO_COORDINATES: the guard is off, only the depth is checked."""
+    ``coordinate_decimals`` NO_COORDINATES: the guard is off, only the depth is checked.
+    ``clean``: a BoundedCache of short strings found clean before (labels, product names
+    inside objects repeat from message to message), or None."""
     cls = v.__class__
     if cls is str:
         if enabled and v and not v.isalpha():
-            hits = find(v, enabled)
-            if hits:
-                return hits[0][0]
+            if clean is None or len(v) > CLEAN_MAX_LEN:
+                hits = find(v, enabled)
+                if hits:
+                    return hits[0][0]
+            elif (v, enabled) not in clean:
+                hits = find(v, enabled)
+                if hits:
+                    return hits[0][0]
+                clean.put((v, enabled), True)
         if key and coordinate_decimals < NO_COORDINATES and COORDINATE_KEYS.fullmatch(key):
             number = coordinate_value(v)  # {"lat": "12.971598"}
             if number is not None and number[1] > coordinate_decimals:
@@ -289,8 +304,8 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
         if coordinate_decimals < NO_COORDINATES and keyed_position(v):  # {"x": 77.594562, "y": 12.971598}
             return "coordinate"
         for k, x in v.items():
-            hit = _scan(k, enabled, coordinate_decimals, "", depth)
-            hit = hit or _scan(x, enabled, coordinate_decimals, k, depth - 1)
+            hit = _scan(k, enabled, coordinate_decimals, "", depth, clean)
+            hit = hit or _scan(x, enabled, coordinate_decimals, k, depth - 1, clean)
             if hit:
                 return hit
     elif cls is list:
@@ -299,7 +314,7 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
         if 2 <= len(v) <= 3 and coordinate_decimals < NO_COORDINATES and _position(v):
             return "coordinate"
         for x in v:
-            hit = _scan(x, enabled, coordinate_decimals, key, depth - 1)
+            hit = _scan(x, enabled, coordinate_decimals, key, depth - 1, clean)
             if hit:
                 return hit
     return None

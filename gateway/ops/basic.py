@@ -8,8 +8,11 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.ops.base import SCALAR, BuildEnv, Compiled, FieldRule, per_value
+from gateway.ops.base import SCALAR, BoundedCache, BuildEnv, Compiled, FieldRule, per_value
 from gateway.ops.detect import ALL, DETECTORS, find
+
+PREFIX_CACHE = 1024  # per prefix generalise rule: recent texts and the class they map to
+PREFIX_MAX_LEN = 128  # only texts this short are remembered
 
 TYPES: dict[str, Any] = {
     "any": Any,
@@ -120,11 +123,17 @@ class Generalise(FieldRule, tag="generalise"):
         longest_first = re.compile("|".join(re.escape(p) for p in sorted(table, key=len, reverse=True))).match
 
         folded = self.fold
+        seen: BoundedCache[str, Any] = BoundedCache(PREFIX_CACHE)  # recent texts and their class
 
         def generalise_prefix(v: Any) -> Any:
+            if v.__class__ is str and (out := seen.get(v, seen)) is not seen:
+                return out  # OS and browser strings repeat from message to message
             text = v if isinstance(v, str) else _key(v)
             m = longest_first(fold(text) if folded else text)
-            return default if m is None else table[m.group()]
+            out = default if m is None else table[m.group()]
+            if v.__class__ is str and len(v) <= PREFIX_MAX_LEN:
+                seen.put(v, out)
+            return out
 
         return Compiled(generalise_prefix)
 

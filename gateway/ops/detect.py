@@ -270,6 +270,9 @@ _IPV4_DASHED = re.compile(
     rf"(?:(?<=[A-Za-z]-)|(?<=[A-Za-z]\d-)){_OCTET}(?:-{_OCTET}){{3}}(?!\w|-\d|\.\d)|(?<![\w.-]){_OCTET}(?:-{_OCTET}){{3}}(?=\.[A-Za-z])",
     re.ASCII,
 )
+# Every _IPV4 match holds four runs of 1-3 ASCII digits joined by dots: a cheap gate (C speed)
+# before _IPV4.
+_IPV4_GATE = re.compile(rb"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")
 _IPV6 = re.compile(
     r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\d{1,3}(?:\.\d{1,3}){3})?(?:%[\w.]+)?"
     r"(?![0-9A-Fa-f:]|\.\d)",
@@ -627,7 +630,7 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
             if kind:
                 hits.append((m.start(), m.end(), kind))
     if "ip" in enabled:
-        if digits >= 4 and b"." in raw:
+        if digits >= 4 and _IPV4_GATE.search(raw):
             hits.extend((m.start(), m.end(), "ip") for m in _IPV4.finditer(text) if _ipv4(text, m))
         if digits >= 4 and raw.count(b"-") >= 3:
             hits.extend((m.start(), m.end(), "ip") for m in _IPV4_DASHED.finditer(text))
