@@ -244,7 +244,9 @@ _CREDENTIAL_GATE = re.compile(
     rb"eyJ|AKIA|ASIA|ABIA|ACCA|PRIVATE KEY|gh[pousr]_|github_pat_|xox[abposr]-|k_live_|k_test_|AIza|glpat-"
 )
 _USERINFO = re.compile(r"(?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@")
-_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|cred|cvv|cvc|sess|sid[=:\"' ]|cookie|psk")
+_SECRET_WORDS = re.compile(
+    rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|cred|cvv|cvc|sess|sid[=:\"' ]|cookie|psk"
+)
 _AT = re.compile(
     r"""(?:(?<![\w.%+-])(?P<local>[\w.%+-]++)|"[^"\\\n]{1,64}")@(?P<domain>[\w-]++(?:\.[\w-]++)*+)"""
 )  # a local part may be quoted: "asha rao"@example.com
