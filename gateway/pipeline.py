@@ -9,11 +9,10 @@ label and at most a path or detector name taken from the policy.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from msgspec import UNSET
@@ -24,35 +23,25 @@ from gateway.ops.basic import Keep
 from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, find, precise_pair
 from gateway.ops.identity import AffixRefused, Pseudonymise
 from gateway.policy import codegen
-from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step, compile_policy
+from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, compile_policy
 from gateway.policy.load import Source
 from gateway.policy.model import BUILT_IN_REASONS
-from gateway.policy.stats import SAMPLED_MESSAGES, UNKNOWN_FIELDS
+from gateway.policy.runtime import (
+    EMPTY,
+    NO_CONSENT,
+    Forward,
+    Reject,
+    TooDeep,
+    coarsen,
+    granted_of,
+    holds,
+    invalid,
+    refused,
+)
 from gateway.policy.topics import safe_level
 
 REASONS = BUILT_IN_REASONS  # besides the ``reason`` of each policy's own drop_when rules
-NO_CONSENT: Mapping[str, frozenset[str]] = {}
-_EMPTY: frozenset[str] = frozenset()
 _tuple_new = tuple.__new__
-_AT = re.compile(r" - at `\$\.?(.*)`$")
-
-
-class Forward(NamedTuple):
-    topic: str
-    payload: bytes
-    plan: Plan
-    unknown: int = 0  # undeclared fields removed
-
-
-class Reject(NamedTuple):
-    reason: str
-    plan: Plan | None = None
-    rule: str = ""  # label of the rule that decided (from the policy)
-    detail: str = ""  # a declared path or a detector name, never payload data
-
-
-class _TooDeep(Exception):
-    """Raised by the guard's walk of a kept free-form value past max_depth."""
 
 
 class Engine:
@@ -79,14 +68,17 @@ class Engine:
         # What the Engine compiles from each (immutable) plan: ``run(payload, upstream, device,
         # consents) -> Forward | Reject``, generated for a fail-closed plan, else the interpreter.
         self._runs: dict[Plan, Callable[..., Forward | Reject]] = {
-            plan: codegen.build_runner(plan, unknown_sample, _kept_scanner(plan), _coarsen, _HELPERS)
+            plan: codegen.build_runner(plan, unknown_sample, _kept_scanner(plan))
             if plan.structs
             else partial(interpret, plan)
             for plan in self.plans
         }
         # Fused pseudonymisers read their cache directly: re-key them as soon as an epoch rolls over.
         self._refresh = [
-            step.fn.refresh for plan in self.plans for step in _leaves(plan.root) if hasattr(step.fn, "refresh")
+            step.compiled.refresh
+            for plan in self.plans
+            for step in _leaves(plan.root)
+            if step.compiled is not None and step.compiled.refresh is not None
         ]
         self._routes: BoundedCache[str, tuple[Any, str | None, str | None]] = BoundedCache(cache_size)
         self._generation = self.epochs.generation
@@ -120,7 +112,7 @@ class Engine:
                 try:
                     level = safe_level(fn(captures[name]))
                 except AffixRefused:
-                    return plan, _refused(plan, f"route.capture.{name}"), device
+                    return plan, refused(plan, f"route.capture.{name}"), device
                 if level is None:
                     return plan, None, device
                 values[name] = level
@@ -196,7 +188,7 @@ def _previous_devices(plans: list[Plan], keyring: Keyring, epochs: Epochs, cache
             meta = plan.policy.policy
             env = BuildEnv(previous, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain,
                            field=f"topic_{name}")
-            out[plan.name] = rule.build(env)
+            out[plan.name] = rule.build(env).call
     return out
 
 
@@ -209,32 +201,6 @@ def _leaves(node: Node):
     for step in node.children:
         if step.child is not None:
             yield from _leaves(step.child)
-
-
-def _granted(plan: Plan, obj: Any, device: str | None, consents: Mapping[str, frozenset[str]]) -> frozenset[str]:
-    """The purposes the message's device consented to (``device`` from the topic, else the payload)."""
-    if consents is NO_CONSENT:  # nothing on record: skip the lookups
-        return _EMPTY
-    if device is not None:
-        return consents.get(device, _EMPTY)
-    if plan.device_steps is not None:
-        device = _read(obj, plan.device_steps, plan.structs)
-        if device.__class__ is msgspec.Raw:
-            device = msgspec.json.decode(device)
-        if device is not UNSET and device is not None:
-            return consents.get(str(device), _EMPTY)
-    return _EMPTY
-
-
-def _sample_unknown(plan: Plan, payload: bytes) -> int:
-    """Undeclared fields of one message, counted into the plan's stats (the sampled path)."""
-    try:
-        unknown = _count_unknown(plan.root, msgspec.json.decode(payload), plan.max_depth)
-    except (RecursionError, ValueError):  # ValueError: bad UTF-8 in a field the Struct skipped
-        unknown = 0
-    plan.stats[UNKNOWN_FIELDS] += unknown
-    plan.stats[SAMPLED_MESSAGES] += 1
-    return unknown
 
 
 def interpret(plan: Plan, payload: bytes, upstream: str, device: str | None, consents) -> Forward | Reject:
@@ -253,60 +219,28 @@ def interpret(plan: Plan, payload: bytes, upstream: str, device: str | None, con
                 return Reject("not_object", plan)
             msgspec.convert(obj, plan.root.struct)  # types and required fields
     except msgspec.ValidationError as exc:
-        return _invalid(plan, str(exc))
+        return invalid(plan, str(exc))
     except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec passes bad UTF-8 in strings through
         return Reject("not_json", plan)
     except RecursionError:
         return Reject("too_deep", plan)
     for cond in plan.conditions:
-        if _holds(cond, obj, False):
+        if holds(cond, obj, False):
             plan.stats[(cond.rule.path, cond.rule.reason)] += 1
             return Reject(cond.rule.reason, plan, cond.rule.path)
-    granted = _granted(plan, obj, device, consents)
+    granted = granted_of(plan, obj, device, consents)
     try:
         _apply_dict(plan.root, obj, granted)
         hit = _guard_dict(plan, plan.root, obj, plan.max_depth - 1, plan.leak_guard)
-    except _TooDeep:
+    except TooDeep:
         return Reject("too_deep", plan)
     except AffixRefused as exc:
-        return _refused(plan, exc.args[0])
+        return refused(plan, exc.args[0])
     if hit is not None:
         label, kind = hit
         plan.stats[(label, "leak")] += 1
         return Reject("leak", plan, label, kind)
     return _tuple_new(Forward, (upstream, plan.encode(obj), plan, 0))
-
-
-def _refused(plan: Plan, label: str) -> Reject:
-    plan.stats[(label, "bad_shape")] += 1
-    return Reject("bad_shape", plan, label)
-
-
-def _invalid(plan: Plan, message: str) -> Reject:
-    m = _AT.search(message)
-    path = re.sub(r"\[\d+\]", "[]", m.group(1)) if m else ""
-    detail = path if path in plan.paths else ""  # only paths the policy itself names
-    null_required = m is not None and "[" not in m.group(1) and message.endswith(f"got `null` - at `$.{m.group(1)}`")
-    if message.startswith("Object missing required field") or null_required:
-        return Reject("missing_field", plan, detail=detail)
-    if message.startswith("Expected `object`") and not path:
-        return Reject("not_object", plan)
-    return Reject("wrong_type", plan, detail=detail)
-
-
-def _read(obj: Any, steps: list[Step], structs: bool) -> Any:
-    for step in steps:
-        if obj is UNSET or obj is None:
-            return UNSET
-        obj = getattr(obj, step.attr) if structs else obj.get(step.key, UNSET)
-    return obj
-
-
-def _holds(cond, obj: Any, structs: bool) -> bool:
-    """A ``drop_when`` condition holds: its test passes and its ``unless`` test (if any) does not."""
-    if not cond.test(_read(obj, cond.steps, structs)):
-        return False
-    return cond.unless_test is None or not cond.unless_test(_read(obj, cond.unless_steps, structs))
 
 
 # -- shared by the generated Struct code (gateway.policy.codegen) and the dict executor ----
@@ -317,19 +251,8 @@ def _kept_scanner(plan: Plan):
     return lambda v, enabled, key, depth: _scan(v, enabled, decimals, key, depth)
 
 
-def _coarsen(loc, lat: Any, lon: Any, granted: frozenset[str]) -> Any:
-    """The new (lat, lon); UNSET to leave both alone; a lone coordinate is removed."""
-    if (lat is UNSET and lon is UNSET) or (lat is None and lon is None):
-        return UNSET
-    loc.count += 1
-    if lat is None or lon is None or lat is UNSET or lon is UNSET:
-        return UNSET, UNSET  # a lone coordinate is still precise
-    point = loc.fn(lat, lon, loc.rule.consent in granted)
-    return (UNSET, UNSET) if point is None else point
-
-
 def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, depth: int) -> str | None:
-    """The detector an identifier in ``v`` trips, or None. Raises _TooDeep past ``depth``.
+    """The detector an identifier in ``v`` trips, or None. Raises TooDeep past ``depth``.
 
     ``coordinate_decimals`` NO_COORDINATES: the guard is off, only the depth is checked."""
     cls = v.__class__
@@ -350,7 +273,7 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
             return "coordinate"
     elif cls is dict:
         if depth <= 0:
-            raise _TooDeep
+            raise TooDeep
         for k, x in v.items():
             hit = _scan(k, enabled, coordinate_decimals, "", depth)
             hit = hit or _scan(x, enabled, coordinate_decimals, k, depth - 1)
@@ -358,7 +281,7 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
                 return hit
     elif cls is list:
         if depth <= 0:
-            raise _TooDeep
+            raise TooDeep
         if 2 <= len(v) <= 3 and coordinate_decimals < NO_COORDINATES and _position(v):
             return "coordinate"
         for x in v:
@@ -389,21 +312,6 @@ def _decimals(x: float) -> int:
     return max(0, decimals - int(exponent)) if exponent else decimals
 
 
-def _count_unknown(node: Node, value: Any, depth: int) -> int:
-    """Undeclared fields in a decoded payload (only on the rare path where there are some)."""
-    if value.__class__ is not dict or depth <= 0:
-        return 0
-    n = 0
-    for k, v in value.items():
-        step = node.steps.get(k)
-        if step is None:
-            n += 1
-        elif step.child is not None:
-            for element in v if step.array and v.__class__ is list else (v,):
-                n += _count_unknown(step.child, element, depth - 1)
-    return n
-
-
 # -- the same steps over dicts (policies with default = "keep") -------------------------
 
 
@@ -423,7 +331,7 @@ def _apply_dict(node: Node, d: dict, granted: frozenset[str]) -> None:
         else:
             d[step.key] = out
     for loc in node.locations:
-        point = _coarsen(loc, d.get(loc.lat.key, UNSET), d.get(loc.lon.key, UNSET), granted)
+        point = coarsen(loc, d.get(loc.lat.key, UNSET), d.get(loc.lon.key, UNSET), granted)
         if point is not UNSET:
             for step, value in ((loc.lat, point[0]), (loc.lon, point[1])):
                 if value is UNSET:
@@ -444,7 +352,7 @@ def _guard_dict(plan: Plan, node: Node, d: dict, depth: int, guard: bool) -> tup
     for key, v in d.items():
         step = node.steps.get(key)
         if step is None or (step.rule is not None and step.rule.op_name() == "keep"):
-            enabled = (step.enabled if step else ALL) if guard else _EMPTY
+            enabled = (step.enabled if step else ALL) if guard else EMPTY
             decimals = plan.coordinate_decimals if guard else NO_COORDINATES
             kind = (_scan(key, enabled, 0, "", depth) if step is None else None) or _scan(
                 v, enabled, decimals, key, depth
@@ -458,11 +366,3 @@ def _guard_dict(plan: Plan, node: Node, d: dict, depth: int, guard: bool) -> tup
                     if hit is not None:
                         return hit
     return None
-
-
-_HELPERS = {
-    "Forward": Forward, "Reject": Reject, "TooDeep": _TooDeep, "invalid": _invalid,
-    "sample_unknown": _sample_unknown, "granted_of": _granted, "holds": _holds, "read": _read, "refused": _refused,
-    "NO_CONSENT": NO_CONSENT, "EMPTY": _EMPTY, "AffixRefused": AffixRefused,
-    "ValidationError": msgspec.ValidationError, "DecodeError": msgspec.DecodeError,
-}  # fmt: skip

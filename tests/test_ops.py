@@ -870,10 +870,11 @@ def test_good_coarsen_parameters_are_accepted():
 
 
 def fused(fn):
-    """The transform with its ``fuse`` form pasted in, as the plan's code generator does."""
-    if fn.fuse("_t_") is None:  # no inline form for these parameters: the generator calls fn
+    """The operation with its inline form pasted in, as the plan's code generator does."""
+    form = fn.inline("_t_", "False") if fn.inline is not None else None
+    if form is None:  # no inline form for these parameters: the generator calls fn
         return fn
-    test, lines, names = fn.fuse("_t_")
+    test, lines, names = form
     assert all(name.startswith("_t_") for name in names)
     body = "".join(f"        {line}\n" for line in lines)
     source = f"def f(v):\n    if {test}:\n{body}        return v\n    return fn(v)\n"
@@ -884,7 +885,7 @@ def fused(fn):
 
 def fused_only(fn):
     """Only the inline part: None where the test does not hold."""
-    test, lines, names = fn.fuse("_t_")
+    test, lines, names = fn.inline("_t_", "False")
     body = "".join(f"        {line}\n" for line in lines)
     ns = {"UNSET": UNSET, **names}
     exec(f"def f(v):\n    if {test}:\n{body}        return v\n    return None\n", ns)
@@ -1040,7 +1041,7 @@ def reference_grid(grid_m: float):
 
 
 def fused_location(fn):
-    test, lines, names = fn.fuse("_t_", "consented")
+    test, lines, names = fn.inline("_t_", "consented")
     body = "".join(f"        {line}\n" for line in lines)
     source = f"def f(la, lo, consented):\n    if {test}:\n{body}        return pt\n    return fn(la, lo, consented)\n"
     ns = {"fn": fn, **names}
@@ -1083,9 +1084,9 @@ def test_fused_coarsen_equals_the_transform_and_the_integer_grid(point, grid_m, 
 
 
 def test_coarsen_with_zones_or_fixed_has_no_fused_form():
-    assert coarsen(grid_m=1000, zones=[{"lat": 1, "lon": 1, "radius_m": 10}]).fuse("_t_", "False") is None
-    assert coarsen(grid_m=1000, mode="fixed", at=[1.0, 2.0]).fuse("_t_", "False") is None
-    assert coarsen(decimals=3).fuse("_t_", "False") is None
+    assert coarsen(grid_m=1000, zones=[{"lat": 1, "lon": 1, "radius_m": 10}]).inline("_t_", "False") is None
+    assert coarsen(grid_m=1000, mode="fixed", at=[1.0, 2.0]).inline("_t_", "False") is None
+    assert coarsen(decimals=3).inline("_t_", "False") is None
 
 
 ISO_EXAMPLES = ["2026-11-23", "2026-11-23T10:03", "2026-11-23 10:03:44", "2026-11-23T10:03:44Z",

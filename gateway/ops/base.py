@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import msgspec
 from msgspec import UNSET
@@ -21,21 +21,55 @@ from gateway.keys import Keyring
 
 Transform = Callable[[Any], Any]
 
-# An operation's transform may carry ``fuse``: ``fuse(prefix) -> (test, lines, names)``, its
-# common case as Python source for the plan's code generator (gateway.policy.codegen) to
-# paste into the generated hot path instead of a call: when the expression ``test`` on the
-# local ``v`` holds (it implies that ``v`` is present: not None, not UNSET), the statements
-# ``lines`` set ``v`` to what ``transform(v)`` returns (``UNSET`` removes the field);
-# otherwise a present value goes to the transform. ``names`` are the globals they use, each
-# starting with ``prefix``. ``fuse`` returns None when these parameters have no inline form.
-# tests/test_ops.py checks every fused form against its transform.
-Fuse = Callable[[str], "tuple[str, list[str], dict[str, Any]] | None"]
 
 
-def fusable(fn: Transform, fuse: Fuse) -> Transform:
-    """Attach the inline form ``fuse`` to the transform ``fn``."""
-    fn.fuse = fuse  # type: ignore[attr-defined]
-    return fn
+class Inline(NamedTuple):
+    """An operation's common case as Python source, for the plan's code generator
+    (gateway.policy.codegen) to paste into the generated hot path instead of a call.
+
+    When the expression ``test`` holds, the statements ``lines`` compute what the call would
+    return; otherwise the generated code makes the call. For a field operation ``test`` reads
+    the local ``v`` (and implies that it is present: not None, not UNSET) and ``lines`` set
+    ``v`` (``UNSET`` removes the field); for ``coarsen_location`` they read the float locals
+    ``la``, ``lo`` and set ``pt``, the point. ``names`` are the globals they use, each starting
+    with the prefix the generator gave. tests/test_ops.py checks every inline form against
+    its call.
+    """
+
+    test: str
+    lines: list[str]
+    names: dict[str, Any]
+
+
+# ``inline(prefix, consented) -> Inline | None``: ``consented`` is the Python expression for
+# the consent the call would be given (only ``coarsen_location`` uses it); None when these
+# parameters have no inline form.
+InlineForm = Callable[[str, str], Inline | None]
+ValueForm = Callable[[str], "tuple[str, list[str], dict[str, Any]] | None"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Compiled:
+    """What ``Rule.build`` returns: the contract between an operation, the compiler and the
+    generated code."""
+
+    call: Callable[..., Any]  # value -> value (UNSET removes it); coarsen_location: (lat, lon, consented)
+    inline: InlineForm | None = None
+    refresh: Callable[[], None] | None = None  # the engine calls it when the epoch generation changes
+
+    def __call__(self, *args: Any) -> Any:
+        """``call``, for tools and tests; the hot path holds ``call`` itself."""
+        return self.call(*args)
+
+
+def per_value(form: ValueForm) -> InlineForm:
+    """The inline form of a field operation (which takes no consent) from ``form(prefix)``."""
+
+    def inline(prefix: str, consented: str) -> Inline | None:
+        found = form(prefix)
+        return None if found is None else Inline(*found)
+
+    return inline
 
 SCALAR = str | int | float | bool
 
@@ -57,7 +91,7 @@ class Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag_field="
     def op_name(cls) -> str:
         return str(cls.__struct_config__.tag)
 
-    def build(self, env: BuildEnv) -> Transform:  # pragma: no cover - abstract
+    def build(self, env: BuildEnv) -> Compiled:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -121,4 +155,7 @@ class BoundedCache(dict[K, V]):
         return value
 
 
-__all__ = ["SCALAR", "UNSET", "BoundedCache", "BuildEnv", "Epochs", "FieldRule", "Fuse", "Rule", "Transform", "fusable"]
+__all__ = [
+    "SCALAR", "UNSET", "BoundedCache", "BuildEnv", "Compiled", "Epochs", "FieldRule", "Inline", "InlineForm", "Rule",
+    "Transform", "per_value",
+]  # fmt: skip

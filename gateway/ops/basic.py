@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
 
-from gateway.ops.base import SCALAR, BuildEnv, FieldRule, Transform, fusable
+from gateway.ops.base import SCALAR, BuildEnv, Compiled, FieldRule, per_value
 from gateway.ops.detect import ALL, DETECTORS, find
 
 TYPES: dict[str, Any] = {
@@ -37,8 +38,8 @@ class Keep(FieldRule, tag="keep"):
     def accepts(self) -> Any:
         return TYPES[self.type]
 
-    def build(self, env: BuildEnv) -> Transform:
-        return _identity
+    def build(self, env: BuildEnv) -> Compiled:
+        return Compiled(_identity)
 
 
 def _identity(value: Any) -> Any:
@@ -51,7 +52,7 @@ class Drop(FieldRule, tag="drop"):
 
     accepts = msgspec.Raw
 
-    def build(self, env: BuildEnv) -> Transform:  # never called: the executor drops directly
+    def build(self, env: BuildEnv) -> Compiled:  # never called: the executor drops directly
         raise AssertionError("drop is applied by the executor")
 
 
@@ -61,11 +62,11 @@ class Replace(FieldRule, tag="replace"):
     accepts = msgspec.Raw
     value: SCALAR
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         constant = self.value
-        return fusable(
+        return Compiled(
             lambda _: constant,
-            lambda p: ("v is not UNSET and v is not None", [f"v = {p}value"], {f"{p}value": constant}),
+            per_value(lambda p: ("v is not UNSET and v is not None", [f"v = {p}value"], {f"{p}value": constant})),
         )
 
 
@@ -83,7 +84,7 @@ class Generalise(FieldRule, tag="generalise"):
         if not self.map:
             raise ValueError("map must not be empty")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         table, default = self.map, self.default
         if self.match == "exact":
             generalise = lambda v: table.get(v if v.__class__ is str else _key(v), default)  # noqa: E731
@@ -95,17 +96,16 @@ class Generalise(FieldRule, tag="generalise"):
                     {f"{p}table": table, f"{p}default": default},
                 )
 
-            return fusable(generalise, fuse)
-        prefixes = sorted(table, key=len, reverse=True)
+            return Compiled(generalise, per_value(fuse))
+        # One regex over the keys, longest first: alternation tries them in that order, so the
+        # first that matches is the longest matching key (as a loop of startswith would find).
+        longest_first = re.compile("|".join(re.escape(p) for p in sorted(table, key=len, reverse=True))).match
 
         def generalise_prefix(v: Any) -> Any:
-            text = v if isinstance(v, str) else _key(v)
-            for p in prefixes:
-                if text.startswith(p):
-                    return table[p]
-            return default
+            m = longest_first(v if isinstance(v, str) else _key(v))
+            return default if m is None else table[m.group()]
 
-        return generalise_prefix
+        return Compiled(generalise_prefix)
 
 
 def _key(v: Any) -> str:
@@ -129,7 +129,7 @@ class Mask(FieldRule, tag="mask"):
         if len(self.char) != 1:
             raise ValueError("char must be a single character")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         k, c = self.keep_last, self.char
 
         def mask(v: str | int) -> str:
@@ -138,4 +138,4 @@ class Mask(FieldRule, tag="mask"):
                 return c * len(text)
             return c * (len(text) - k) + text[-k:]
 
-        return mask
+        return Compiled(mask)

@@ -43,10 +43,18 @@ TOKENS = {name: f"[{name.upper()}]" for name in (*DETECTORS, COORDINATE)}
 
 _DROP = frozenset(("Cf", "Mn", "Mc", "Me"))  # zero-width, joiners, bidi marks, soft hyphen, combining marks
 _SPACE = frozenset(("Zs", "Zl", "Zp"))
+# Characters written between the digits of a phone number that are not dashes to Unicode: the
+# katakana prolonged sound mark (Japanese numbers), middle dots and bullets, the minus sign.
+_DASH_LIKE = frozenset("\u2212\u30fc\uff70\u00b7\u30fb\uff65\u2027\u2219\u22c5\u2e31")
+_FULL_STOPS = frozenset("\u3002\uff61\ufe52")  # ideographic and small full stops: "203。0。113。77"
+# CJK numerals as digits ("一三八〇〇一三八〇〇〇" is a phone number typed in words)
+_CJK_DIGITS = {ch: str(i) for i, ch in enumerate("〇一二三四五六七八九")} | {"零": "0"}
 
 
 def _fold(ch: str) -> str:
     digit = unicodedata.decimal(ch, None)
+    if digit is None:  # a digit that is no decimal digit: circled, dingbat, "digit nine full stop", Ethiopic
+        digit = unicodedata.digit(ch, None)
     if digit is not None:
         return chr(48 + digit)
     category = unicodedata.category(ch)
@@ -54,14 +62,17 @@ def _fold(ch: str) -> str:
         return ""
     if category in _SPACE or ch.isspace():
         return " "
-    if category == "Pd" or ch == "\u2212":
+    if category == "Pd" or ch in _DASH_LIKE:
         return "-"
-    return ch
+    if ch in _FULL_STOPS:
+        return "."
+    return _CJK_DIGITS.get(ch, ch)
 
 
 def normal_char(ch: str) -> str:
     """What one character reads as to the detectors: Arabic-Indic three -> ``"3"``, fullwidth
-    at sign -> ``"@"``, zero-width space -> ``""``, circled one -> ``"1"``."""
+    at sign -> ``"@"``, zero-width space -> ``""``, circled one -> ``"1"``, ``"九"`` -> ``"9"``,
+    katakana prolonged sound mark -> ``"-"``."""
     if ch.isascii():
         return ch
     folded = _fold(ch)
@@ -190,31 +201,54 @@ def normalise(text: str) -> tuple[str, Spans | _Lengths | None]:
 
 # -- patterns -----------------------------------------------------------------------------
 
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|0\d{1,2}|[1-9]?\d)"  # leading zeros too: "203.0.113.077"
 # A keyword may carry a prefix (db_password, client-secret, x.api_key, refreshToken) but not
 # be the tail of a word (keypin, spinner); "pass" only with a prefix (DB_PASS).
 _KEYWORD = r"""(?:
     (?<![A-Za-z0-9])(?i:password|passwd|passphrase|passcode|pwd|secret|token|api[_-]?key|access[_-]?key
-        |private[_-]?key|credentials?|upi[_-]?pin|m?pin|otp|cvv2?|cvc2?)
+        |private[_-]?key|credentials?|upi[_-]?pin|m?pin|otp|cvv2?|cvc2?
+        |session[_-]?(?:id|key|token)?|sessid|jsessionid|sid|cookie)
   | (?<=[_.-])(?i:pass)
+  | (?<![A-Za-z0-9])(?i:pass)(?=\s*=)
   | (?<=[a-z0-9])(?:P(?:assword|asswd|assphrase|wd|in|ASSWORD|IN)|S(?:ecret|ECRET)|T(?:oken|OKEN)
         |A(?:pi_?[Kk]ey|ccess_?[Kk]ey|PI_?KEY)|O(?:tp|TP)|C(?:redentials?|REDENTIALS?)|PrivateKey))
   (?:[_.-]?(?i:key|code|value|hash))?"""
 _SECRET = re.compile(
-    rf"""(?=[A-Da-dMmOoPpSsTtUu])  # the first letters of the keywords: other positions fail fast
+    rf"""(?=[A-DJa-djMmOoPpSsTtUu])  # the first letters of the keywords: other positions fail fast
     (?:(?<![A-Za-z0-9])(?i:proxy-)?(?i:authorization)["']?\s*[=:]\s*["']?
         (?:(?i:bearer|basic|token|digest|negotiate|ntlm|apikey|hmac|jwt)\s+)?(?P<auth>[^\s"',;&}}]+)
   | (?<![A-Za-z0-9])(?i:bearer|basic|token)\s++(?=[A-Za-z0-9._~+/=-]*?(?:[0-9+/=]|[a-z][A-Z]))
         (?P<bearer>[A-Za-z0-9._~+/=-]{{8,}})
+  | (?<![A-Za-z0-9])(?i:otp|m?pin|upi[ _-]?pin|cvv2?|cvc2?|passcode)(?:\s++(?i:is|no\.?))?\s*+[#:=-]?\s*+
+        (?P<code>\d{{3,8}})(?![\d.])
   | {_KEYWORD}["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}}]+))""",
     re.VERBOSE,
 )
+# Credentials recognisable by their form alone: a JWT, an AWS access key id, a PEM private key
+# block (to its end, or to the end of a truncated text), tokens with a vendor prefix.
+_CREDENTIAL = re.compile(
+    r"""(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}+\.eyJ[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]*+
+  | (?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])
+  | -----BEGIN[A-Z ]{0,20}PRIVATE\ KEY(?:\ BLOCK)?-----[\s\S]*?(?:-----END[A-Z ]{0,20}PRIVATE\ KEY(?:\ BLOCK)?-----|\Z)
+  | (?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{20,}+|github_pat_[A-Za-z0-9_]{20,}+|xox[abposr]-[A-Za-z0-9-]{10,}+
+        |[sr]k_(?:live|test)_[A-Za-z0-9]{16,}+|AIza[A-Za-z0-9_-]{30,}+|glpat-[A-Za-z0-9_-]{20,}+)""",
+    re.VERBOSE,
+)
+_CREDENTIAL_GATE = re.compile(
+    rb"eyJ|AKIA|ASIA|ABIA|ACCA|PRIVATE KEY|gh[pousr]_|github_pat_|xox[abposr]-|k_live_|k_test_|AIza|glpat-"
+)
 _USERINFO = re.compile(r"(?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@")
-_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|credential|cvv|cvc")
+_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|credential|cvv|cvc|sess|sid|cookie")
 _AT = re.compile(r"(?<![\w.%+-])(?P<local>[\w.%+-]++)@(?P<domain>[\w-]++(?:\.[\w-]++)*+)")
 # An IPv4 address may be followed by a full stop, a letter or other glue ("203.0.113.77.",
-# "198.51.100.23.jpg", "203.0.113.77abc"), not by another number ("1.2.3.4.5").
-_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", re.ASCII)
+# "198.51.100.23.jpg", "203.0.113.77abc"), not by another number ("1.2.3.4.5"). It may be glued
+# to a word ("ip203.0.113.77", "addr", "host_", "src") unless that word marks a version
+# ("v1.2.3.4", "ver", "rev", "build", "fw", "version", "release", "firmware").
+_VERSION_MARK = (
+    r"(?<!(?<![A-Za-z])[vVrRbB])(?<!(?i:ver|rev|fw_|fw-|sw_|sw-))(?<!(?i:fw|sw))(?<!(?i:build))"
+    r"(?<!(?i:version|release))(?<!(?i:firmware))(?<!(?i:v|r)[_-])"
+)
+_IPV4 = re.compile(rf"(?:(?<![\w.])|(?<=[A-Za-z_]){_VERSION_MARK}){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", re.ASCII)
 _IPV6 = re.compile(
     r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\d{1,3}(?:\.\d{1,3}){3})?(?:%[\w.]+)?"
     r"(?![0-9A-Fa-f:]|\.\d)",
@@ -242,11 +276,21 @@ _UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}
 # A hash or key in hex (a word of 32+ hex digits with a letter) is not a row of identifiers.
 _HEX_RUN = re.compile(r"[0-9A-Fa-f]{0,161}")
 _ALNUM = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_NUM = r"[-+]?\d{1,3}\.(\d++)(?:\s?°)?(?:\s?[NSEWnsew](?![A-Za-z]))?"
-_PAIR = re.compile(
-    rf"(?<![\d.]){_NUM}(?:\s*+[,;/|]\s*+|\s++)(?:(?i:lat|latitude|lon|lng|long|longitude)\s*+[:=]?\s*+)?{_NUM}(?!\d|\.\d)",
-    re.ASCII,
+_NUM = r"(?:(?<![A-Za-z])[NSEWnsew]\s?)?[-+]?\d{1,3}\.(\d++)(?:\s?°)?(?:\s?[NSEWnsew](?![A-Za-z]))?"
+# Between the numbers of a pair: a separator or spaces, optionally closing and opening quotes and
+# a coordinate key ("12.971598&lon=77.594562", '12.971598,"lng":77.594562', "x=.. y=..").
+_BETWEEN = (
+    r"""["']?(?:\s*+[,;/|&]\s*+|\s++)"""
+    r"""(?:["']?(?i:lat|latitude|lon|lng|long|longitude|x|y)["']?\s*+[:=]?\s*+)?["']?"""
 )
+_PAIR = re.compile(rf"(?<![\d.]){_NUM}{_BETWEEN}{_NUM}(?!\d|\.\d)", re.ASCII)
+# Degrees, minutes and seconds (12°58'17.7"N 77°35'40.4"E) or degrees and decimal minutes
+# (12°58.2959'N): precise with a decimal of a second (3 m) or three decimals of a minute (2 m).
+_DMS_ONE = (
+    r"\d{1,3}\s?°\s?\d{1,2}(?:\.(\d++))?\s?['\u2032](?:\s?\d{1,2}(?:\.(\d++))?\s?(?:[\"\u2033]|''|\u2032\u2032))?"
+    r"\s?[NSEWnsew]"
+)
+_DMS = re.compile(rf"(?<![\d.]){_DMS_ONE}[\s,;/]*+{_DMS_ONE}")
 _FIVE_DECIMALS = re.compile(rb"\.[0-9]{5}")  # a cheap gate (a literal first) before _PAIR
 _PAIR_NUMBER = re.compile(r"[-+]?\d{1,3}\.\d+", re.ASCII)
 _DIGIT_BYTES = b"0123456789"
@@ -466,6 +510,11 @@ def _ipv6(m: re.Match[str]) -> str | None:
     return "ip"
 
 
+def _dms(m: re.Match[str]) -> bool:
+    minutes, seconds = [m.group(i) or "" for i in (1, 3)], [m.group(i) or "" for i in (2, 4)]
+    return max(map(len, minutes)) >= 3 or max(map(len, seconds)) >= 1
+
+
 def _pair(m: re.Match[str]) -> bool:
     a, b = _PAIR_NUMBER.findall(m.group())[:2]
     return max(len(m.group(1)), len(m.group(2))) >= PAIR_DECIMALS and _coordinates(float(a), float(b))
@@ -503,6 +552,8 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
                 hits.append((m.start(group), m.end(group), "secret"))
         if b"://" in raw:
             hits.extend((m.start(1), m.end(1), "secret") for m in _USERINFO.finditer(text))
+        if _CREDENTIAL_GATE.search(raw):
+            hits.extend((m.start(), m.end(), "secret") for m in _CREDENTIAL.finditer(text))
     if b"@" in raw and not enabled.isdisjoint(("email", "upi_vpa")):
         for m in _AT.finditer(text):
             kind = _at(m)
@@ -516,6 +567,8 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
     if digits >= 8:
         if raw.count(b".") >= 2 and _FIVE_DECIMALS.search(raw):
             hits.extend((m.start(), m.end(), COORDINATE) for m in _PAIR.finditer(text) if _pair(m))
+        if b"\xc2\xb0" in raw:  # a degree sign
+            hits.extend((m.start(), m.end(), COORDINATE) for m in _DMS.finditer(text) if _dms(m))
         # A UUID's groups are hex, and an all-digit one is not a UTR or phone; nor is a hash.
         ignore = [m.span() for m in _UUID.finditer(text)] if b"-" in raw else []
         found: list[tuple[int, int, str]] = []

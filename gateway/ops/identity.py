@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from gateway.keys import KeyFileError, Keyring
-from gateway.ops.base import BoundedCache, BuildEnv, Epochs, FieldRule, Transform, fusable
+from gateway.ops.base import BoundedCache, BuildEnv, Compiled, Epochs, FieldRule, per_value
 from gateway.ops.detect import ALL, find
 
 ENC_PREFIX = "enc."
@@ -128,7 +128,7 @@ class Pseudonymise(FieldRule, tag="pseudonymise"):
             except re.error as exc:
                 raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         key_scope = scope(env.pack, self.link_domain or env.link_domain)
         return pseudonymiser(env.keyring, env.epochs, self, env.cache_size, key_scope)
 
@@ -164,7 +164,7 @@ def affix_of(rule: Pseudonymise) -> Callable[[str], str | None]:
 
 def pseudonymiser(
     keyring: Keyring, epochs: Epochs, rule: Pseudonymise, cache_size: int, key_scope: str = "pack:"
-) -> Transform:
+) -> Compiled:
     """Compiled ``pseudonymise``: key derived per epoch, recent results cached.
 
     A closure rather than a class: it is called once per field per message."""
@@ -214,8 +214,7 @@ def pseudonymiser(
         return f"(r := {p}cache.get(v)) is not None", ["v = r"], {f"{p}cache": cache}
 
     rekey()  # the subkey is derived when the plan is compiled, not on the first message
-    pseudonymise.refresh = refresh  # type: ignore[attr-defined]
-    return fusable(pseudonymise, fuse)
+    return Compiled(pseudonymise, per_value(fuse), refresh)
 
 
 class Encrypt(FieldRule, tag="encrypt"):
@@ -231,7 +230,7 @@ class Encrypt(FieldRule, tag="encrypt"):
         if self.link_domain and not LINK.fullmatch(self.link_domain):
             raise ValueError("link_domain must match [a-z][a-z0-9_-]* (at most 63 characters)")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         domain = self.domain or field_domain(env.field or self.path)
         return encryptor(env.keyring, env.cache_size, scope(env.pack, self.link_domain or env.link_domain), domain)
 
@@ -247,7 +246,7 @@ def _siv(keyring: Keyring, kid: str | None = None, key_scope: str | None = None,
     return AESSIV(keyring.derive(purpose, length=64, kid=kid))
 
 
-def encryptor(keyring: Keyring, cache_size: int, key_scope: str = "pack:", domain: str = "value") -> Transform:
+def encryptor(keyring: Keyring, cache_size: int, key_scope: str = "pack:", domain: str = "value") -> Compiled:
     """Compiled ``encrypt``: AES-256-SIV under the active key's subkey for this scope and domain,
     results cached. The token names the scope and domain so ``reveal`` can find the subkey."""
     label = key_scope[5:] if key_scope.startswith("pack:") else key_scope
@@ -267,7 +266,7 @@ def encryptor(keyring: Keyring, cache_size: int, key_scope: str = "pack:", domai
     def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:  # a cache hit without the call
         return f"(r := {p}cache.get(v)) is not None", ["v = r"], {f"{p}cache": cache}
 
-    return fusable(encrypt, fuse)
+    return Compiled(encrypt, per_value(fuse))
 
 
 def reveal(keyring: Keyring, token: str) -> str:

@@ -26,12 +26,12 @@ from typing import Any, Literal
 
 import msgspec
 
-from gateway.ops.base import BoundedCache, BuildEnv, Rule
+from gateway.ops.base import BoundedCache, BuildEnv, Compiled, Inline, Rule
 
 M_PER_DEG = 111_320.0  # metres per degree of latitude (and of longitude at the equator)
 EARTH_RADIUS_M = 6_371_008.8
 
-Coarsen = Callable[[float, float, bool], "tuple[float, float] | None"]
+SnapForm = Callable[[str], "tuple[list[str], dict[str, Any]]"]  # prefix -> (lines, names) setting ``pt``
 
 
 class Zone(msgspec.Struct, forbid_unknown_fields=True):
@@ -88,9 +88,12 @@ class CoarsenLocation(Rule, tag="coarsen_location"):
         assert self.grid_m is not None  # __post_init__: decimals or grid_m
         return _repr_decimals(self.grid_m / M_PER_DEG)
 
-    def build(self, env: BuildEnv) -> Coarsen:  # type: ignore[override]  # a point, not one value
+    def build(self, env: BuildEnv) -> Compiled:
+        """``call(lat, lon, consented) -> (lat, lon) | None`` (None: remove the point)."""
         assert self.decimals is not None or self.grid_m is not None  # __post_init__
-        snap = _rounder(self.decimals) if self.decimals is not None else _grid(self.grid_m)  # type: ignore[arg-type]
+        snap, snap_inline = (
+            (_rounder(self.decimals), None) if self.decimals is not None else _grid(self.grid_m)  # type: ignore[arg-type]
+        )
         precise = _rounder(self.consent_decimals) if self.consent_decimals is not None else None
         zones = [(math.radians(z.lat), math.radians(z.lon), z.radius_m) for z in self.zones]
         stats, label = env.stats, self.label()
@@ -109,22 +112,20 @@ class CoarsenLocation(Rule, tag="coarsen_location"):
                 return precise(lat, lon) if precise else (lat, lon)
             return snap(lat, lon)
 
-        def fuse(p: str, consented: str) -> tuple[str, list[str], dict[str, Any]] | None:
-            """The common case inline (see gateway.ops.base.Fuse), over the float locals ``la``
+        def inline(p: str, consented: str) -> Inline | None:
+            """The common case inline (see gateway.ops.base.Inline), over the float locals ``la``
             and ``lo``: when ``test`` holds (a valid point, no consent, no zones), ``lines``
             set ``pt`` to the snapped point; anything else is the call. ``consented`` is the
             expression for the call's third argument."""
-            snap_fuse = getattr(snap, "fuse", None)
-            if zones or fixed is not None or snap_fuse is None:
+            if zones or fixed is not None or snap_inline is None:
                 return None
-            lines, names = snap_fuse(p)
+            lines, names = snap_inline(p)
             test = "-90.0 <= la <= 90.0 and -180.0 <= lo < 180.0" + (
                 "" if consented == "False" else f" and not ({consented})"
             )
-            return test, lines, names
+            return Inline(test, lines, names)
 
-        coarsen_location.fuse = fuse  # type: ignore[attr-defined]
-        return coarsen_location
+        return Compiled(coarsen_location, inline)
 
 
 def valid(lat: float, lon: float) -> bool:
@@ -147,7 +148,8 @@ def _rounder(decimals: int) -> Callable[[float, float], tuple[float, float]]:
     return round_point
 
 
-def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
+def _grid(grid_m: float) -> tuple[Callable[[float, float], tuple[float, float]], SnapForm]:
+    """``(snap, snap_inline)``: the grid snap and its inline form."""
     n_lat = max(1, math.floor(180.0 / (grid_m / M_PER_DEG)))
     step_lat = 180.0 / n_lat
     digits = _repr_decimals(step_lat)
@@ -194,8 +196,7 @@ def _grid(grid_m: float) -> Callable[[float, float], tuple[float, float]]:
         ]
         return lines, {f"{p}bands": bands, f"{p}band": band, f"{p}centres": centres, f"{p}centre": centre}
 
-    snap.fuse = fuse  # type: ignore[attr-defined]
-    return snap
+    return snap, fuse
 
 
 def _in_zone(lat: float, lon: float, zones: list[tuple[float, float, float]]) -> bool:

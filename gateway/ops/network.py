@@ -14,7 +14,7 @@ from typing import Any
 
 from msgspec import UNSET
 
-from gateway.ops.base import BoundedCache, BuildEnv, FieldRule, Transform, fusable
+from gateway.ops.base import BoundedCache, BuildEnv, Compiled, FieldRule, per_value
 
 
 class TruncateIp(FieldRule, tag="truncate_ip"):
@@ -30,7 +30,7 @@ class TruncateIp(FieldRule, tag="truncate_ip"):
         if not 0 <= self.ipv6_prefix <= 128:
             raise ValueError("ipv6_prefix must be between 0 and 128")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         cache: BoundedCache[Any, Any] = BoundedCache(env.cache_size)
         stats, label = env.stats, self.label()
         mask4 = (0xFFFFFFFF << (32 - self.ipv4_prefix)) & 0xFFFFFFFF
@@ -60,4 +60,4 @@ class TruncateIp(FieldRule, tag="truncate_ip"):
         def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:  # a cache hit without the call
             return f"(r := {p}cache.get(v)) is not None", ["v = r"], {f"{p}cache": cache}
 
-        return fusable(truncate_ip, fuse)
+        return Compiled(truncate_ip, per_value(fuse))

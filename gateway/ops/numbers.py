@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from msgspec import UNSET
 
-from gateway.ops.base import BuildEnv, FieldRule, Transform, fusable
+from gateway.ops.base import BuildEnv, Compiled, FieldRule, per_value
 
 NUMBER = int | float
 
@@ -27,7 +27,7 @@ def _decimals_of(step: float) -> int:
     return max(0, -int(exponent))  # a finite step: the exponent is an int
 
 
-def _multiples(step: float, floor: bool, stats: Counter[tuple[str, str]] | None = None, label: str = "") -> Transform:
+def _multiples(step: float, floor: bool, stats: Counter[tuple[str, str]] | None = None, label: str = "") -> Compiled:
     """Nearest (or floor) multiple of ``step`` with a clean repr: n * 0.5 gives 2.5, not 2.5000000001.
 
     Integer arithmetic on the scaled step instead of round(x, n), which is ~10x slower.
@@ -77,7 +77,7 @@ def _multiples(step: float, floor: bool, stats: Counter[tuple[str, str]] | None 
             f"v = n * {istep}",
         ], {}
 
-    return fusable(multiple, fuse)
+    return Compiled(multiple, per_value(fuse))
 
 
 class Round(FieldRule, tag="round"):
@@ -95,11 +95,11 @@ class Round(FieldRule, tag="round"):
         if self.decimals is not None and not -9 <= self.decimals <= 9:
             raise ValueError("decimals must be between -9 and 9")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         if self.decimals is not None:
             d = self.decimals
             # an int is always finite (math.isfinite would overflow on a huge one)
-            return lambda v: UNSET if v.__class__ is float and not math.isfinite(v) else round(v, d)
+            return Compiled(lambda v: UNSET if v.__class__ is float and not math.isfinite(v) else round(v, d))
         assert self.step is not None  # __post_init__: decimals or step
         return _multiples(self.step, False, env.stats, self.label())
 
@@ -119,7 +119,7 @@ class Bucket(FieldRule, tag="bucket"):
         if self.edges is not None and (not self.edges or self.edges != sorted(set(self.edges))):
             raise ValueError("edges must be a non-empty, strictly increasing list")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         if self.step is not None:
             return _multiples(self.step, True, env.stats, self.label())
         edges = self.edges
@@ -135,7 +135,7 @@ class Bucket(FieldRule, tag="bucket"):
                 i += 1
             return labels[i]
 
-        return label_range
+        return Compiled(label_range)
 
 
 def _fmt(x: float) -> str:
@@ -162,7 +162,7 @@ class BucketTime(FieldRule, tag="bucket_time"):
         if self.seconds is not None and not 1 <= self.seconds <= 31 * 86400:
             raise ValueError("seconds must be between 1 and 2678400")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         stats, label = env.stats, self.label()
         month = self.to == "month"
         width = self.seconds or _UNITS.get(self.to or "", 0)
@@ -173,14 +173,23 @@ class BucketTime(FieldRule, tag="bucket_time"):
                 return datetime(d.year, d.month, 1, tzinfo=UTC).timestamp()
             return t - t % width
 
+        # The last bucket's text: consecutive messages mostly fall in one bucket, so the
+        # strftime runs once per bucket, not per message. One (bucket, text) tuple, swapped whole.
+        last: tuple[float, str] = (math.nan, "")
+
         def bucket_time(v: str | int | float) -> Any:
+            nonlocal last
             try:
                 if isinstance(v, str):
                     d = datetime.fromisoformat(v.strip())
                     if d.tzinfo is None:
                         d = d.replace(tzinfo=UTC)  # naive device time is taken as UTC
                     t = floor_ts(d.timestamp())
-                    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    bucket, text = last
+                    if t != bucket:
+                        text = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                        last = (t, text)
+                    return text
                 if not math.isfinite(v):
                     raise ValueError
                 millis = abs(v) >= 100_000_000_000  # later than 5138 AD in seconds: milliseconds
@@ -191,4 +200,4 @@ class BucketTime(FieldRule, tag="bucket_time"):
                 stats[(label, "invalid_time")] += 1
                 return UNSET
 
-        return bucket_time
+        return Compiled(bucket_time)

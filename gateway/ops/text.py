@@ -5,7 +5,10 @@ from __future__ import annotations
 import msgspec
 
 from gateway.ops import detect
-from gateway.ops.base import BuildEnv, FieldRule, Transform
+from gateway.ops.base import BoundedCache, BuildEnv, Compiled, FieldRule
+
+CLEAN_CACHE = 1024  # per scrub rule: recent texts find() returned nothing for
+CLEAN_MAX_LEN = 512  # only texts this short are remembered (at most 512 KiB per rule)
 
 
 class Scrub(FieldRule, tag="scrub"):
@@ -20,6 +23,17 @@ class Scrub(FieldRule, tag="scrub"):
         if unknown:
             raise ValueError(f"unknown detector(s) {sorted(unknown)}; known: {list(detect.DETECTORS)}")
 
-    def build(self, env: BuildEnv) -> Transform:
+    def build(self, env: BuildEnv) -> Compiled:
         enabled = frozenset(self.detectors)
-        return lambda text: detect.scrub(text, enabled)
+        clean: BoundedCache[str, bool] = BoundedCache(CLEAN_CACHE)  # recent texts with nothing to scrub
+
+        def scrub(text: str) -> str:
+            # Error messages and stack frames repeat: a text found clean once is clean again.
+            if text in clean:
+                return text
+            out = detect.scrub(text, enabled)
+            if out is text and len(text) <= CLEAN_MAX_LEN:
+                clean.put(text, True)
+            return out
+
+        return Compiled(scrub)

@@ -7,7 +7,7 @@ the message-level drops, runs the field operations and the leak guard over the
 kept values of the root object, and encodes. Each nested object gets its own
 ``apply(obj, granted)`` and ``guard(obj, depth)``. Direct attribute access
 (``obj.f3``), no loop over step objects, and the operations pasted in as
-statements (their ``fuse`` form, see gateway.ops.base) where they offer one make
+statements (their ``Compiled.inline`` form, see gateway.ops.base) where they offer one make
 a field cost a few bytecodes instead of a call and a loop turn with several
 lookups, which matters when the whole budget per message is a few microseconds.
 The generated source is kept on each function (``__source__``) for debugging.
@@ -24,7 +24,8 @@ from msgspec import UNSET, UnsetType
 
 from gateway.ops.base import BoundedCache
 from gateway.ops.detect import ISO_SHAPES, NUMBER_LIMIT, ZERO_DIGITS, classify_number, find
-from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, Step
+from gateway.policy.compile import COORDINATE_KEYS, Condition, Node, Plan, Step
+from gateway.policy.runtime import RUNTIME, coarsen
 
 VERDICT_CACHE = 1024  # per kept string field: recent values the guard found clean
 VERDICT_MAX_LEN = 64  # only short values are remembered
@@ -48,12 +49,12 @@ def build(node: Node, guard: bool, scan: Fn, coarsen: Fn) -> tuple[Fn, Fn]:
     return _define(apply_lines, ns, "apply"), _define(guard_lines, ns, "guard")
 
 
-def build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[str, Any]) -> Fn:
+def build_runner(plan: Plan, sample: int, scan: Fn) -> Fn:
     """``run(payload, upstream, device, consents) -> Forward | Reject`` for a fail-closed plan.
 
-    ``helpers`` come from gateway.pipeline: Forward, Reject, TooDeep, invalid,
-    sample_unknown, granted_of, holds, read, refused, AffixRefused, NO_CONSENT, EMPTY. Hands
-    ``plan.stats`` the ``tallies()`` of the counts the generated code keeps in local cells.
+    The generated code calls the helpers of gateway.policy.runtime (``RUNTIME``) and ``scan``,
+    the plan's leak-guard scanner. Hands ``plan.stats`` the ``tallies()`` of the counts the
+    generated code keeps in local cells.
 
     With the leak guard on, kept root ``integer`` fields are decoded by a second
     Struct type that only admits values the guard would pass without a look
@@ -64,7 +65,7 @@ def build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[s
     _BUILDING.append(plan.name)
     _SOURCES.append([])
     try:
-        run = _build_runner(plan, sample, scan, coarsen, helpers)
+        run = _build_runner(plan, sample, scan, coarsen)
         run.__sources__ = _SOURCES[-1]  # type: ignore[attr-defined]
         return run
     finally:
@@ -72,9 +73,9 @@ def build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[s
         _SOURCES.pop()
 
 
-def _build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[str, Any]) -> Fn:
+def _build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn) -> Fn:
     ns = _namespace(scan, coarsen)
-    ns.update(helpers)
+    ns.update(RUNTIME)
     ns.update(plan=plan, stats=plan.stats, decode=plan.decode, encode=plan.encode, conditions=plan.conditions)
     root = plan.root
     counters: list[tuple[str, str]] = []  # (cell name, operation name)
@@ -101,13 +102,7 @@ def _build_runner(plan: Plan, sample: int, scan: Fn, coarsen: Fn, helpers: dict[
             f"    countdown = {sample}",
             "    unknown = sample_unknown(plan, payload)",
         ]
-        if plan.conditions:
-            lines += [
-                "for cond in conditions:",
-                "    if holds(cond, obj, True):",
-                "        stats[(cond.rule.path, cond.rule.reason)] += 1",
-                "        return Reject(cond.rule.reason, plan, cond.rule.path)",
-            ]
+        lines += _drop_when(plan.conditions, ns)
         if _uses_consent(root):
             lines += ["granted = EMPTY if consents is NO_CONSENT else granted_of(plan, obj, device, consents)"]
         else:
@@ -177,10 +172,46 @@ def bounded_struct(node: Node, steps: list[Step]) -> type:
     return msgspec.defstruct(node.struct.__name__ + "Bounded", fields, kw_only=True, rename=rename, gc=False)
 
 
+def _drop_when(conditions: Sequence[Condition], ns: dict[str, Any]) -> list[str]:
+    """Statements that reject the message ``obj`` (a Struct) when a ``drop_when`` condition holds.
+
+    The same decision as runtime.holds, with the paths read inline instead of interpreted
+    per message; the tests stay the matcher's own functions."""
+    lines: list[str] = []
+    for i, cond in enumerate(conditions):
+        rule = cond.rule
+        ns[f"dt{i}"], ns[f"dk{i}"] = cond.test, (rule.path, rule.reason)
+        ns[f"dr{i}"], ns[f"dp{i}"] = rule.reason, rule.path
+        lines += [f"# drop_when[{i}]: {' '.join(rule.path.split())[:60]} ({' '.join(rule.reason.split())[:40]})"]
+        lines += _read_path(cond.steps)
+        reject = [f"stats[dk{i}] += 1", f"return Reject(dr{i}, plan, dp{i})"]
+        if rule.unless is not None:
+            ns[f"du{i}"] = cond.unless_test
+            unless = _test(rule.unless, f"du{i}")
+            reject = [*_read_path(cond.unless_steps or []), f"if not ({unless}):", *_indent(reject, 1)]
+        lines += [f"if {_test(rule, f'dt{i}')}:", *_indent(reject, 1)]
+    return lines
+
+
+def _read_path(steps: Sequence[Step]) -> list[str]:
+    """``v = `` the value at ``steps`` of ``obj``, UNSET past a missing or null object (runtime.read)."""
+    lines = [f"v = obj.{steps[0].attr}"]
+    return lines + [f"v = UNSET if v is UNSET or v is None else v.{step.attr}" for step in steps[1:]]
+
+
+def _test(match: Any, fn: str) -> str:
+    """The condition for ``fn(v)`` (model.Match's matcher), without a call where the answer is plain."""
+    if match.present is True:  # a Raw is decoded by the matcher: ``null`` is not present
+        return f"v is not UNSET and v is not None and (v.__class__ is not Raw or {fn}(v))"
+    if match.present is False:
+        return f"{fn}(v)"
+    return f"v is not UNSET and v is not None and {fn}(v)"  # an absent or null field equals nothing
+
+
 def _namespace(scan: Fn, coarsen: Fn) -> dict[str, Any]:
     return {
         "UNSET": UNSET, "scan": scan, "coarsen": coarsen, "find": find, "number": classify_number,
-        "ZERO": ZERO_DIGITS, "SHAPES": ISO_SHAPES, "tuple_new": tuple.__new__,
+        "ZERO": ZERO_DIGITS, "SHAPES": ISO_SHAPES, "tuple_new": tuple.__new__, "Raw": msgspec.Raw,
     }  # fmt: skip
 
 
@@ -235,8 +266,8 @@ def _apply(
         ]
     for i, step in enumerate(node.leaves):
         ns[f"s{i}"], ns[f"fn{i}"] = step, step.fn
-        fuse = getattr(step.fn, "fuse", None)
-        fused = fuse(f"_{i}_") if fuse is not None and not step.array else None
+        inline = step.compiled.inline if step.compiled is not None else None
+        fused = inline(f"_{i}_", "False") if inline is not None and not step.array else None
         tally = count(f"s{i}", step.op)
         lines += [_comment(step), f"v = obj.{step.attr}"]
         if fused is not None:  # the operation's common case inline, the rest a call
@@ -259,8 +290,8 @@ def _apply(
         ns[f"loc{i}"], ns[f"cl{i}"], ns[f"purpose{i}"] = loc, loc.fn, loc.rule.consent
         lat, lon = f"obj.{loc.lat.attr}", f"obj.{loc.lon.attr}"
         consented = f"purpose{i} in granted" if loc.rule.consent else "False"
-        fuse = getattr(loc.fn, "fuse", None)
-        fused = fuse(f"_loc{i}_", consented) if fuse is not None else None
+        inline = loc.compiled.inline
+        fused = inline(f"_loc{i}_", consented) if inline is not None else None
         tally = count(f"loc{i}", "coarsen_location")
         lines.append(f"# {loc.lat.key}, {loc.lon.key}: coarsen_location ({_why(loc.rule)})")
         call = [

@@ -21,7 +21,7 @@ from msgspec import NODEFAULT, UNSET, UnsetType
 
 from gateway.keys import Keyring
 from gateway.ops import Drop, Generalise, Keep, Mask, Replace
-from gateway.ops.base import BuildEnv, Epochs, Rule, Transform
+from gateway.ops.base import BuildEnv, Compiled, Epochs, Rule, Transform
 from gateway.ops.detect import ALL, classify_number, find
 from gateway.ops.location import CoarsenLocation
 from gateway.policy.load import PolicyError, Source, locate
@@ -40,7 +40,8 @@ class Step:
     key: str
     attr: str = ""
     rule: Rule | None = None  # None: only read (drop_when, device) then dropped
-    fn: Transform | None = None
+    compiled: Compiled | None = None  # what the rule built: its call, inline form and refresh
+    fn: Transform | None = None  # compiled.call, held for the interpreter
     array: bool = False  # the value is an array; ``fn`` / ``child`` apply per element
     child: Node | None = None
     count: int = 0  # how often the rule acted (a metric)
@@ -61,7 +62,8 @@ class Location:
     lat: Step
     lon: Step
     rule: CoarsenLocation
-    fn: Any
+    compiled: Compiled  # call(lat, lon, consented) -> (lat, lon) | None, and its inline form
+    fn: Any  # compiled.call
     count: int = 0
 
 
@@ -213,7 +215,8 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
                     raise fail(f"{path!r} already has a rule", where)
                 step.rule = rule
                 paths.add(path)
-            node.locations.append(Location(lat, lon, rule, rule.build(env)))
+            built = rule.build(env)
+            node.locations.append(Location(lat, lon, rule, built, built.call))
             continue
         if not rule.path:
             raise fail(f"{rule.op_name()} needs a path", where)
@@ -229,7 +232,8 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
             if rule.type != "boolean":  # a flag cannot carry an identifier
                 node.kept.append(step)
         else:
-            step.fn = rule.build(replace(env, field=rule.path))
+            step.compiled = rule.build(replace(env, field=rule.path))
+            step.fn = step.compiled.call
             node.leaves.append(step)
 
     def chain(path: str, where: str) -> list[Step]:
@@ -268,7 +272,9 @@ def compile_policy(source: Source, keyring: Keyring, epochs: Epochs, cache_size:
     for name, rule in policy.route.capture.items():
         if getattr(rule, "path", ""):
             raise fail("a capture rule has no path (it applies to the topic level)", f"route.capture.{name}")
-    captures = {name: rule.build(replace(env, field=f"topic_{name}")) for name, rule in policy.route.capture.items()}
+    captures = {
+        name: rule.build(replace(env, field=f"topic_{name}")).call for name, rule in policy.route.capture.items()
+    }
     if meta.device:
         m = re.fullmatch(r"\{([a-z_][a-z0-9_]*)\}", meta.device)
         if m:

@@ -317,8 +317,7 @@ class Worker:
         rec = read_record(path, broker)
         stale = [i for i in rec.ids if i not in current]
         old_filters = set(rec.filters) if stale else set()
-        write_record(path, broker, current + stale, filters | old_filters)
-        if not stale:
+        if not self._record_sessions(path, broker, current + stale, filters | old_filters) or not stale:
             return
         sweeper = Sweeper(ep, self._take, lambda: filters | old_filters)
         backoff = Backoff(self.cfg.reconnect)
@@ -337,7 +336,7 @@ class Worker:
                 continue
             backoff.reset()
             stale.pop(0)
-            write_record(path, broker, current + stale, filters | (old_filters if stale else set()))
+            self._record_sessions(path, broker, current + stale, filters | (old_filters if stale else set()))
             self.metrics.session_sweeps.labels("ok").inc()
             log.info("session_swept", client_id=client_id, messages=taken)
 
@@ -378,6 +377,18 @@ class Worker:
         wanted = self._filters()
         await client.subscribe([(s, SubscribeOptions(qos=1)) for s in sorted(wanted)])
         self._subscribed = wanted
+
+    def _record_sessions(self, path: Path, broker: str, ids: list[str], filters: set[str]) -> bool:
+        """Write the session record; on failure (a full or read-only disk) say so and do not sweep:
+        a session swept but still on record would only be swept again, one not on record never."""
+        try:
+            write_record(path, broker, ids, filters)
+            return True
+        except OSError as exc:
+            self.metrics.session_sweeps.labels("failed").inc()
+            log.error("session_record_unwritable", file=str(path), error=exc.strerror or exc.__class__.__name__,
+                      action="old sessions are not swept until it can be written")
+            return False
 
     async def _resubscribe(self, consent_again: bool = False) -> None:
         """Subscribe to what the reloaded config names, drop the rest. ``consent_again``:

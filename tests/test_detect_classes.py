@@ -1,0 +1,212 @@
+"""Issue 9, other members of each detector class than the issue's examples: digits that are not
+decimal digits (circled, dingbat, "digit nine full stop", Ethiopic, CJK numerals), separators
+that are no dashes to Unicode (katakana prolonged sound mark, middle dots), IPv4 addresses with
+leading zeros, ideographic full stops or glued to a word, credentials known by their form
+(JWT, AWS key id, PEM private key, vendor tokens), keyword secrets followed by a bare code, and
+coordinates with a hemisphere letter, a key between the numbers, or in degrees and minutes.
+"""
+
+# ruff: noqa: RUF001  (other scripts' characters are what these tests are about)
+from __future__ import annotations
+
+import time
+import unicodedata
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.ops.detect import find, scrub
+
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+PHONE = "9876543210"
+
+
+def _digit_forms(d: int) -> list[str]:
+    """Characters that read as digit ``d`` without being a decimal digit, found from Unicode
+    data here (not from the detector's tables)."""
+    out = []
+    for cp in range(0x80, 0x30000):
+        ch = chr(cp)
+        if unicodedata.decimal(ch, None) is None and unicodedata.digit(ch, None) == d:
+            out.append(ch)
+    return out
+
+
+DIGIT_FORMS = {d: _digit_forms(d) for d in range(10)}
+
+
+def test_every_digit_has_several_non_decimal_forms():
+    assert all(len(forms) >= 5 for forms in DIGIT_FORMS.values())  # superscript, subscript, circled, dingbat, ...
+    assert "➒" in DIGIT_FORMS[9] and "❾" in DIGIT_FORMS[9] and "⒐" in DIGIT_FORMS[9]
+
+
+@SETTINGS
+@given(data=st.data(), before=st.sampled_from(["", "call ", "tel:", "x "]))
+def test_a_phone_in_non_decimal_digit_forms_is_found(data, before):
+    """Each digit drawn from all forms Unicode gives it (one number may mix them)."""
+    text = "".join(data.draw(st.sampled_from(DIGIT_FORMS[int(d)])) for d in PHONE)
+    hits = find(before + text)
+    assert [h[0] for h in hits] == ["phone"], (text, hits)
+    assert scrub(before + text) == before + "[PHONE]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "九八七六五四三二一〇",  # CJK numerals
+        "一三八〇〇一三八〇〇〇",
+        "፱፰፯፮፭፬፫፪፩0",  # Ethiopic
+        "98765ー43210",  # katakana prolonged sound mark as a dash
+        "98765ｰ43210",
+        "98765·43210",
+        "98765・43210",
+        "98765‧43210",
+        "+91·98450·12345",
+    ],
+)
+def test_other_digit_and_separator_forms(text):
+    assert [h[0] for h in find(text)] == ["phone"], find(text)
+    assert scrub(f"a {text} b") == "a [PHONE] b"
+
+
+# -- IPv4 -----------------------------------------------------------------------------------
+
+OCTETS = st.tuples(st.integers(1, 223), st.integers(0, 255), st.integers(0, 255), st.integers(1, 254))
+GLUE = st.sampled_from(["ip", "IP", "addr", "host_", "src", "dst", "peer", "from", "gw", "remote", "Client"])
+
+
+@SETTINGS
+@given(octets=OCTETS, glue=GLUE, zeros=st.booleans(), stop=st.sampled_from([".", "。", "｡", "．"]))
+def test_an_ipv4_address_glued_to_a_word_with_zeros_or_other_full_stops(octets, glue, zeros, stop):
+    parts = [f"{o:03d}" if zeros else str(o) for o in octets]
+    address = stop.join(parts)
+    text = f"{glue}{address}:443 down"
+    hits = find(text)
+    assert [h[0] for h in hits] == ["ip"], (text, hits)
+    assert scrub(text) == f"{glue}[IP]:443 down"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["v1.2.3.4", "V1.2.3.4", "ver1.2.3.4", "version1.2.3.4", "rev2.1.0.4", "r1.2.3.4", "build3.2.0.14",
+     "fw2.1.0.4", "FW_2.1.0.4", "v_1.2.3.4", "firmware2.1.0.4", "release10.0.0.1", "1.2.3.4.5", "203.0.113"],
+)  # fmt: skip
+def test_version_strings_glued_to_a_version_word_are_not_addresses(text):
+    assert find(text) == [], find(text)
+
+
+# -- secrets --------------------------------------------------------------------------------
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0t\n-----END RSA PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        (f"auth failed for {JWT} at gw", JWT),
+        (f'{{"jwt":"{JWT}"}}', JWT),
+        ("key AKIAIOSFODNN7EXAMPLE rejected", "AKIAIOSFODNN7EXAMPLE"),
+        ("ASIAY34FZKBOKMUTVV7A expired", "ASIAY34FZKBOKMUTVV7A"),
+        (f"loaded {PEM} ok", PEM),
+        ("-----BEGIN PRIVATE KEY-----MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
+        ("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBYr", "MHcCAQEEIBYr"),
+        ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789 revoked", "ghp_abcdefghijklmnopqrstuvwxyz0123456789"),
+        ("slack xoxb-123456789012-abcdefghijkl failed", "xoxb-123456789012-abcdefghijkl"),
+        ("stripe sk_live_abcdefghijklmnop12345678 bad", "sk_live_abcdefghijklmnop12345678"),
+        ("maps AIzaSyA-abcdefghijklmnopqrstuvwxyz12345 quota", "AIzaSyA-abcdefghijklmnopqrstuvwxyz12345"),
+        ("otp 482193 sent", "482193"),
+        ("OTP is 482193", "482193"),
+        ("upi pin 4821 entered", "4821"),
+        ("CVV 123 ok", "123"),
+        ("pin# 4821", "4821"),
+        ("pass=Winter2026x", "Winter2026x"),
+        ("session_id=abcd1234efgh", "abcd1234efgh"),
+        ("Cookie: sid=abcd1234efgh", "abcd1234efgh"),
+        ("Set-Cookie: JSESSIONID=ABCD1234EF; Path=/", "ABCD1234EF"),
+    ],
+)
+def test_credentials_known_by_their_form_or_a_bare_code(text, secret):
+    out = scrub(text)
+    assert "[SECRET]" in out and secret not in out, out
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["PIN mode", "pin 12 high", "pin code 560001", "tests pass: 3", "the session ended", "Asia/Kolkata",
+     "ASIAN market", "eyJ is how base64 JSON starts", "BEGIN PUBLIC KEY", "skip_live_view", "otp sent"],
+)  # fmt: skip
+def test_words_near_the_new_secret_forms_are_not_secrets(text):
+    assert find(text) == [], find(text)
+
+
+# -- coordinates ----------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    lat=st.floats(-89.9, 89.9).map(lambda x: round(x, 6)),
+    lon=st.floats(-179.9, 179.9).map(lambda x: round(x, 6)),
+    shape=st.sampled_from(
+        ["lat={a}&lon={b}", "latitude={a}&longitude={b}", "lon={b}&lat={a}", "x={a} y={b}",
+         '{{"lat":{a},"lng":{b}}}', '{{"lat":"{a}","lon":"{b}"}}', "N{a} E{b}", "lat: {a}, lon: {b}"]
+    ),
+)  # fmt: skip
+def test_keyed_coordinate_pairs_in_text(lat, lon, shape):
+    a, b = f"{lat:.6f}", f"{lon:.6f}"
+    if shape.startswith("N"):  # the hemisphere letter is the sign
+        a, b = a.lstrip("-"), b.lstrip("-")
+    text = shape.format(a=a, b=b)
+    hits = find(text)
+    assert [h[0] for h in hits] == ["coordinate"], (text, hits)
+    out = scrub(text)
+    assert a.lstrip("-") not in out and b.lstrip("-") not in out, out
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["12°58'17.7\"N 77°35'40.4\"E", "12°58′17.7″N, 77°35′40.4″E", "12° 58' 17.75\" S 77° 35' 40.4\" W",
+     "12°58.2959'N 77°35.6737'E", "at 12°58.296'N/77°35.674'E"],
+)  # fmt: skip
+def test_precise_degrees_minutes_seconds(text):
+    assert "coordinate" in [h[0] for h in find(text)], find(text)
+    assert "17.7" not in scrub(text) and "58.29" not in scrub(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["12°58'17\"N 77°35'40\"E", "12°58.29'N 77°35.67'E", "lat=12.972&lon=77.595", "x=12.5 y=77.25", "23.5°C"]
+)
+def test_coarse_degrees_and_short_keyed_pairs_are_not_precise(text):
+    """Whole seconds (30 m), two decimals of a minute (18 m), three decimals of a degree."""
+    assert find(text) == [], find(text)
+
+
+# -- cost -----------------------------------------------------------------------------------
+
+PATHOLOGICAL = {
+    "glued addresses": "ip1.2.3.4 " * 6553,
+    "version glue": "v1.2.3.4." * 7281,
+    "jwt heads": "eyJabcdefgh." * 5461,
+    "pem begins": "-----BEGIN PRIVATE KEY-----" * 2427,
+    "aws heads": "AKIA" * 16384,
+    "degrees": "12°58'17.7\"N " * 5041,
+    "keyed pairs": "lat=12.123456&" * 4681,
+    "bare codes": "otp 1234 " * 7281,
+}
+
+
+@pytest.mark.parametrize("name", list(PATHOLOGICAL))
+def test_64_kib_of_the_new_forms_is_cheap(name):
+    text = PATHOLOGICAL[name]
+    assert 60_000 <= len(text) <= 70_000
+    scrub(text)
+    best = min(_timed(scrub, text) for _ in range(3))
+    assert best < 0.1, f"{name}: {best * 1000:.1f} ms"
+
+
+def _timed(fn, text):
+    start = time.process_time()
+    fn(text)
+    return time.process_time() - start

@@ -1,0 +1,186 @@
+"""The hot path's shortcuts give the answers of the plain computation they replace.
+
+Each cache or compiled form here is checked against an independent reference (a fresh
+computation, a loop, the reference interpreter) over sequences that cross its boundaries:
+time buckets rolling over and back, more texts than a cache holds, nested paths with null
+objects in the middle.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from msgspec import UNSET
+
+from gateway.keys import Keyring
+from gateway.ops import BucketTime, Generalise, Scrub, detect
+from gateway.ops.base import BuildEnv, Epochs
+from gateway.ops.text import CLEAN_CACHE, CLEAN_MAX_LEN
+from gateway.pipeline import Engine, Forward, interpret
+from gateway.policy.load import loads
+
+
+def build(cls: Any, **params: Any) -> Any:
+    return msgspec.convert(params, cls).build(BuildEnv(Keyring.test(), Epochs(1_700_000_000)))
+
+
+def iso_floor(epoch: int, width: int) -> str:
+    """The reference: floor epoch seconds to ``width`` and print them in UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch - epoch % width))
+
+
+# -- bucket_time: one strftime per bucket -------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1_600_000_000, 1_900_000_000), min_size=1, max_size=40), st.sampled_from([60, 3600, 86400]))
+def test_bucket_time_is_right_across_bucket_rollover_and_back(epochs: list[int], width: int) -> None:
+    """Values jump between buckets (forwards, backwards, repeated): each answer is its own bucket's."""
+    to = {60: "minute", 3600: "hour", 86400: "day"}[width]
+    fn = build(BucketTime, path="ts", to=to)
+    near = [e + d for e in epochs for d in (0, 1, -1, width)]  # the same bucket, the edges, the next one
+    for e in near:
+        text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e))
+        assert fn(text) == iso_floor(e, width)
+        assert fn(e) == e - e % width  # numbers are unaffected by the text cache
+
+
+def test_bucket_time_month_and_offsets_with_the_cache() -> None:
+    fn = build(BucketTime, path="ts", to="month")
+    assert fn("2026-01-31T23:59:59Z") == "2026-01-01T00:00:00Z"
+    assert fn("2026-02-01T00:00:00Z") == "2026-02-01T00:00:00Z"
+    assert fn("2026-02-01T01:00:00+02:00") == "2026-01-01T00:00:00Z"  # 2026-01-31T23:00Z
+    assert fn("2026-02-14T10:00:00Z") == "2026-02-01T00:00:00Z"
+    hour = build(BucketTime, path="ts", to="hour")
+    assert hour("2026-01-15T11:30:04+05:30") == "2026-01-15T06:00:00Z"
+    assert hour("2026-01-15T06:59:59Z") == "2026-01-15T06:00:00Z"
+    assert hour("2026-01-15T07:00:00Z") == "2026-01-15T07:00:00Z"
+    assert hour("not a time") is UNSET  # an invalid value does not disturb the cache
+    assert hour("2026-01-15T07:10:00Z") == "2026-01-15T07:00:00Z"
+    assert calendar.timegm((2026, 1, 15, 7, 0, 0)) % 3600 == 0
+
+
+# -- generalise by prefix: one regex, the longest key first --------------------------------
+
+KEYS = st.text(alphabet="ab.*+?()[]\\|^$ 1", min_size=0, max_size=4)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.dictionaries(KEYS, st.integers(), min_size=1, max_size=6), st.lists(KEYS, max_size=10))
+def test_generalise_prefix_is_the_longest_matching_key(table: dict[str, int], values: list[str]) -> None:
+    """Regex metacharacters in keys are literal; ties in length go to the map's first key."""
+    fn = build(Generalise, path="v", match="prefix", map=table, default=-1)
+    for v in [*values, *table]:
+        longest = next((table[p] for p in sorted(table, key=len, reverse=True) if v.startswith(p)), -1)
+        assert fn(v) == longest
+
+
+# -- scrub: clean texts remembered, bounded ------------------------------------------------
+
+
+def test_scrub_cache_gives_the_same_text_as_a_fresh_scrub_and_stays_bounded() -> None:
+    fn = build(Scrub, path="log")
+    clean = [f"at com.example.Job.run(Job.java:{i})" for i in range(CLEAN_CACHE + 50)]
+    dirty = ["mail a.user@example.com now", "call +91 98765 43210", "from 10.1.2.3"]
+    for _ in range(2):
+        for i, text in enumerate(clean):
+            assert fn(text) == text
+            if i % 100 == 0:
+                for d in dirty:  # never remembered as clean, scrubbed every time
+                    assert fn(d) == detect.scrub(d) != d
+    cache = next(c.cell_contents for c in fn.call.__closure__ if isinstance(c.cell_contents, dict))
+    assert len(cache) == CLEAN_CACHE
+    assert not any(d in cache for d in dirty)
+    long = "word " * (CLEAN_MAX_LEN // 5 + 1)
+    assert fn(long) == long and long not in cache
+
+
+# -- drop_when: generated inline, same decisions as the interpreter ------------------------
+
+DROP_POLICY = """
+[policy]
+name = "d"
+version = "1"
+
+[route]
+topics = ["dev/{id}/up"]
+upstream = "cloud/up"
+
+[[field]]
+path = "a.b.c"
+op = "keep"
+
+[[field]]
+path = "kind"
+op = "keep"
+
+[[drop_when]]
+path = "a.b.flag"
+present = true
+reason = "flagged"
+
+[[drop_when]]
+path = "a.b.c"
+one_of = ["x", 2]
+reason = "listed"
+unless = { path = "a.ok", equals = true }
+
+[[drop_when]]
+path = "kind"
+present = false
+reason = "no_kind"
+unless = { path = "a.b.c", present = true }
+"""
+
+ENGINE = Engine([loads(DROP_POLICY.encode(), "d.toml")], Keyring.test())
+LEAF = st.one_of(st.none(), st.just("x"), st.just(" X "), st.just(2), st.just(2.0), st.just(True), st.just({}))
+
+
+def _object(keys: list[str], leaf: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.none(), st.fixed_dictionaries({}, optional={k: leaf for k in keys}))
+
+
+MESSAGES = st.fixed_dictionaries(
+    {},
+    optional={
+        "a": _object(["ok", "b"], st.one_of(LEAF, _object(["c", "flag"], LEAF))),
+        "kind": st.one_of(st.none(), st.just("t")),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(MESSAGES)
+def test_inline_drop_when_agrees_with_the_interpreter(msg: dict[str, Any]) -> None:
+    payload = json.dumps(msg).encode()
+    generated = ENGINE.process("dev/1/up", payload)
+    plan = generated.plan
+    assert plan is not None and plan.structs  # the generated runner, not the interpreter
+    reference = interpret(plan, payload, "cloud/up", None, {})
+    if isinstance(generated, Forward):
+        assert isinstance(reference, Forward), (msg, reference)
+        assert msgspec.json.decode(generated.payload) == msgspec.json.decode(reference.payload)
+    else:
+        assert not isinstance(reference, Forward), (msg, generated)
+        assert (generated.reason, generated.rule) == (reference.reason, reference.rule)
+
+
+def test_inline_drop_when_examples() -> None:
+    def reason(msg: dict[str, Any]) -> str | None:
+        res = ENGINE.process("dev/1/up", json.dumps(msg).encode())
+        return None if isinstance(res, Forward) else res.reason
+
+    assert reason({"kind": "t", "a": {"b": {"flag": 0}}}) == "flagged"
+    assert reason({"kind": "t", "a": {"b": {"flag": None}}}) is None  # null is not present
+    assert reason({"kind": "t", "a": None}) is None  # a null object on the path: absent
+    assert reason({"kind": "t", "a": {"b": {"c": " X "}}}) == "listed"
+    assert reason({"kind": "t", "a": {"b": {"c": "x"}, "ok": True}}) is None  # unless holds
+    assert reason({"kind": "t", "a": {"b": {"c": 2.0}}}) is None  # 2.0 is not the JSON value 2
+    assert reason({"a": {"b": {"c": 3}}}) is None  # no kind, unless a.b.c present
+    assert reason({"a": {"b": {}}}) == "no_kind"
