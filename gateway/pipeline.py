@@ -20,7 +20,7 @@ from msgspec import UNSET
 from gateway.keys import Keyring
 from gateway.ops.base import BoundedCache, BuildEnv, Epochs
 from gateway.ops.basic import Keep
-from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, find, precise_pair
+from gateway.ops.detect import ALL, NUMBER_LIMIT, classify_number, coordinate_value, find, keyed_position, position
 from gateway.ops.identity import AffixRefused, Pseudonymise
 from gateway.policy import codegen
 from gateway.policy.compile import COORDINATE_KEYS, Node, Plan, compile_policy
@@ -186,8 +186,15 @@ def _previous_devices(plans: list[Plan], keyring: Keyring, epochs: Epochs, cache
         rule = plan.policy.route.capture.get(name) if name else None
         if isinstance(rule, Pseudonymise):
             meta = plan.policy.policy
-            env = BuildEnv(previous, epochs, Counter(), cache_size, pack=meta.name, link_domain=meta.link_domain,
-                           field=f"topic_{name}")
+            env = BuildEnv(
+                previous,
+                epochs,
+                Counter(),
+                cache_size,
+                pack=meta.name,
+                link_domain=meta.link_domain,
+                field=f"topic_{name}",
+            )
             out[plan.name] = rule.build(env).call
     return out
 
@@ -246,20 +253,40 @@ def interpret(plan: Plan, payload: bytes, upstream: str, device: str | None, con
 # -- shared by the generated Struct code (gateway.policy.codegen) and the dict executor ----
 
 
+CLEAN_CACHE = 4096  # per plan: recent (string, detectors) pairs inside kept objects found clean
+CLEAN_MAX_LEN = 64  # only short strings are remembered
+
+
 def _kept_scanner(plan: Plan):
     decimals = plan.coordinate_decimals
-    return lambda v, enabled, key, depth: _scan(v, enabled, decimals, key, depth)
+    clean: BoundedCache[tuple[str, frozenset[str]], bool] = BoundedCache(CLEAN_CACHE)
+    return lambda v, enabled, key, depth: _scan(v, enabled, decimals, key, depth, clean)
 
 
-def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, depth: int) -> str | None:
+def _scan(
+    v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, depth: int, clean: Any = None
+) -> str | None:
     """The detector an identifier in ``v`` trips, or None. Raises TooDeep past ``depth``.
 
-    ``coordinate_decimals`` NO_COORDINATES: the guard is off, only the depth is checked."""
+    ``coordinate_decimals`` NO_COORDINATES: the guard is off, only the depth is checked.
+    ``clean``: a BoundedCache of short strings found clean before (labels, product names
+    inside objects repeat from message to message), or None."""
     cls = v.__class__
     if cls is str:
         if enabled and v and not v.isalpha():
-            hits = find(v, enabled)
-            return hits[0][0] if hits else None
+            if clean is None or len(v) > CLEAN_MAX_LEN:
+                hits = find(v, enabled)
+                if hits:
+                    return hits[0][0]
+            elif (v, enabled) not in clean:
+                hits = find(v, enabled)
+                if hits:
+                    return hits[0][0]
+                clean.put((v, enabled), True)
+        if key and coordinate_decimals < NO_COORDINATES and COORDINATE_KEYS.fullmatch(key):
+            number = coordinate_value(v)  # {"lat": "12.971598"}
+            if number is not None and number[1] > coordinate_decimals:
+                return "coordinate"
     elif cls is int:
         if enabled:
             kind = classify_number(v)
@@ -274,9 +301,11 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
     elif cls is dict:
         if depth <= 0:
             raise TooDeep
+        if coordinate_decimals < NO_COORDINATES and keyed_position(v):  # {"x": 77.594562, "y": 12.971598}
+            return "coordinate"
         for k, x in v.items():
-            hit = _scan(k, enabled, coordinate_decimals, "", depth)
-            hit = hit or _scan(x, enabled, coordinate_decimals, k, depth - 1)
+            hit = _scan(k, enabled, coordinate_decimals, "", depth, clean)
+            hit = hit or _scan(x, enabled, coordinate_decimals, k, depth - 1, clean)
             if hit:
                 return hit
     elif cls is list:
@@ -285,7 +314,7 @@ def _scan(v: Any, enabled: frozenset[str], coordinate_decimals: int, key: str, d
         if 2 <= len(v) <= 3 and coordinate_decimals < NO_COORDINATES and _position(v):
             return "coordinate"
         for x in v:
-            hit = _scan(x, enabled, coordinate_decimals, key, depth - 1)
+            hit = _scan(x, enabled, coordinate_decimals, key, depth - 1, clean)
             if hit:
                 return hit
     return None
@@ -295,14 +324,9 @@ NO_COORDINATES = 99
 
 
 def _position(v: list) -> bool:
-    """``[lat, lon]``, ``[lon, lat]`` or ``[lon, lat, alt]`` with a precise coordinate."""
-    a, b = v[0], v[1]
-    return (
-        (a.__class__ is float or b.__class__ is float)
-        and a.__class__ in (int, float)
-        and b.__class__ in (int, float)
-        and precise_pair(a, b)
-    )
+    """``[lat, lon]``, ``[lon, lat]`` or ``[lon, lat, alt]`` with a precise coordinate, as numbers
+    or numeric strings (``["12.971598", "77.594562"]``)."""
+    return position(v[0], v[1])
 
 
 def _decimals(x: float) -> int:

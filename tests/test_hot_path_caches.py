@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ from msgspec import UNSET
 
 from gateway.keys import Keyring
 from gateway.ops import BucketTime, Generalise, Scrub, detect
-from gateway.ops.base import BuildEnv, Epochs
+from gateway.ops.base import BoundedCache, BuildEnv, Epochs
 from gateway.ops.text import CLEAN_CACHE, CLEAN_MAX_LEN
 from gateway.pipeline import Engine, Forward, interpret
 from gateway.policy.load import loads
@@ -94,7 +95,7 @@ def test_scrub_cache_gives_the_same_text_as_a_fresh_scrub_and_stays_bounded() ->
             if i % 100 == 0:
                 for d in dirty:  # never remembered as clean, scrubbed every time
                     assert fn(d) == detect.scrub(d) != d
-    cache = next(c.cell_contents for c in fn.call.__closure__ if isinstance(c.cell_contents, dict))
+    cache = next(c.cell_contents for c in fn.call.__closure__ if isinstance(c.cell_contents, BoundedCache))
     assert len(cache) == CLEAN_CACHE
     assert not any(d in cache for d in dirty)
     long = "word " * (CLEAN_MAX_LEN // 5 + 1)
@@ -184,3 +185,62 @@ def test_inline_drop_when_examples() -> None:
     assert reason({"kind": "t", "a": {"b": {"c": 2.0}}}) is None  # 2.0 is not the JSON value 2
     assert reason({"a": {"b": {"c": 3}}}) is None  # no kind, unless a.b.c present
     assert reason({"a": {"b": {}}}) == "no_kind"
+
+
+# -- detectors: the IPv4 gate only skips texts _IPV4 cannot match -------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="0123456789.abv:_ -\u0663", max_size=30))
+def test_ipv4_gate_never_hides_an_address(text: str) -> None:
+    if list(detect._IPV4.finditer(text)):
+        assert detect._IPV4_GATE.search(text.encode())
+
+
+IPV4_PARTS = ["ip", "10.0.0.1", "v1.2.3.4", "203.0.113.077", ".", "1.2.3", " ", "x", "9"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(IPV4_PARTS), max_size=8))
+def test_find_is_the_same_with_and_without_the_ipv4_gate(parts: list[str]) -> None:
+    text = "".join(parts)
+    gated = detect.find(text)
+    gate = detect._IPV4_GATE
+    detect._IPV4_GATE = re.compile(b"")  # always open
+    try:
+        assert detect.find(text) == gated
+    finally:
+        detect._IPV4_GATE = gate
+
+
+# -- the scanner of kept objects: clean strings remembered, bounded ------------------------
+
+
+def test_kept_object_scanner_cache_is_bounded_and_never_hides_a_hit() -> None:
+    from gateway.pipeline import CLEAN_CACHE as SCAN_CACHE
+    from gateway.pipeline import _kept_scanner
+
+    plan = ENGINE.plans[0]
+    scan = _kept_scanner(plan)
+    names = [f"Product line {i}" for i in range(SCAN_CACHE + 10)]
+    for _ in range(2):
+        assert scan({"products": names}, detect.ALL, "p", 4) is None
+    assert scan({"products": [*names[:3], "mail me at a.b@example.com"]}, detect.ALL, "p", 4) == "email"
+    assert scan(["Product line 1", "call 98765 43210"], detect.ALL, "p", 4) == "phone"
+    assert scan(["Product line 1"], frozenset({"email"}), "p", 4) is None
+    cache = next(c.cell_contents for c in scan.__closure__ if isinstance(c.cell_contents, BoundedCache))
+    assert len(cache) <= SCAN_CACHE
+
+
+def test_generalise_prefix_cache_is_bounded_and_keeps_types_apart() -> None:
+    from gateway.ops.basic import PREFIX_CACHE
+
+    fn = build(Generalise, path="v", match="prefix", map={"1": "one", "true": "yes", "Android": "A"}, default="?")
+    for i in range(PREFIX_CACHE + 20):
+        assert fn(f"Android {i}") == "A"
+        assert fn(f"x{i}") == "?"
+    assert fn(True) == "yes" and fn(1) == "one" and fn("1") == "one" and fn("True") == "?"  # True is not "1"
+    cache = next(c.cell_contents for c in fn.call.__closure__ if isinstance(c.cell_contents, BoundedCache))
+    assert len(cache) == PREFIX_CACHE
+    folded = build(Generalise, path="v", match="prefix", fold=True, map={"android": "A"}, default="?")
+    assert folded(" ANDROID 14") == "A" and folded(" ANDROID 14") == "A" and folded("iOS") == "?"

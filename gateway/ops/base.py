@@ -1,8 +1,10 @@
 """What every field operation shares: its rule Struct base, build context and helpers.
 
 An operation is a rule Struct (its validated parameters, decoded straight from
-the policy TOML) plus a ``build`` method returning a plain callable
-``value -> value`` used on the hot path. Returning ``UNSET`` removes the field.
+the policy TOML) plus a ``build`` method returning a ``Compiled``: the callable
+``value -> value`` used on the hot path (returning ``UNSET`` removes the field),
+optionally its inline form for the code generator and a ``refresh`` the engine
+calls when the pseudonym epoch rolls over.
 """
 
 from __future__ import annotations

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any, Literal
 
 import msgspec
 
-from gateway.ops.base import SCALAR, BuildEnv, Compiled, FieldRule, per_value
+from gateway.ops.base import SCALAR, BoundedCache, BuildEnv, Compiled, FieldRule, per_value
 from gateway.ops.detect import ALL, DETECTORS, find
+
+PREFIX_CACHE = 1024  # per prefix generalise rule: recent texts and the class they map to
+PREFIX_MAX_LEN = 128  # only texts this short are remembered
 
 TYPES: dict[str, Any] = {
     "any": Any,
@@ -73,19 +77,36 @@ class Replace(FieldRule, tag="replace"):
 class Generalise(FieldRule, tag="generalise"):
     """Map values to broader classes (``"Android 14.1" -> "Android"``); anything
     not in ``map`` becomes ``default``. With ``match = "prefix"`` the longest
-    matching key wins."""
+    matching key wins. With ``fold = true`` values and keys are compared folded
+    (Unicode NFKC, case-folded, without spaces or invisible characters, as
+    ``drop_when`` compares them), so ``" CARD "`` and ``"Card"`` are ``card``."""
 
     accepts = SCALAR
     map: dict[str, SCALAR]
     default: SCALAR = "other"
     match: Literal["exact", "prefix"] = "exact"
+    fold: bool = False
 
     def __post_init__(self) -> None:
         if not self.map:
             raise ValueError("map must not be empty")
+        if self.fold:
+            seen: dict[str, SCALAR] = {}
+            for k, v in self.map.items():
+                if seen.setdefault(fold(k), v) != v:
+                    raise ValueError(f"fold: keys that fold to {fold(k)!r} map to different values")
 
     def build(self, env: BuildEnv) -> Compiled:
         table, default = self.map, self.default
+        if self.fold:
+            table = {fold(k): v for k, v in table.items()}
+        if self.match == "exact" and self.fold:
+            generalise_folded = lambda v: table.get(fold(v if v.__class__ is str else _key(v)), default)  # noqa: E731
+
+            def fuse_folded(p: str) -> tuple[str, list[str], dict[str, Any]]:  # a value already folded inline
+                return "v.__class__ is str and v in " + f"{p}table", [f"v = {p}table[v]"], {f"{p}table": table}
+
+            return Compiled(generalise_folded, per_value(fuse_folded))
         if self.match == "exact":
             generalise = lambda v: table.get(v if v.__class__ is str else _key(v), default)  # noqa: E731
 
@@ -101,11 +122,30 @@ class Generalise(FieldRule, tag="generalise"):
         # first that matches is the longest matching key (as a loop of startswith would find).
         longest_first = re.compile("|".join(re.escape(p) for p in sorted(table, key=len, reverse=True))).match
 
+        folded = self.fold
+        seen: BoundedCache[str, Any] = BoundedCache(PREFIX_CACHE)  # recent texts and their class
+
         def generalise_prefix(v: Any) -> Any:
-            m = longest_first(v if isinstance(v, str) else _key(v))
-            return default if m is None else table[m.group()]
+            if v.__class__ is str and (out := seen.get(v, seen)) is not seen:
+                return out  # OS and browser strings repeat from message to message
+            text = v if isinstance(v, str) else _key(v)
+            m = longest_first(fold(text) if folded else text)
+            out = default if m is None else table[m.group()]
+            if v.__class__ is str and len(v) <= PREFIX_MAX_LEN:
+                seen.put(v, out)
+            return out
 
         return Compiled(generalise_prefix)
+
+
+def fold(text: str) -> str:
+    """Text as ``drop_when`` and ``generalise`` with ``fold = true`` compare it: NFKC, case-folded,
+    without white space or invisible (control and format) characters, so ``"PIN"``, ``" pin "``,
+    fullwidth ``"\\uff30in"`` and ``"p\\u200bin"`` are one."""
+    if text.isascii() and text.isalnum():  # the common case, e.g. "card": nothing to normalise or remove
+        return text.lower()
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
 def _key(v: Any) -> str:

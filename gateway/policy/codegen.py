@@ -365,7 +365,7 @@ def _guard(
                 ]
             continue
         string = [  # words and timestamps hold no identifier; nor a value found clean before
-            f"if v and not v.isalpha() and not {_ISO} and v not in ok{i}:",
+            f"if v and not v.isalpha() and v not in ok{i} and not {_ISO}:",
             f"    h = find(v, e{i})",
             "    if h:",
             f"        {hit(f'l{i}', 'h[0][0]')}",

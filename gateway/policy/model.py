@@ -9,7 +9,6 @@ See docs/policy.md for the language.
 from __future__ import annotations
 
 import re
-import unicodedata
 from datetime import datetime
 from typing import Any, Literal, TypeAlias, get_args
 
@@ -33,6 +32,7 @@ from gateway.ops import (
     TruncateIp,
 )
 from gateway.ops.base import SCALAR
+from gateway.ops.basic import fold as fold  # drop_when compares text folded (compile imports it from here)
 
 # Spelled out so type checkers see the members; tagged on "op". The checks keep them equal to
 # the registries in gateway/ops/__init__.py, which the docs tests and `gateway check` walk.
@@ -104,16 +104,6 @@ class Route(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.expiry_s is not None and not 1 <= self.expiry_s <= 4294967295:
             raise ValueError("expiry_s must be between 1 and 4294967295 seconds")
-
-
-def fold(text: str) -> str:
-    """Text as ``drop_when`` compares it: NFKC, case-folded, without white space or invisible
-    (control and format) characters, so ``"PIN"``, ``" pin "``, fullwidth ``"\\uff30in"`` and
-    ``"p\\u200bin"`` are one."""
-    if text.isascii() and text.isalnum():  # the common case, e.g. "card": nothing to normalise or remove
-        return text.lower()
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
 class Match(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
