@@ -283,3 +283,26 @@ def test_a_pair_with_decimal_commas(lat, lon, sep):
 @pytest.mark.parametrize("text", ["total 1,234,567 items", "12,97 77,59", "3,5 kg 4,25 kg", "price 1,23456"])
 def test_decimal_commas_that_are_no_position(text):
     assert find(text) == [], find(text)
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "upi://pay?pa=asha@okaxis&pn=Asha%20Rao&tn=call%20+919876543210&am=10",
+        "UPI://PAY?PA=asha.rao@okaxis&PN=Asha+Rao",
+        "upi://mandate?pn=Asha&pa=asha@ybl&am=1",
+        "tez://upi/pay?pa=asha@okaxis&pn=Asha",
+        "https://pay.example/p?pa=asha%40okaxis&pn=Asha%20Rao",
+        "phonepe://pay?pa=9876543210@ybl&pn=Asha",
+    ],
+)
+def test_a_upi_payment_link_keeps_no_payee_name_or_note(link):
+    """The payee's address comes with the name (pn) and a note (tn): the whole query goes."""
+    out = scrub(f"scan {link}#frag, then wait")
+    assert "[UPI_VPA]" in out and "Asha" not in out and "asha" not in out and "98765" not in out, out
+    assert out.startswith("scan ") and out.endswith("#frag, then wait"), out
+
+
+@pytest.mark.parametrize("text", ["GET /x?data=1&area=5 200", "?page=2&sort=asc", "https://example.com/?q=pa"])
+def test_ordinary_queries_are_not_payment_links(text):
+    assert find(text) == [], find(text)

@@ -316,6 +316,12 @@ _DMS_ONE = (
 )
 _DMS = re.compile(rf"(?<![\d.]){_DMS_ONE}[\s,;/]*+{_DMS_ONE}")
 # A pair written with decimal commas (European locales): "12,971598 77,594562", "12,971598;77,594562".
+# A UPI payment link's query (upi://pay?pa=asha@okaxis&pn=Asha%20Rao&tn=...): with the payee
+# address come the payee's name and a note, so the whole query is the identifier.
+_UPI_GATE = re.compile(rb"[?&][pP][aA]=")
+_UPI_QUERY = re.compile(  # a space (a decoded %20) continues it when "=", "&", "#" or the end follows that word
+    r"""(?<=\?)(?:[^\s"'<>#?]*&)?(?i:pa)=(?:[^\s"'<>#]++|\ (?=[^\s"'<>#=&]*+(?:[=&#]|\Z)))++"""
+)
 _PAIR_COMMA = re.compile(
     r"(?<![\d.,])[-+]?(\d{1,3}),(\d{5,})(?:\s?°)?(?:\s*+;\s*+|\s++)[-+]?(\d{1,3}),(\d++)(?![\d,])", re.ASCII
 )
@@ -629,6 +635,8 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
             kind = _at(m)
             if kind:
                 hits.append((m.start(), m.end(), kind))
+    if b"=" in raw and "upi_vpa" in enabled and _UPI_GATE.search(raw):
+        hits.extend((m.start(), m.end(), "upi_vpa") for m in _UPI_QUERY.finditer(text))
     if "ip" in enabled:
         if digits >= 4 and _IPV4_GATE.search(raw):
             hits.extend((m.start(), m.end(), "ip") for m in _IPV4.finditer(text) if _ipv4(text, m))
