@@ -210,3 +210,99 @@ def _timed(fn, text):
     start = time.process_time()
     fn(text)
     return time.process_time() - start
+
+
+# -- second round: escaped JSON, quoted values, dashed addresses, quoted local parts, decimal commas
+
+
+@pytest.mark.parametrize(
+    "keyword", ["password", "db_password", "client_secret", "authorization", "wifi_psk", "AUTH_KEY", "pwd"]
+)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        '{{\\"{k}\\":\\"Winter 2026!\\"}}',  # JSON inside a JSON string, as a crash log quotes it
+        '{{\\"{k}\\": \\"Winter 2026!\\"}}',
+        '"{k}" : "Winter 2026!"',
+        "{k}='Winter 2026!'",
+        '{k}="Winter 2026!"',
+    ],
+)
+def test_a_quoted_or_escaped_secret_value_is_scrubbed_whole(keyword, shape):
+    text = "cfg " + shape.format(k=keyword) + " end"
+    out = scrub(text)
+    assert "Winter" not in out and "2026" not in out and "[SECRET]" in out, out
+    assert out.startswith("cfg ") and out.endswith(" end"), out
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["signing_key=abcd1234", "encryption-key: abcd1234", "hmac_key=abcd1234", "psk=hunter22",
+     "WPA_PSK=hunter22", "creds=abcd1234", "license_key=ABCD-1234", "device_key=abcd1234"],
+)  # fmt: skip
+def test_more_key_names_are_secrets(text):
+    assert "[SECRET]" in scrub(text), scrub(text)
+
+
+@SETTINGS
+@given(octets=OCTETS, host=st.sampled_from(["ip-{}", "ec2-{}.compute-1.amazonaws.com", "{}.static.example.net",
+                                             "dsl-{}-static.example.net", "ip-{}.ec2.internal"]))  # fmt: skip
+def test_an_ipv4_address_written_with_dashes_in_a_host_name(octets, host):
+    dashed = "-".join(map(str, octets))
+    text = "connect to " + host.format(dashed) + " failed"
+    out = scrub(text)
+    assert dashed not in out, out  # [IP], or a number token where "ec2-" glues a digit to it
+    assert "[IP]" in out or out.count("[") == 1, out
+
+
+@pytest.mark.parametrize("text", ["2026-11-23", "23-11-2026", "ip-1-2-3-4-5", "1-2-3-4", "10-11-12-13", "v-2-1-0"])
+def test_dashed_numbers_that_are_no_host_name_are_not_addresses(text):
+    assert find(text) == [], find(text)
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [('"asha rao"@example.com', "email"), ('mail "a.b"@mail.example.co.in now', "email"), ('"asha"@okaxis', "upi_vpa")],
+)
+def test_a_quoted_local_part(text, kind):
+    assert kind in [h[0] for h in find(text)]
+    assert "asha" not in scrub(text) and "a.b" not in scrub(text)
+
+
+@SETTINGS
+@given(
+    lat=st.floats(-89.9, 89.9).map(lambda x: f"{x:.6f}".replace(".", ",")),
+    lon=st.floats(-179.9, 179.9).map(lambda x: f"{x:.6f}".replace(".", ",")),
+    sep=st.sampled_from([" ", ";", "; ", "  "]),
+)
+def test_a_pair_with_decimal_commas(lat, lon, sep):
+    text = f"pos {lat}{sep}{lon} ok"
+    assert scrub(text) == "pos [COORDINATE] ok", scrub(text)
+
+
+@pytest.mark.parametrize("text", ["total 1,234,567 items", "12,97 77,59", "3,5 kg 4,25 kg", "price 1,23456"])
+def test_decimal_commas_that_are_no_position(text):
+    assert find(text) == [], find(text)
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "upi://pay?pa=asha@okaxis&pn=Asha%20Rao&tn=call%20+919876543210&am=10",
+        "UPI://PAY?PA=asha.rao@okaxis&PN=Asha+Rao",
+        "upi://mandate?pn=Asha&pa=asha@ybl&am=1",
+        "tez://upi/pay?pa=asha@okaxis&pn=Asha",
+        "https://pay.example/p?pa=asha%40okaxis&pn=Asha%20Rao",
+        "phonepe://pay?pa=9876543210@ybl&pn=Asha",
+    ],
+)
+def test_a_upi_payment_link_keeps_no_payee_name_or_note(link):
+    """The payee's address comes with the name (pn) and a note (tn): the whole query goes."""
+    out = scrub(f"scan {link}#frag, then wait")
+    assert "[UPI_VPA]" in out and "Asha" not in out and "asha" not in out and "98765" not in out, out
+    assert out.startswith("scan ") and out.endswith("#frag, then wait"), out
+
+
+@pytest.mark.parametrize("text", ["GET /x?data=1&area=5 200", "?page=2&sort=asc", "https://example.com/?q=pa"])
+def test_ordinary_queries_are_not_payment_links(text):
+    assert find(text) == [], find(text)

@@ -207,21 +207,27 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|0\d{1,2}|[1-9]?\d)"  # leading zeros too: "
 _KEYWORD = r"""(?:
     (?<![A-Za-z0-9])(?i:password|passwd|passphrase|passcode|pwd|secret|token|api[_-]?key|access[_-]?key
         |private[_-]?key|credentials?|upi[_-]?pin|m?pin|otp|cvv2?|cvc2?
-        |session[_-]?(?:id|key|token)?|sessid|jsessionid|sid|cookie)
+        |session[_-]?(?:id|key|token)?|sessid|jsessionid|sid|cookie|creds|psk
+        |(?:auth|signing|master|client|app|shared|device|admin)[_-]?key)
+  | (?<=[_-])(?i:key)(?:(?<=(?i:hmac).key)|(?<=(?i:root).key)|(?<=(?i:wifi).key)|(?<=(?i:license).key)
+        |(?<=(?i:encryption).key))
   | (?<=[_.-])(?i:pass)
   | (?<![A-Za-z0-9])(?i:pass)(?=\s*=)
   | (?<=[a-z0-9])(?:P(?:assword|asswd|assphrase|wd|in|ASSWORD|IN)|S(?:ecret|ECRET)|T(?:oken|OKEN)
         |A(?:pi_?[Kk]ey|ccess_?[Kk]ey|PI_?KEY)|O(?:tp|TP)|C(?:redentials?|REDENTIALS?)|PrivateKey))
   (?:[_.-]?(?i:key|code|value|hash))?"""
 _SECRET = re.compile(
-    rf"""(?=[A-DJa-djMmOoPpSsTtUu])  # the first letters of the keywords: other positions fail fast
-    (?:(?<![A-Za-z0-9])(?i:proxy-)?(?i:authorization)["']?\s*[=:]\s*["']?
-        (?:(?i:bearer|basic|token|digest|negotiate|ntlm|apikey|hmac|jwt)\s+)?(?P<auth>[^\s"',;&}}]+)
+    rf"""(?=[A-DJKMOPSTUa-djkmopstu])  # the first letters of the keywords: other positions fail fast
+    (?:(?<![A-Za-z0-9])(?i:proxy-)?(?i:authorization)(?:\\?["'])?\s*[=:]\s*
+        (?:"(?P<adq>[^"\\\n]{{1,256}})"|'(?P<asq>[^'\\\n]{{1,256}})'|\\"(?P<aeq>[^"\\\n]{{1,256}})\\"
+        |(?:\\?["'])?(?:(?i:bearer|basic|token|digest|negotiate|ntlm|apikey|hmac|jwt)\s+)?(?P<auth>[^\s"',;&}}\\]+))
   | (?<![A-Za-z0-9])(?i:bearer|basic|token)\s++(?=[A-Za-z0-9._~+/=-]*?(?:[0-9+/=]|[a-z][A-Z]))
         (?P<bearer>[A-Za-z0-9._~+/=-]{{8,}})
   | (?<![A-Za-z0-9])(?i:otp|m?pin|upi[ _-]?pin|cvv2?|cvc2?|passcode)(?:\s++(?i:is|no\.?))?\s*+[#:=-]?\s*+
         (?P<code>\d{{3,8}})(?![\d.])
-  | {_KEYWORD}["']?\s*[=:]\s*["']?(?P<value>[^\s"',;&}}]+))""",
+  | {_KEYWORD}(?:\\?["'])?\s*[=:]\s*  # a quote after the keyword may be JSON-escaped: {{\"pwd\":\"x\"}}
+        (?:"(?P<dq>[^"\\\n]{{1,256}})"|'(?P<sq>[^'\\\n]{{1,256}})'|\\"(?P<eq>[^"\\\n]{{1,256}})\\"
+        |(?:\\?["'])?(?P<value>(?:[^\s"',;&}}\\]|\\(?!["']))+)))""",
     re.VERBOSE,
 )
 # Credentials recognisable by their form alone: a JWT, an AWS access key id, a PEM private key
@@ -238,20 +244,35 @@ _CREDENTIAL_GATE = re.compile(
     rb"eyJ|AKIA|ASIA|ABIA|ACCA|PRIVATE KEY|gh[pousr]_|github_pat_|xox[abposr]-|k_live_|k_test_|AIza|glpat-"
 )
 _USERINFO = re.compile(r"(?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@")
-_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|credential|cvv|cvc|sess|sid|cookie")
-_AT = re.compile(r"(?<![\w.%+-])(?P<local>[\w.%+-]++)@(?P<domain>[\w-]++(?:\.[\w-]++)*+)")
+_SECRET_WORDS = re.compile(rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|cred|cvv|cvc|sess|sid|cookie|psk")
+_AT = re.compile(
+    r"""(?:(?<![\w.%+-])(?P<local>[\w.%+-]++)|"[^"\\\n]{1,64}")@(?P<domain>[\w-]++(?:\.[\w-]++)*+)"""
+)  # a local part may be quoted: "asha rao"@example.com
 # An IPv4 address may be followed by a full stop, a letter or other glue ("203.0.113.77.",
 # "198.51.100.23.jpg", "203.0.113.77abc"), not by another number ("1.2.3.4.5"). It may be glued
 # to a word ("ip203.0.113.77", "addr", "host_", "src") unless that word marks a version
 # ("v1.2.3.4", "ver", "rev", "build", "fw", "version", "release", "firmware").
-_VERSION_MARK = (
-    r"(?<!(?<![A-Za-z])[vVrRbB])(?<!(?i:ver|rev|fw_|fw-|sw_|sw-))(?<!(?i:fw|sw))(?<!(?i:build))"
-    r"(?<!(?i:version|release))(?<!(?i:firmware))(?<!(?i:v|r)[_-])"
+_IPV4 = re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", re.ASCII)  # starts with a digit: fast
+_VERSION_WORD = re.compile(r"(?i:(?<![A-Za-z])[vrb]|ver|rev|fw|sw|build|version|release|firmware)[_-]?\Z")
+_GLUE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+
+
+def _ipv4(text: str, m: re.Match[str]) -> bool:
+    """An IPv4 match glued to a word is an address unless the word marks a version."""
+    start = m.start()
+    return not start or text[start - 1] not in _GLUE or not _VERSION_WORD.search(text, max(0, start - 9), start)
+
+
+# An IPv4 address written with dashes, as in host names that embed it: after a word and a dash
+# ("ip-10-0-0-5", "ec2-203-0-113-77.compute-1.amazonaws.com") or before a domain
+# ("203-0-113-77.static.example.net").
+_IPV4_DASHED = re.compile(
+    rf"(?:(?<=[A-Za-z]-)|(?<=[A-Za-z]\d-)){_OCTET}(?:-{_OCTET}){{3}}(?!\w|-\d|\.\d)|(?<![\w.-]){_OCTET}(?:-{_OCTET}){{3}}(?=\.[A-Za-z])",
+    re.ASCII,
 )
-# Every _IPV4 match holds four runs of 1-3 ASCII digits joined by dots: a cheap gate (C speed,
-# no look-behinds) before _IPV4, whose look-behinds are tried at every position.
+# Every _IPV4 match holds four runs of 1-3 ASCII digits joined by dots: a cheap gate (C speed)
+# before _IPV4.
 _IPV4_GATE = re.compile(rb"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")
-_IPV4 = re.compile(rf"(?:(?<![\w.])|(?<=[A-Za-z_]){_VERSION_MARK}){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)", re.ASCII)
 _IPV6 = re.compile(
     r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\d{1,3}(?:\.\d{1,3}){3})?(?:%[\w.]+)?"
     r"(?![0-9A-Fa-f:]|\.\d)",
@@ -294,6 +315,17 @@ _DMS_ONE = (
     r"\s?[NSEWnsew]"
 )
 _DMS = re.compile(rf"(?<![\d.]){_DMS_ONE}[\s,;/]*+{_DMS_ONE}")
+# A pair written with decimal commas (European locales): "12,971598 77,594562", "12,971598;77,594562".
+# A UPI payment link's query (upi://pay?pa=asha@okaxis&pn=Asha%20Rao&tn=...): with the payee
+# address come the payee's name and a note, so the whole query is the identifier.
+_UPI_GATE = re.compile(rb"[?&][pP][aA]=")
+_UPI_QUERY = re.compile(  # a space (a decoded %20) continues it when "=", "&", "#" or the end follows that word
+    r"""(?<=\?)(?:[^\s"'<>#?]*&)?(?i:pa)=(?:[^\s"'<>#]++|\ (?=[^\s"'<>#=&]*+(?:[=&#]|\Z)))++"""
+)
+_PAIR_COMMA = re.compile(
+    r"(?<![\d.,])[-+]?(\d{1,3}),(\d{5,})(?:\s?°)?(?:\s*+;\s*+|\s++)[-+]?(\d{1,3}),(\d++)(?![\d,])", re.ASCII
+)
+_FIVE_COMMA_DECIMALS = re.compile(rb",[0-9]{5}")
 _FIVE_DECIMALS = re.compile(rb"\.[0-9]{5}")  # a cheap gate (a literal first) before _PAIR
 _PAIR_NUMBER = re.compile(r"[-+]?\d{1,3}\.\d+", re.ASCII)
 _DIGIT_BYTES = b"0123456789"
@@ -549,6 +581,11 @@ def _ipv6(m: re.Match[str]) -> str | None:
     return "ip"
 
 
+def _comma_pair(m: re.Match[str]) -> bool:
+    a, b = float(f"{m.group(1)}.{m.group(2)}"), float(f"{m.group(3)}.{m.group(4)}")
+    return _coordinates(a, b)
+
+
 def _dms(m: re.Match[str]) -> bool:
     minutes, seconds = [m.group(i) or "" for i in (1, 3)], [m.group(i) or "" for i in (2, 4)]
     return max(map(len, minutes)) >= 3 or max(map(len, seconds)) >= 1
@@ -591,21 +628,27 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
                 hits.append((m.start(group), m.end(group), "secret"))
         if b"://" in raw:
             hits.extend((m.start(1), m.end(1), "secret") for m in _USERINFO.finditer(text))
-        if _CREDENTIAL_GATE.search(raw):
+        if len(raw) >= 15 and _CREDENTIAL_GATE.search(raw):  # the shortest form, an AWS key id, has 20
             hits.extend((m.start(), m.end(), "secret") for m in _CREDENTIAL.finditer(text))
     if b"@" in raw and not enabled.isdisjoint(("email", "upi_vpa")):
         for m in _AT.finditer(text):
             kind = _at(m)
             if kind:
                 hits.append((m.start(), m.end(), kind))
+    if b"=" in raw and "upi_vpa" in enabled and _UPI_GATE.search(raw):
+        hits.extend((m.start(), m.end(), "upi_vpa") for m in _UPI_QUERY.finditer(text))
     if "ip" in enabled:
         if digits >= 4 and _IPV4_GATE.search(raw):
-            hits.extend((m.start(), m.end(), "ip") for m in _IPV4.finditer(text))
+            hits.extend((m.start(), m.end(), "ip") for m in _IPV4.finditer(text) if _ipv4(text, m))
+        if digits >= 4 and raw.count(b"-") >= 3:
+            hits.extend((m.start(), m.end(), "ip") for m in _IPV4_DASHED.finditer(text))
         if raw.count(b":") >= 2:
             hits.extend((m.start(), m.end(), "ip") for m in _IPV6.finditer(text) if _ipv6(m))
     if digits >= 8:
         if raw.count(b".") >= 2 and _FIVE_DECIMALS.search(raw):
             hits.extend((m.start(), m.end(), COORDINATE) for m in _PAIR.finditer(text) if _pair(m))
+        if _FIVE_COMMA_DECIMALS.search(raw):
+            hits.extend((m.start(), m.end(), COORDINATE) for m in _PAIR_COMMA.finditer(text) if _comma_pair(m))
         if b"\xc2\xb0" in raw:  # a degree sign
             hits.extend((m.start(), m.end(), COORDINATE) for m in _DMS.finditer(text) if _dms(m))
         # A UUID's groups are hex, and an all-digit one is not a UTR or phone; nor is a hash.
