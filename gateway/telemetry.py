@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 import warnings
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
@@ -37,16 +38,16 @@ from prometheus_client import (
     PROCESS_COLLECTOR,
     CollectorRegistry,
     Gauge,
-    Histogram,
     Info,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client import Counter as PromCounter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from gateway.pipeline import Engine, Forward, Reject
 from gateway.policy.compile import Plan
@@ -373,6 +374,119 @@ def _package_version() -> str:
 
 
 
+class _Series:
+    """One labelled series of a loop metric: a plain number."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: float = 0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
+class LoopCounter(Collector):
+    """A counter (or gauge) on the per-message path: plain numbers the event loop's thread adds
+    to, exported at scrape time.
+
+    prometheus_client takes a lock and builds its objects on every ``inc``; a gateway counts
+    several series per message. Here an ``inc`` is one addition. Writers are the worker's event
+    loop thread only (every message path runs there); scrapes read from any thread."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (), *,
+                 registry: CollectorRegistry, kind: str = "counter") -> None:
+        self._family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        self._name, self._doc, self._labelnames = name, documentation, list(labelnames)
+        self._series: dict[tuple[str, ...], _Series] = {}
+        if not self._labelnames:
+            self._series[()] = _Series()
+        registry.register(self)
+
+    def labels(self, *values: Any) -> _Series:
+        """The series for ``values`` (created at 0, so it is exported before its first event)."""
+        key = tuple(map(str, values))
+        series = self._series.get(key)
+        if series is None:
+            if len(key) != len(self._labelnames):
+                raise ValueError(f"{self._name}: expected labels {self._labelnames}, got {len(key)} values")
+            series = self._series.setdefault(key, _Series())
+        return series
+
+    def inc(self, amount: float = 1) -> None:
+        self._series[()].value += amount
+
+    def set(self, value: float) -> None:
+        self._series[()].value = value
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family(self._name, self._doc, labels=self._labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family(self._name, self._doc, labels=self._labelnames)
+        for key, series in self._series.copy().items():  # dict.copy: one step under the GIL
+            family.add_metric(list(key), series.value)
+        yield family
+
+
+class _Buckets:
+    """One labelled series of a loop histogram: a count per bucket and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1  # the first bucket with amount <= le
+        self.sum += amount
+
+
+class LoopHistogram(Collector):
+    """A histogram on the per-message path, on the terms of LoopCounter: ``observe`` is a
+    bisect and two additions, the cumulative buckets are built at scrape time."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (), *,
+                 buckets: Iterable[float], registry: CollectorRegistry) -> None:
+        self._name, self._doc, self._labelnames = name, documentation, list(labelnames)
+        self._bounds = sorted(float(b) for b in buckets)
+        self._le = [floatToGoString(b) for b in self._bounds]
+        self._series: dict[tuple[str, ...], _Buckets] = {}
+        if not self._labelnames:
+            self._series[()] = _Buckets(self._bounds)
+        registry.register(self)
+
+    def labels(self, *values: Any) -> _Buckets:
+        key = tuple(map(str, values))
+        series = self._series.get(key)
+        if series is None:
+            if len(key) != len(self._labelnames):
+                raise ValueError(f"{self._name}: expected labels {self._labelnames}, got {len(key)} values")
+            series = self._series.setdefault(key, _Buckets(self._bounds))
+        return series
+
+    def observe(self, amount: float) -> None:
+        self._series[()].observe(amount)
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+        for key, series in self._series.copy().items():
+            counts, total, running, buckets = list(series.counts), series.sum, 0, []
+            for le, n in zip([*self._le, "+Inf"], counts, strict=True):
+                running += n
+                buckets.append((le, running))
+            family.add_metric(list(key), buckets, total)
+        yield family
+
+
 class _EngineCollector(Collector):
     """Per-plan engine counters, read lazily at scrape time (nothing added to the hot path)."""
 
@@ -412,18 +526,19 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.messages_in = PromCounter("gateway_messages_in_total", "Messages received", ["policy"], registry=r)
-        self.messages_out = PromCounter("gateway_messages_out_total", "Messages forwarded", ["policy"], registry=r)
-        self.dropped = PromCounter(
-            "gateway_messages_dropped_total", "Messages not forwarded", ["policy", "reason"], registry=r
+        # Counted per message: LoopCounter / LoopHistogram (plain numbers, exported at scrape time).
+        self.messages_in = LoopCounter("gateway_messages_in", "Messages received", ["policy"], registry=r)
+        self.messages_out = LoopCounter("gateway_messages_out", "Messages forwarded", ["policy"], registry=r)
+        self.dropped = LoopCounter(
+            "gateway_messages_dropped", "Messages not forwarded", ["policy", "reason"], registry=r
         )
-        self.leaks = PromCounter(
-            "gateway_leaks_blocked_total",
+        self.leaks = LoopCounter(
+            "gateway_leaks_blocked",
             "Messages stopped by the leak guard",
             ["policy", "rule", "detector"],
             registry=r,
         )
-        self.processing = Histogram(
+        self.processing = LoopHistogram(
             "gateway_processing_seconds", "Engine time per message", buckets=BUCKETS, registry=r
         )
         self.inflight = Gauge(
@@ -432,15 +547,15 @@ class Metrics:
             "in a full spool)",
             registry=r,
         )
-        self.delivery = Histogram(
+        self.delivery = LoopHistogram(
             "gateway_delivery_seconds",
             "Receipt at the site to safe: the cloud's PUBACK, or the spool's commit while the cloud is away",
             ["policy"], buckets=DELIVERY_BUCKETS, registry=r,
         )
-        self.last_forward = Gauge(
+        self.last_forward = LoopCounter(
             "gateway_last_forward_timestamp_seconds",
             "Unix time of the last message the cloud acknowledged (direct or drained from the spool); 0 = none yet",
-            registry=r,
+            registry=r, kind="gauge",
         )
         self.spool_oldest_age = Gauge(
             "gateway_spool_oldest_age_seconds", "Age of the oldest message waiting in the spool (0 when empty)",
@@ -476,8 +591,8 @@ class Metrics:
         self.policy_info = Gauge(
             "gateway_policy_info", "Loaded policies (1 each)", ["policy", "version", "sha256"], registry=r
         )
-        self.uplink_acked = PromCounter(
-            "gateway_uplink_acked_total", "Messages the cloud broker acknowledged (PUBACK)", registry=r
+        self.uplink_acked = LoopCounter(
+            "gateway_uplink_acked", "Messages the cloud broker acknowledged (PUBACK)", registry=r
         )
         self.cloud_refused = PromCounter(
             "gateway_cloud_refused_total",
@@ -545,7 +660,8 @@ class Metrics:
             r.register(collector)
         self._engine = _EngineCollector()
         r.register(self._engine)
-        self._per_policy: dict[str, tuple[Any, Any]] = {}
+        self._per_policy: dict[str, tuple[_Series, _Series]] = {}
+        self._processing = self.processing.labels().observe
         self._delivery: dict[str, Callable[[float], None]] = {}
 
     def register_gt06(self, counters: Any) -> None:
@@ -616,12 +732,12 @@ class Metrics:
         plan: Plan | None = result.plan
         name = plan.name if plan is not None else (policy or NO_POLICY)
         children = self._per_policy.get(name)
-        if children is None:  # labels() costs a lock and a dict build: resolve once per policy
+        if children is None:  # resolve the policy's series once
             children = self._per_policy[name] = (self.messages_in.labels(name), self.messages_out.labels(name))
-        children[0].inc()
-        self.processing.observe(seconds)
+        children[0].value += 1
+        self._processing(seconds)
         if result.__class__ is Forward:
-            children[1].inc()
+            children[1].value += 1
             return
         self.dropped.labels(name, result.reason).inc()
         if result.reason == "leak":

@@ -247,3 +247,24 @@ def test_backlog_drains_after_a_failed_batch_with_no_new_traffic(tmp_path: Path)
             pub.close()
             sink.close()
             gw.close()
+
+
+@pytest.mark.slow
+def test_quarantine_shows_on_the_supervisors_readyz(tmp_path: Path) -> None:
+    """With --workers 2, the supervisor's /readyz carries each worker's detail lines."""
+    alarm_policy = tmp_path / "alarm.toml"
+    alarm_policy.write_text(ALARM_POLICY)
+    local = Mosquitto(tmp_path / "local", name="local")
+    cloud = refusing_cloud(tmp_path)
+    with local, cloud:
+        gw = Gateway(tmp_path / "gw", local.url, cloud.url, policies=(POLICY, alarm_policy), workers=2).start()
+        pub = Publisher(local.url)
+        try:
+            pub.publish_all([("site/devZ-001/alarm", b'{"seq": 1}')])
+            wait_until(lambda: gw.metric("gateway_spool_quarantined") == 1, 60, f"one quarantined\n{gw.log_tail()}")
+            status, body = gw.http("/readyz")
+            assert status == 200 and "quarantine: 1 message(s) refused by the cloud" in body, body
+            assert body.startswith("ready\nworker ")
+        finally:
+            pub.close()
+            gw.close()

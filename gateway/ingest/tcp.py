@@ -35,7 +35,12 @@ class FileLimitError(OSError):
 
 
 def ensure_file_limit(max_connections: int, name: str) -> int:
-    """Raise the soft open-file limit up to the hard one to fit ``max_connections`` sockets."""
+    """Make room for ``max_connections`` sockets: raise the soft open-file limit up to the hard one.
+
+    Without this, connection number ~1000 fails in ``accept`` with EMFILE, which asyncio logs
+    and retries, while the broker and spool of the same process start failing too. Returns the
+    soft limit now in force; raises ``FileLimitError`` if even the hard limit is too low.
+    """
     needed = max_connections + FILES_RESERVED
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
@@ -140,8 +145,9 @@ class Listener:
                 writer.close()
 
 
-async def stop(server: asyncio.Server, listener: Listener | None, grace: float = 5.0) -> None:
-    """Stop accepting, then end every open connection (cancelling one stuck in its handler)."""
+async def stop(server: asyncio.Server, listener: Any, grace: float = 5.0) -> None:
+    """Stop accepting, then end every open connection of ``listener`` (anything with ``open``: task ->
+    writer), cancelling one still stuck in its handler after ``grace`` seconds."""
     server.close()
     if listener is not None and listener.open:
         tasks = list(listener.open)

@@ -15,7 +15,7 @@ import re
 import ssl
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -233,8 +233,8 @@ class Reconnect(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 _LIMITS = Limits()  # the listener's own defaults, documented (and reasoned) there
 
 
-class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Native TCP ingress for Jimi/Concox GT06 trackers (see gateway/ingest/gt06/listener.py)."""
+class _TrackerListener(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What the GT06 and JT/T 808 listeners share: the address and the per-connection limits."""
 
     listen: str = ""  # e.g. "0.0.0.0:5023"; "" = off
     max_connections: int = _LIMITS.max_connections
@@ -245,43 +245,86 @@ class Gt06(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_frames_per_second: float = _LIMITS.max_frames_per_second
     frame_burst: int = _LIMITS.frame_burst
     max_bad_frames: int = _LIMITS.max_bad_frames
-    allowed_imeis: list[str] | None = None  # None: any device that logs in
-    allowed_imeis_file: str = ""  # or one IMEI per line
-    accept_bad_crc: bool = _LIMITS.accept_bad_crc  # for tracker models that miscompute the CRC
 
-    def __post_init__(self) -> None:
+    def _check_listen(self) -> None:
         if self.listen:
-            _host, sep, port = self.listen.rpartition(":")
-            if not sep or not port.isdigit():
+            _, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
                 raise ValueError('listen must be "host:port"')
-        if self.allowed_imeis is not None and self.allowed_imeis_file:
-            raise ValueError("set allowed_imeis or allowed_imeis_file, not both")
-        self._limits(None)  # out-of-range limits are a config error, not a failure at start
 
     def address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
 
+    def _common(self) -> dict[str, Any]:
+        return {
+            "max_connections": self.max_connections, "max_connections_per_peer": self.max_connections_per_peer,
+            "max_buffer": self.max_buffer, "idle_timeout": self.idle_timeout_s, "login_timeout": self.login_timeout_s,
+            "max_frames_per_second": self.max_frames_per_second, "frame_burst": self.frame_burst,
+            "max_bad_frames": self.max_bad_frames,
+        }
+
+
+def _allow_list(ids: list[str] | None, file: str, key: str) -> frozenset[str] | None:
+    """An allow-list from the config or from ``file`` (one id per line, # comments); read at each call."""
+    if file:
+        try:
+            lines = Path(file).read_text().split()
+        except OSError as exc:
+            raise ConfigError(f"{key}_file {file}: {exc.strerror}") from None
+        return frozenset(x for x in lines if not x.startswith("#"))
+    return frozenset(ids) if ids is not None else None
+
+
+class Gt06(_TrackerListener, kw_only=True, forbid_unknown_fields=True):
+    """Native TCP ingress for Jimi/Concox GT06 trackers (see gateway/ingest/gt06/listener.py)."""
+
+    allowed_imeis: list[str] | None = None  # None: any device that logs in
+    allowed_imeis_file: str = ""  # or one IMEI per line
+    accept_bad_crc: bool = _LIMITS.accept_bad_crc  # for tracker models that miscompute the CRC
+
+    def __post_init__(self) -> None:
+        self._check_listen()
+        if self.allowed_imeis is not None and self.allowed_imeis_file:
+            raise ValueError("set allowed_imeis or allowed_imeis_file, not both")
+        self._limits(None)  # out-of-range limits are a config error, not a failure at start
+
     def limits(self) -> Limits:
         return self._limits(self.allow_list())
 
     def _limits(self, allowed: frozenset[str] | None) -> Limits:
-        return Limits(
-            max_connections=self.max_connections, max_connections_per_peer=self.max_connections_per_peer,
-            max_buffer=self.max_buffer, idle_timeout=self.idle_timeout_s, login_timeout=self.login_timeout_s,
-            max_frames_per_second=self.max_frames_per_second, frame_burst=self.frame_burst,
-            max_bad_frames=self.max_bad_frames, allowed_imeis=allowed, accept_bad_crc=self.accept_bad_crc,
-        )
+        return Limits(**self._common(), allowed_imeis=allowed, accept_bad_crc=self.accept_bad_crc)
 
     def allow_list(self) -> frozenset[str] | None:
-        """The IMEI allow-list (a file is read when the listener starts)."""
-        if self.allowed_imeis_file:
-            try:
-                lines = Path(self.allowed_imeis_file).read_text().split()
-            except OSError as exc:
-                raise ConfigError(f"allowed_imeis_file {self.allowed_imeis_file}: {exc.strerror}") from None
-            return frozenset(x for x in lines if not x.startswith("#"))
-        return frozenset(self.allowed_imeis) if self.allowed_imeis is not None else None
+        """The IMEI allow-list (a file is read when the listener starts and on SIGHUP)."""
+        return _allow_list(self.allowed_imeis, self.allowed_imeis_file, "allowed_imeis")
+
+
+_JT808 = Jt808Limits()
+
+
+class Jt808(_TrackerListener, kw_only=True, forbid_unknown_fields=True):
+    """Native TCP ingress for JT/T 808 terminals (see gateway/ingest/jt808/listener.py)."""
+
+    max_subpackages: int = _JT808.max_subpackages
+    allowed_terminals: list[str] | None = None  # None: any terminal that registers
+    allowed_terminals_file: str = ""  # or one terminal number per line
+
+    def __post_init__(self) -> None:
+        self._check_listen()
+        if self.allowed_terminals is not None and self.allowed_terminals_file:
+            raise ValueError("set allowed_terminals or allowed_terminals_file, not both")
+        self._limits(None)
+
+    def limits(self) -> Jt808Limits:
+        return self._limits(self.allow_list())
+
+    def _limits(self, allowed: frozenset[str] | None) -> Jt808Limits:
+        return Jt808Limits(**self._common(), max_subpackages=self.max_subpackages, allowed_terminals=allowed)
+
+    def allow_list(self) -> frozenset[str] | None:
+        """The terminal allow-list (a file is read when the listener starts and on SIGHUP)."""
+        return _allow_list(self.allowed_terminals, self.allowed_terminals_file, "allowed_terminals")
 
 
 class Supervisor(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -296,60 +339,6 @@ class Supervisor(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("need 0 < restart_min_s <= restart_max_s <= 3600")
         if not 0 < self.healthy_after_s <= 86400:
             raise ValueError("healthy_after_s must be between 0 and 86400")
-
-
-_JT808 = Jt808Limits()
-
-
-class Jt808(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Native TCP ingress for JT/T 808 terminals (see gateway/ingest/jt808/listener.py)."""
-
-    listen: str = ""  # e.g. "0.0.0.0:8808"; "" = off
-    max_connections: int = _JT808.max_connections
-    max_connections_per_peer: int = _JT808.max_connections_per_peer
-    max_buffer: int = _JT808.max_buffer
-    idle_timeout_s: float = _JT808.idle_timeout
-    login_timeout_s: float = _JT808.login_timeout
-    max_frames_per_second: float = _JT808.max_frames_per_second
-    frame_burst: int = _JT808.frame_burst
-    max_bad_frames: int = _JT808.max_bad_frames
-    max_subpackages: int = _JT808.max_subpackages
-    allowed_terminals: list[str] | None = None  # None: any terminal that registers
-    allowed_terminals_file: str = ""  # or one terminal number per line
-
-    def __post_init__(self) -> None:
-        if self.listen:
-            _, sep, port = self.listen.rpartition(":")
-            if not sep or not port.isdigit():
-                raise ValueError('listen must be "host:port"')
-        if self.allowed_terminals is not None and self.allowed_terminals_file:
-            raise ValueError("set allowed_terminals or allowed_terminals_file, not both")
-        self._limits(None)
-
-    def address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
-
-    def limits(self) -> Jt808Limits:
-        return self._limits(self.allow_list())
-
-    def _limits(self, allowed: frozenset[str] | None) -> Jt808Limits:
-        return Jt808Limits(
-            max_connections=self.max_connections, max_connections_per_peer=self.max_connections_per_peer,
-            max_buffer=self.max_buffer, idle_timeout=self.idle_timeout_s, login_timeout=self.login_timeout_s,
-            max_frames_per_second=self.max_frames_per_second, frame_burst=self.frame_burst,
-            max_bad_frames=self.max_bad_frames, max_subpackages=self.max_subpackages, allowed_terminals=allowed,
-        )
-
-    def allow_list(self) -> frozenset[str] | None:
-        """The terminal allow-list (a file is read when the listener starts and on SIGHUP)."""
-        if self.allowed_terminals_file:
-            try:
-                lines = Path(self.allowed_terminals_file).read_text().split()
-            except OSError as exc:
-                raise ConfigError(f"allowed_terminals_file {self.allowed_terminals_file}: {exc.strerror}") from None
-            return frozenset(x for x in lines if not x.startswith("#"))
-        return frozenset(self.allowed_terminals) if self.allowed_terminals is not None else None
 
 
 class Ingest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -89,7 +89,11 @@ class WorkerPages:
             with _LOOPBACK.open(f"http://127.0.0.1:{port}{path}", timeout=SCRAPE_TIMEOUT_S) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as exc:
-            return exc.code, ""
+            try:
+                body = exc.read().decode()  # /readyz's 503 says why
+            except OSError:
+                body = ""
+            return exc.code, body
         except OSError:
             return 0, ""  # restarting, or not listening yet
 
@@ -101,8 +105,14 @@ class WorkerPages:
         return merge_pages(pages, self.registry)
 
     def ready(self) -> bool:
-        results = self._pool.map(lambda p: self._get(p, "/readyz")[0], list(self.ports.values()))
-        return all(status == 200 for status in results)
+        results = list(self._pool.map(lambda i: (i, self._get(self.ports[i], "/readyz")), list(self.ports)))
+        # The workers' detail lines (a spool that cannot write, a quarantine), for ``detail``.
+        self._details = "".join(f"worker {i}: {line}\n" for i, (_, body) in results for line in body.splitlines()[1:])
+        return all(status == 200 for _, (status, _) in results)
+
+    def detail(self) -> str:
+        """The detail lines of the last ``ready()`` (the HTTP handler calls the two in turn)."""
+        return getattr(self, "_details", "")
 
 
 def supervise(cfg: Config, config: str, workers: int) -> int:
@@ -132,7 +142,8 @@ def supervise(cfg: Config, config: str, workers: int) -> int:
     http = None
     if ports:
         pages = WorkerPages(ports)
-        http = serve(pages, host.strip("[]") or "127.0.0.1", int(port), ready=pages.ready)  # type: ignore[arg-type]
+        http = serve(pages, host.strip("[]") or "127.0.0.1", int(port), ready=pages.ready,  # type: ignore[arg-type]
+                     detail=pages.detail)
     procs = {i: spawn(i) for i in range(workers)}
     due: dict[int, float] = {}
     stopping = False

@@ -21,14 +21,13 @@ Logs and counters name events only: never an IMEI, a peer address or a payload v
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import resource
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
+from gateway.ingest import tcp
 from gateway.ingest.gt06.codec import (
     PROTO_TIME_REQUEST,
     FrameError,
@@ -92,18 +91,6 @@ class Counters(msgspec.Struct, kw_only=True):
 GAUGES = frozenset({"open_connections"})
 _ITEMS_PER_TURN = 32  # frames or errors one connection handles before other tasks get a turn
 _ERROR_REASONS = frozenset({"garbage", "bad_length", "bad_stop", "bad_crc", "bad_content", "oversize"})
-
-
-def _peer_ip(writer: asyncio.StreamWriter) -> str | None:
-    peer = writer.get_extra_info("peername")
-    if not isinstance(peer, tuple) or not peer:
-        return None
-    try:
-        address = ipaddress.ip_address(peer[0])
-    except ValueError:
-        return None
-    mapped = getattr(address, "ipv4_mapped", None)  # a dual-stack socket reports ::ffff:a.b.c.d
-    return str(mapped or address)
 
 
 # --- connections -----------------------------------------------------------------------------
@@ -262,7 +249,7 @@ class _Listener:
             counters.over_limit += 1
             writer.transport.abort()
             return
-        peer = _peer_ip(writer)
+        peer = tcp.peer_ip(writer)
         from_peer = self.per_peer.get(peer, 0)
         if from_peer >= self.limits.max_connections_per_peer:
             counters.peer_limited += 1
@@ -298,31 +285,13 @@ class _Listener:
                 writer.close()  # graceful: the ACKs already written still reach the tracker
 
 
-FILES_RESERVED = 256  # brokers, spool, metrics, logs, policy reloads: files the rest of the process needs
-
-
-class FileLimitError(OSError):
-    """``max_connections`` does not fit the process's open-file limit (RLIMIT_NOFILE)."""
+FILES_RESERVED = tcp.FILES_RESERVED
+FileLimitError = tcp.FileLimitError
 
 
 def ensure_file_limit(max_connections: int) -> int:
-    """Make room for ``max_connections`` sockets: raise the soft open-file limit up to the hard one.
-
-    Without this, connection number ~1000 fails in ``accept`` with EMFILE, which asyncio logs
-    and retries, while the broker and spool of the same process start failing too. Returns the
-    soft limit now in force; raises ``FileLimitError`` if even the hard limit is too low.
-    """
-    needed = max_connections + FILES_RESERVED
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        if hard == resource.RLIM_INFINITY or hard >= needed:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-            return needed
-        raise FileLimitError(
-            f"gt06 max_connections {max_connections} needs {needed} open files but the process may open "
-            f"at most {hard}: raise the limit (ulimit -n, systemd LimitNOFILE=) or lower max_connections"
-        )
-    return soft
+    """Make room for ``max_connections`` tracker sockets (see ``gateway.ingest.tcp.ensure_file_limit``)."""
+    return tcp.ensure_file_limit(max_connections, "gt06")
 
 
 _LISTENERS: weakref.WeakKeyDictionary[asyncio.Server, _Listener] = weakref.WeakKeyDictionary()
@@ -368,15 +337,4 @@ async def stop(server: asyncio.Server, grace: float = 5.0) -> None:
     ``wait_closed`` waits for them, i.e. for trackers that never hang up). A connection
     still busy in the handler after ``grace`` seconds is cancelled.
     """
-    server.close()
-    listener = _LISTENERS.pop(server, None)
-    if listener is not None and listener.open:
-        tasks = list(listener.open)
-        for writer in listener.open.values():
-            writer.transport.abort()  # a waiting read sees EOF and the connection ends
-        _, busy = await asyncio.wait(tasks, timeout=grace)
-        for task in busy:  # stuck in the handler
-            task.cancel()
-        if busy:
-            await asyncio.wait(busy, timeout=grace)
-    await server.wait_closed()
+    await tcp.stop(server, _LISTENERS.pop(server, None), grace)
