@@ -1,4 +1,5 @@
-"""A private Mosquitto on a free loopback port, for the live demo and the tests.
+"""A private Mosquitto on a free loopback port, for the live demo and the tests (never the service:
+nothing ``gateway run`` imports reaches this module).
 
 The gateway's delivery guarantees (manual acks, persistent sessions, restarts)
 depend on what a real broker does, so tests run against Mosquitto itself rather
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from gateway.ports import free_port
+
 SETUP_HINT = "run `bash .ci/setup`, which installs it"
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
@@ -37,13 +40,6 @@ def find_mosquitto() -> str:
     if os.access("/usr/sbin/mosquitto", os.X_OK):
         return "/usr/sbin/mosquitto"
     raise MosquittoMissing(f"mosquitto is not installed: {SETUP_HINT}")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _accepts(port: int) -> bool:

@@ -48,3 +48,14 @@ def test_no_product_module_imports_devices(path: Path) -> None:
         return
     imported = _imported_modules((ROOT / path).read_text())
     assert not {m for m in imported if m == "devices" or m.startswith("devices.")}, path
+
+
+def test_the_service_imports_neither_the_demo_nor_its_brokers() -> None:
+    """``gateway run`` (worker, supervisor, CLI) never loads the demo, the simulators or the private Mosquitto."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gateway.cli, gateway.service.worker, gateway.service.supervisor; "
+            "print(sorted(m for m in sys.modules if m.startswith(('gateway.mosquitto', 'gateway.demo', 'devices'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

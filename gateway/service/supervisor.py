@@ -40,7 +40,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from gateway.mosquitto import free_port
+from gateway.ports import free_port
 from gateway.service.config import Config
 from gateway.service.preflight import EX_CONFIG
 from gateway.telemetry import get_logger, merge_pages, serve
