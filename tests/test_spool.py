@@ -391,7 +391,7 @@ async def test_uplink_holds_on_a_failing_spool_then_resumes_by_itself(tmp_path: 
     """Item 1 at the uplink: a spool write that fails acknowledges nothing it did not store,
     makes /readyz not ready, is counted, and is retried on a timer until space returns."""
     from gateway.service.config import Endpoint, Reconnect
-    from gateway.service.uplink import Item, Uplink, provenance
+    from gateway.service.uplink import Delivery, Uplink, provenance
     from gateway.telemetry import Metrics
 
     spool = Spool(tmp_path / "s.db", BIG)
@@ -402,7 +402,7 @@ async def test_uplink_holds_on_a_failing_spool_then_resumes_by_itself(tmp_path: 
     acked: list[int] = []
     prov = provenance([("policy", "p")], None)
     for i in range(400):  # the cloud is away: everything goes to the spool
-        up.submit(Item("p", f"cloud/{i}", b"x" * 200, 1, prov, lambda i=i: acked.append(i)))
+        up.submit(Delivery("p", f"cloud/{i}", b"x" * 200, 1, prov, lambda i=i: acked.append(i)))
     await asyncio.sleep(0)  # the loop turn's flush
     assert up.spool_writable is False and 0 < len(acked) < 400
     assert acked == list(range(len(acked)))  # acknowledged exactly what was stored, in order

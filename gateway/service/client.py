@@ -145,6 +145,12 @@ class Client(aiomqtt.Client):
     def is_disconnected(self) -> bool:
         return self._disconnected.done()
 
+    @property
+    def disconnect_cause(self) -> BaseException | None:
+        """Why the connection ended (None while connected, or after a clean disconnect)."""
+        done = self._disconnected
+        return done.exception() if done.done() and not done.cancelled() else None
+
     # -- the per-message path: out ---------------------------------------------------------
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int,

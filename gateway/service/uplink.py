@@ -52,7 +52,7 @@ from gateway.service.config import ConfigError, Endpoint, Reconnect
 from gateway.spool import Spool, SpoolError
 from gateway.telemetry import Metrics, get_logger
 
-__all__ = ["Backoff", "Item", "Provenance", "Uplink", "describe", "provenance"]
+__all__ = ["ANY_SESSION", "Backoff", "Delivery", "Provenance", "Session", "Uplink", "describe", "provenance"]
 
 log = get_logger("gateway.uplink")
 DRAIN_BATCH = 500
@@ -97,14 +97,34 @@ class _Packed(Properties):
         return self._packed  # type: ignore[attr-defined]
 
 
-class Item(NamedTuple):
+class Session:
+    """The site connection a delivery came on. Its acknowledgement can only be sent on that connection:
+    once the connection has ended (``alive`` False) the site broker redelivers the message, so the uplink
+    drops the acknowledgement instead of sending it on the next connection."""
+
+    __slots__ = ("alive",)
+
+    def __init__(self) -> None:
+        self.alive = True
+
+    def end(self) -> None:
+        self.alive = False
+
+
+ANY_SESSION = Session()  # a delivery whose on-safe callback is valid whatever happens (GT06, JT/T 808, a sweep)
+
+
+class Delivery(NamedTuple):
+    """One minimised message from any source (MQTT, GT06, JT/T 808) on its way to the cloud."""
+
     label: str  # policy name: the spool's grouping column (never a device id)
     topic: str  # upstream topic, already minimised
     payload: bytes  # minimised payload
     qos: int
-    prov: Provenance
-    ack: Callable[[], None] | None  # called once the item is safe
-    gen: int = 0  # local connection generation the ack belongs to (0: never stale)
+    prov: Provenance  # the policy's provenance, packed once per compiled plan
+    ack: Callable[[], None] | None  # on-safe: called once the cloud acknowledged it or the spool committed it
+    session: Session = ANY_SESSION  # the site connection ``ack`` belongs to
+
 
 
 class Backoff:
@@ -149,12 +169,11 @@ class Uplink:
         self.reconnect = reconnect
         self.client: Client | None = None
         self.direct = False
-        self.local_gen = 0
-        self._window: dict[int, Item] = {}  # mid -> item published directly, awaiting PUBACK
-        self._overflow: deque[Item] = deque()  # direct items waiting for room in the window
+        self._window: dict[int, Delivery] = {}  # mid -> item published directly, awaiting PUBACK
+        self._overflow: deque[Delivery] = deque()  # direct items waiting for room in the window
         self._limit = endpoint.max_inflight  # min(config, the broker's Receive Maximum) once connected
-        self._pending: list[Item] = []  # to be spooled at the end of this loop turn
-        self._held: list[Item] = []  # refused by a full spool, in order
+        self._pending: list[Delivery] = []  # to be spooled at the end of this loop turn
+        self._held: list[Delivery] = []  # refused by a full spool, in order
         self._flush_scheduled = False
         self._draining: dict[int, int] = {}  # mid -> spool id
         self._drained: list[int] = []
@@ -189,6 +208,11 @@ class Uplink:
         """Items taken but not yet safe (in flight to the cloud, to be spooled, or held)."""
         return len(self._window) + len(self._overflow) + len(self._pending) + len(self._held)
 
+    def overloaded(self, factor: float = 1.0) -> bool:
+        """Pressure, as a source should see it: more than ``factor`` cloud windows of deliveries are not yet
+        safe (a QoS 0 source then drops rather than queue without bound)."""
+        return self.backlog > factor * self.endpoint.max_inflight
+
     @property
     def accepting(self) -> bool:
         """False while the spool is full and items are held back."""
@@ -196,7 +220,7 @@ class Uplink:
 
     # -- the per-message path ------------------------------------------------------------
 
-    def submit(self, item: Item) -> None:
+    def submit(self, item: Delivery) -> None:
         """Take one minimised message; its ``ack`` runs once it is safe."""
         if self.direct:
             if len(self._window) >= self._limit or self._overflow:
@@ -224,7 +248,7 @@ class Uplink:
             if self.pressure is not None:
                 self.pressure(False)
 
-    def _publish(self, item: Item) -> bool:
+    def _publish(self, item: Delivery) -> bool:
         client = self.client
         mid = client.publish_nowait(item.topic, item.payload, item.qos, item.prov.properties) if client else None
         if mid is None:
@@ -235,8 +259,8 @@ class Uplink:
             self._done(item)  # QoS 0 upstream (the policy's choice): handed to the socket
         return True
 
-    def _done(self, item: Item) -> None:
-        if item.ack is not None and (item.gen == 0 or item.gen == self.local_gen):
+    def _done(self, item: Delivery) -> None:
+        if item.ack is not None and item.session.alive:
             item.ack()
 
     def _on_puback(self, mid: int, failed: int) -> None:
@@ -288,9 +312,9 @@ class Uplink:
     def flush(self) -> None:
         """Commit pending (and previously held) items to the spool in one transaction."""
         self._flush_scheduled = False
-        items = [i for i in self._held if i.gen == 0 or i.gen == self.local_gen]
+        items = [i for i in self._held if i.session.alive]
         held = len(items)
-        items += [i for i in self._pending if i.gen == 0 or i.gen == self.local_gen]
+        items += [i for i in self._pending if i.session.alive]
         self._pending.clear()
         self._held = []
         if not items:
@@ -428,7 +452,7 @@ class Uplink:
             finally:
                 self._lost()
             if client.is_disconnected:
-                exc = client._disconnected.exception() if client._disconnected.done() else None
+                exc = client.disconnect_cause
                 log.warning("cloud_disconnected", error=describe(exc) if exc else "")
 
     def _lost(self) -> None:

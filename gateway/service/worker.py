@@ -45,7 +45,17 @@ from gateway.service.consent_store import WatermarkStore
 from gateway.service.deadletter import Sealer, check_prefix
 from gateway.service.sessions import Sweeper, local_ids, read_record, record_path, write_record
 from gateway.service.shadow import Shadow, ShadowMetrics
-from gateway.service.uplink import Backoff, Item, Provenance, Uplink, describe, provenance, wait_first
+from gateway.service.uplink import (
+    ANY_SESSION,
+    Backoff,
+    Delivery,
+    Provenance,
+    Session,
+    Uplink,
+    describe,
+    provenance,
+    wait_first,
+)
 from gateway.spool import Spool
 from gateway.telemetry import Metrics, _package_version, configure_logging, get_logger, serve
 
@@ -116,7 +126,8 @@ class Worker:
         self._consent_store: WatermarkStore | None = None
         self._store_flush: asyncio.TimerHandle | None = None
         self.local: Client | None = None
-        self.gen = 0
+        self.session = Session()  # the current site connection's: acknowledgements are valid on it only
+        self.session.end()
         self._ack: Any = None
         self._stopping = False
         self._stop = asyncio.Event()
@@ -131,7 +142,6 @@ class Worker:
         self._trackers: Any = None  # the GT06 listener (worker 0, when configured)
         self._terminals: Any = None  # the JT/T 808 listener (worker 0, when configured)
         self.uplink: Uplink | None = None
-        self._qos0_limit = OVERLOAD_FACTOR * cfg.cloud.max_inflight
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -263,7 +273,7 @@ class Worker:
             self._rejected(result, topic, payload)
             return  # acknowledged to the tracker: resending would not change the verdict
         safe = asyncio.get_running_loop().create_future()
-        self._forward(result, partial(safe.set_result, None), 0, received, topic)
+        self._forward(result, partial(safe.set_result, None), ANY_SESSION, received, topic)
         await safe
 
     # -- local side ------------------------------------------------------------------------
@@ -276,10 +286,10 @@ class Worker:
                 client = self._local_client()
                 # Before connecting: with a persistent session the broker sends the queued
                 # backlog straight after CONNACK, inside __aenter__, and each of those
-                # messages needs this connection's acker and generation.
-                self.gen += 1
+                # messages needs this connection's acker and session.
+                self.session.end()
+                self.session = session = Session()
                 assert self.uplink is not None
-                self.uplink.local_gen = self.gen
                 self._ack = acker(client)
                 self._conn = client  # dead letters of that backlog go out on it too
                 self.uplink.pressure = client.pause_reading  # backpressure: see Uplink._check_pressure
@@ -297,11 +307,13 @@ class Worker:
                     try:
                         await client.wait_disconnected()
                     finally:
+                        session.end()  # what is safe from now on is redelivered: no stale PUBACK
                         self.local = None
                         self.metrics.connected.labels("local").set(0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.session.end()
                 self.local = None
                 self.metrics.connected.labels("local").set(0)
                 log.warning("local_disconnected", error=describe(exc))
@@ -409,11 +421,11 @@ class Worker:
     # -- the per-message path --------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool) -> None:
-        self._take(topic, payload, qos, mid, dup, self._ack, self.gen)
+        self._take(topic, payload, qos, mid, dup, self._ack, self.session)
 
     def _take(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool, acker: Callable[[int], None],
-              gen: int = 0) -> None:
-        """One message from a local session (``acker`` acknowledges it there; ``gen`` its connection, 0: any)."""
+              session: Session = ANY_SESSION) -> None:
+        """One message from a local session (``acker`` acknowledges it there, while ``session`` is alive)."""
         if self._stopping:
             return  # not acknowledged: the broker keeps it for the next session
         ack = partial(acker, mid) if qos else None
@@ -433,7 +445,7 @@ class Worker:
         if dup:
             self.metrics.redelivered.inc()
         uplink = self.uplink
-        if not qos and uplink.backlog > self._qos0_limit:
+        if not qos and uplink.overloaded(OVERLOAD_FACTOR):
             self.metrics.dropped.labels("none", "overload").inc()  # QoS 0: at most once, by the sender's choice
             return
         received = time.monotonic()
@@ -443,7 +455,7 @@ class Worker:
         if self.shadow is not None:
             self.shadow.observe(topic, payload, result, time.time(), self._consent_table())
         if result.__class__ is Forward:
-            self._forward(result, ack, gen, received, topic)
+            self._forward(result, ack, session, received, topic)
             return
         self._rejected(result, topic, payload)
         if ack:
@@ -466,7 +478,7 @@ class Worker:
                 self._store_flush = asyncio.get_running_loop().call_later(5, self._flush_store)
 
     def _forward(
-        self, result: Forward, ack: Callable[[], None] | None, gen: int, received: float, topic: str = ""
+        self, result: Forward, ack: Callable[[], None] | None, session: Session, received: float, topic: str = ""
     ) -> None:
         """Hand a minimised message to the uplink with its policy's provenance (built once per plan);
         its acknowledgement also times the delivery (``received``: ``time.monotonic()`` at receipt).
@@ -481,7 +493,8 @@ class Worker:
                 key = (id(plan), previous)
                 prov = self._prev_prov.get(key) or self._prev_prov.put(key, _provenance(plan, previous))
         safe = self.metrics.on_safe(plan.name, received, ack)
-        self.uplink.submit(Item(plan.name, result.topic, result.payload, plan.policy.route.qos, prov, safe, gen))
+        qos = plan.policy.route.qos
+        self.uplink.submit(Delivery(plan.name, result.topic, result.payload, qos, prov, safe, session))
 
     def _set_transition(self, engine: Engine) -> None:
         """After a key rotation, for ``[keys] transition_s``: forwarded messages also carry the device's
