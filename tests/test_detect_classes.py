@@ -306,3 +306,18 @@ def test_a_upi_payment_link_keeps_no_payee_name_or_note(link):
 @pytest.mark.parametrize("text", ["GET /x?data=1&area=5 200", "?page=2&sort=asc", "https://example.com/?q=pa"])
 def test_ordinary_queries_are_not_payment_links(text):
     assert find(text) == [], find(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["mail asha [at] example [dot] com now", "asha(at)example.com", "asha{at}example(dot)co(dot)in",
+     "ASHA [AT] EXAMPLE [DOT] COM", "asha.rao (at) mail.example.org"],
+)  # fmt: skip
+def test_an_email_with_the_at_sign_spelt_out(text):
+    assert "email" in [h[0] for h in find(text)], find(text)
+    assert "asha" not in scrub(text).lower(), scrub(text)
+
+
+@pytest.mark.parametrize("text", ["meet (at) noon", "look [at] this", "pay asha[at]okaxis", "see [at] 10.30 am"])
+def test_a_spelt_at_without_a_domain_is_not_an_address(text):
+    assert find(text) == [], find(text)
