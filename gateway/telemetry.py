@@ -257,7 +257,7 @@ def configure_logging(
         processors += [_summarise_exception, _render_json]
     else:
         processors += [structlog.processors.StackInfoRenderer(), structlog.dev.ConsoleRenderer()]
-    writer = _LineWriter(out)
+    writer = _LineWriter(out)  # type: ignore[arg-type]  # _StrayOutput only until the line above replaced it
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -323,7 +323,8 @@ def route_process_output() -> None:
     def unraisable(args: Any) -> None:
         log.warning("unraisable_exception", exc_info=args.exc_value, what=_safe_text(str(args.err_msg or "")))
 
-    def showwarning(message: Any, category: type[Warning], filename: str, lineno: int, *_: Any) -> None:
+    def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    file: TextIO | None = None, line: str | None = None) -> None:
         log.warning("python_warning", category=category.__name__, location=f"{_short_path(filename)}:{lineno}")
 
     sys.excepthook = excepthook
@@ -736,7 +737,7 @@ class Metrics:
             children = self._per_policy[name] = (self.messages_in.labels(name), self.messages_out.labels(name))
         children[0].value += 1
         self._processing(seconds)
-        if result.__class__ is Forward:
+        if not isinstance(result, Reject):
             children[1].value += 1
             return
         self.dropped.labels(name, result.reason).inc()

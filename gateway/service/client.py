@@ -45,6 +45,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.client import Client as PahoClient
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -114,10 +115,10 @@ class Client(aiomqtt.Client):
         # and connection failures surface as aiomqtt exceptions that the gateway logs itself.
         c.disable_logger()
         if on_message is not None:  # what paho still delivers: QoS 2 (the gateway subscribes at QoS 1)
-            c.on_message = lambda _c, _u, m: on_message(m.topic, m.payload, m.qos, m.mid, m.dup)
+            c.on_message = lambda _c, _u, m: on_message(m.topic, bytes(m.payload), m.qos, m.mid, m.dup)
 
     @property
-    def paho(self) -> paho.Client:
+    def paho(self) -> PahoClient:
         return self._client
 
     async def __aenter__(self) -> Client:
@@ -130,7 +131,7 @@ class Client(aiomqtt.Client):
                 self._loop.call_soon(self._resume)
         return self
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
+    def _on_connect(self, client: PahoClient, userdata: Any, flags: Any, reason_code: ReasonCode,
                     properties: Properties | None = None) -> None:
         # MQTT 5: the broker's Receive Maximum bounds our unacknowledged QoS 1 publishes.
         self.receive_maximum = getattr(properties, "ReceiveMaximum", 65535) if properties is not None else 65535
@@ -368,10 +369,10 @@ class Client(aiomqtt.Client):
             else:  # paho's connect() runs in an executor thread
                 self._loop.call_soon_threadsafe(self._flush)
 
-    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+    def _on_socket_register_write(self, client: PahoClient, userdata: Any, sock: Any) -> None:
         self._schedule_flush()
 
-    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+    def _on_socket_unregister_write(self, client: PahoClient, userdata: Any, sock: Any) -> None:
         pass  # paho's view; our own writer follows self._wbuf
 
     def _flush(self) -> None:
@@ -409,7 +410,7 @@ class Client(aiomqtt.Client):
 
     # -- socket lifecycle --------------------------------------------------------------------
 
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+    def _on_socket_open(self, client: PahoClient, userdata: Any, sock: Any) -> None:
         """Our reader instead of aiomqtt's (which calls paho's ``loop_read`` per packet)."""
 
         def start() -> None:
@@ -435,13 +436,14 @@ class Client(aiomqtt.Client):
         sock = self._sock
         if sock is None or self._client._sock is not sock:
             return
+        fd: int = self._sock.fileno()
         if paused:
-            self._loop.remove_reader(sock.fileno())
+            self._loop.remove_reader(fd)
         else:
-            self._loop.add_reader(sock.fileno(), self._on_readable)
+            self._loop.add_reader(fd, self._on_readable)
             self._loop.call_soon(self._resume)  # whole packets already buffered get no readiness event
 
-    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+    def _on_socket_close(self, client: PahoClient, userdata: Any, sock: Any) -> None:
         self._live = False
         # paho closes the socket right after "writing" DISCONNECT, which here only reached
         # our buffer: send what is buffered first (the PUBACKs before it matter most).

@@ -132,7 +132,8 @@ class Worker:
         self._stopping = False
         self._stop = asyncio.Event()
         self._prov: dict[int, Provenance] = {}
-        self._prev_prov = BoundedCache(4096)  # (plan, previous pseudonym) -> provenance, during a key transition
+        # (plan, previous pseudonym) -> provenance, during a key transition
+        self._prev_prov: BoundedCache = BoundedCache(4096)
         self._transition_until = 0.0
         self._subscribed: set[str] = set()
         self._reject_logged: set[tuple[str, str]] = set()
@@ -256,6 +257,7 @@ class Worker:
         counters = jt808_listener.Counters()
         self.metrics.register_ingest("jt808", "JT/T 808 listener", "terminal", counters)
         host, port = j.address()
+        assert self.engine is not None
         auth_key = self.engine.keyring.derive("jt808|authentication-code")  # the same on every worker and host
         server = await jt808_listener.serve(host, port, self._on_tracker_message, auth_key, j.limits(), counters)
         self.jt808_port = server.sockets[0].getsockname()[1]
@@ -269,7 +271,7 @@ class Worker:
         self.metrics.observe(result, time.perf_counter() - t0)
         if self.shadow is not None:
             self.shadow.observe(topic, payload, result, time.time(), self._consent_table())
-        if result.__class__ is not Forward:
+        if not isinstance(result, Forward):
             self._rejected(result, topic, payload)
             return  # acknowledged to the tracker: resending would not change the verdict
         safe = asyncio.get_running_loop().create_future()
@@ -431,13 +433,13 @@ class Worker:
         ack = partial(acker, mid) if qos else None
         consents = self.consents
         if consents is not None and consents.matches(topic):
-            result = consents.update(topic, payload)
-            self.metrics.consent_updates.labels(result).inc()
+            verdict = consents.update(topic, payload)
+            self.metrics.consent_updates.labels(verdict).inc()
             self.metrics.consent_entries.set(len(consents))
             self._schedule_store_flush()
-            if result in ("unauthenticated", "full") and result not in self._consent_logged:
-                self._consent_logged.add(result)  # once each: the counter has the rest
-                log.warning("consent_ignored", reason=result, entries=len(consents),
+            if verdict in ("unauthenticated", "full") and verdict not in self._consent_logged:
+                self._consent_logged.add(verdict)  # once each: the counter has the rest
+                log.warning("consent_ignored", reason=verdict, entries=len(consents),
                             note="further records ignored for this reason are only counted")
             if ack:
                 ack()
@@ -445,6 +447,7 @@ class Worker:
         if dup:
             self.metrics.redelivered.inc()
         uplink = self.uplink
+        assert uplink is not None
         if not qos and uplink.overloaded(OVERLOAD_FACTOR):
             self.metrics.dropped.labels("none", "overload").inc()  # QoS 0: at most once, by the sender's choice
             return
@@ -454,7 +457,7 @@ class Worker:
         self.metrics.observe(result, time.perf_counter() - t0)
         if self.shadow is not None:
             self.shadow.observe(topic, payload, result, time.time(), self._consent_table())
-        if result.__class__ is Forward:
+        if isinstance(result, Forward):
             self._forward(result, ack, session, received, topic)
             return
         self._rejected(result, topic, payload)
@@ -488,12 +491,14 @@ class Worker:
         if prov is None:
             prov = self._prov[id(plan)] = _provenance(plan)
         if self._transition_until and topic and time.time() < self._transition_until:
+            assert self.engine is not None
             previous = self.engine.previous_device(topic)
             if previous is not None:
                 key = (id(plan), previous)
                 prov = self._prev_prov.get(key) or self._prev_prov.put(key, _provenance(plan, previous))
         safe = self.metrics.on_safe(plan.name, received, ack)
         qos = plan.policy.route.qos
+        assert self.uplink is not None
         self.uplink.submit(Delivery(plan.name, result.topic, result.payload, qos, prov, safe, session))
 
     def _set_transition(self, engine: Engine) -> None:
@@ -528,7 +533,7 @@ class Worker:
             self.metrics.consent_updates.labels("expired").inc(consents.expire(now))
             self.metrics.consent_entries.set(len(consents))
         try:
-            return self.engine.process(topic, payload, now, consents.table if consents else {})
+            return self.engine.process(topic, payload, now, consents.table if consents else {})  # type: ignore[union-attr]
         except Exception as exc:
             # The exception's text could quote the payload: only its class is logged.
             log.error("engine_error", error=exc.__class__.__name__, action="message dropped and counted")
