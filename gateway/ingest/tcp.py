@@ -127,10 +127,11 @@ class Listener:
         except Closed as closed:
             if closed.reason:
                 setattr(counters, closed.reason, getattr(counters, closed.reason) + 1)
+                log.debug(f"{self.name} connection closed", reason=closed.reason)
         except (ConnectionError, TimeoutError):
             pass  # reset by the device, or answers it never read
         except asyncio.CancelledError:
-            pass  # ``stop``
+            pass  # ``stop``: ending normally spares asyncio's stream callback a cancelled task
         except Exception as exc:  # a bug must cost one connection, not the listener
             log.error(f"{self.name} connection failed", error=type(exc).__name__)
         finally:
@@ -140,9 +141,9 @@ class Listener:
             if left:
                 self.per_peer[peer] = left
             if writer.transport.get_write_buffer_size():
-                writer.transport.abort()
+                writer.transport.abort()  # a peer that does not read must not hold the socket
             else:
-                writer.close()
+                writer.close()  # graceful: the answers already written still reach the device
 
 
 async def stop(server: asyncio.Server, listener: Any, grace: float = 5.0) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgspec
 
@@ -96,12 +95,7 @@ _ERROR_REASONS = frozenset({"garbage", "bad_length", "bad_stop", "bad_crc", "bad
 # --- connections -----------------------------------------------------------------------------
 
 
-class _Closed(Exception):
-    """Ends a connection; ``reason`` is the counter to raise (or "" for none)."""
-
-    def __init__(self, reason: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
+_Closed = tcp.Closed  # ends a connection; ``reason`` is the counter to raise
 
 
 class _Connection:
@@ -233,56 +227,18 @@ class _Connection:
             counters.acks += 1
 
 
-class _Listener:
-    """State shared by a listener's connections."""
+class _Listener(tcp.Listener):
+    """State shared by a listener's connections (slots per listener and per peer: ``tcp.Listener``)."""
 
     def __init__(self, handler: Handler, limits: Limits, counters: Counters) -> None:
+        super().__init__("gt06", limits.max_connections, limits.max_connections_per_peer, counters)
         self.handler = handler
         self.limits = limits
-        self.counters = counters
-        self.open: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
-        self.per_peer: dict[str | None, int] = {}  # open connections by peer address (never logged)
 
-    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        counters = self.counters
-        if counters.open_connections >= self.limits.max_connections:
-            counters.over_limit += 1
-            writer.transport.abort()
-            return
-        peer = tcp.peer_ip(writer)
-        from_peer = self.per_peer.get(peer, 0)
-        if from_peer >= self.limits.max_connections_per_peer:
-            counters.peer_limited += 1
-            writer.transport.abort()
-            return
-        self.per_peer[peer] = from_peer + 1
-        counters.connections += 1
-        counters.open_connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self.open[task] = writer
-        try:
-            await _Connection(self, reader, writer, peer).run()
-        except _Closed as closed:
-            if closed.reason:
-                setattr(counters, closed.reason, getattr(counters, closed.reason) + 1)
-                log.debug("gt06 connection closed", reason=closed.reason)
-        except (ConnectionError, TimeoutError):
-            pass  # reset by the tracker, or an ACK it never read
-        except asyncio.CancelledError:
-            pass  # ``stop``: ending normally spares asyncio's stream callback a cancelled task
-        except Exception as exc:  # a bug must cost one connection, not the listener
-            log.error("gt06 connection failed", error=type(exc).__name__)
-        finally:
-            counters.open_connections -= 1
-            del self.open[task]
-            left = self.per_peer.pop(peer) - 1
-            if left:
-                self.per_peer[peer] = left
-            if writer.transport.get_write_buffer_size():
-                writer.transport.abort()  # a peer that does not read must not hold the socket
-            else:
-                writer.close()  # graceful: the ACKs already written still reach the tracker
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str | None
+    ) -> None:
+        await _Connection(self, reader, writer, peer).run()
 
 
 FILES_RESERVED = tcp.FILES_RESERVED
@@ -328,6 +284,7 @@ def update_limits(server: asyncio.Server, limits: Limits) -> None:
     listener = _LISTENERS.get(server)
     if listener is not None:
         listener.limits = limits
+        listener.max_connections, listener.max_per_peer = limits.max_connections, limits.max_connections_per_peer
 
 
 async def stop(server: asyncio.Server, grace: float = 5.0) -> None:
