@@ -232,6 +232,39 @@ def test_kept_object_scanner_cache_is_bounded_and_never_hides_a_hit() -> None:
     assert len(cache) <= SCAN_CACHE
 
 
+def test_kept_list_of_strings_remembered_whole_never_hides_a_hit() -> None:
+    import pytest
+
+    from gateway.pipeline import CLEAN_CACHE as SCAN_CACHE
+    from gateway.pipeline import CLEAN_LIST_CHARS, _kept_scanner
+    from gateway.policy.runtime import TooDeep
+
+    plan = ENGINE.plans[0]
+    assert plan.coordinate_decimals < 7
+    scan = _kept_scanner(plan)
+    for _ in range(2):  # a clean list, then the same list remembered
+        assert scan(["IoT Connectivity", "eSIM Hub"], detect.ALL, "products", 4) is None
+    # the verdict is per key and per detector set: the same list is a hit elsewhere
+    assert scan(["12.9715981"], detect.ALL, "p", 4) is None
+    assert scan(["12.9715981"], detect.ALL, "lat", 4) == "coordinate"
+    assert scan(["call 98765 43210"], frozenset({"email"}), "p", 4) is None
+    assert scan(["call 98765 43210"], detect.ALL, "p", 4) == "phone"
+    for _ in range(2):  # hits are never remembered as clean
+        assert scan(["12.971598", "77.594562"], detect.ALL, "p", 4) == "coordinate"
+        assert scan(["x", "a.b@example.com"], detect.ALL, "p", 4) == "email"
+    with pytest.raises(TooDeep):  # the depth is checked before the memory is read
+        scan(["IoT Connectivity", "eSIM Hub"], detect.ALL, "products", 0)
+    long = ["word " * 20] * 3  # more than CLEAN_LIST_CHARS: scanned every time, not remembered
+    assert sum(map(len, long)) > CLEAN_LIST_CHARS
+    assert scan(long, detect.ALL, "p", 4) is None
+    cache = next(c.cell_contents for c in scan.__closure__ if isinstance(c.cell_contents, BoundedCache))
+    assert (tuple(long), detect.ALL, "p") not in cache
+    assert (("IoT Connectivity", "eSIM Hub"), detect.ALL, "products") in cache
+    for i in range(SCAN_CACHE + 10):
+        assert scan([f"Product {i}", "eSIM Hub"], detect.ALL, "p", 4) is None
+    assert len(cache) <= SCAN_CACHE
+
+
 def test_generalise_prefix_cache_is_bounded_and_keeps_types_apart() -> None:
     from gateway.ops.basic import PREFIX_CACHE
 
