@@ -67,6 +67,39 @@ def test_bucket_time_month_and_offsets_with_the_cache() -> None:
     assert calendar.timegm((2026, 1, 15, 7, 0, 0)) % 3600 == 0
 
 
+def test_bucket_time_minute_memory_keeps_invalid_seconds_and_sub_minute_buckets_apart() -> None:
+    from gateway.ops.numbers import MINUTE_CACHE
+
+    hour = build(BucketTime, path="ts", to="hour")
+    assert hour("2026-01-15T07:10:00Z") == "2026-01-15T07:00:00Z"  # the minute now remembered
+    assert hour("2026-01-15T07:10:59Z") == "2026-01-15T07:00:00Z"
+    for bad in ("2026-01-15T07:10:60Z", "2026-01-15T07:10:6xZ", "2026-01-15T07:10:x5Z", "2026-01-15T07:10::5Z"):
+        assert hour(bad) is UNSET, bad  # invalid seconds are still refused
+    assert hour("2026-01-15T07:10:30+01:00") == "2026-01-15T06:00:00Z"  # an offset is no UTC minute
+    half = build(BucketTime, path="ts", seconds=30)  # buckets inside a minute: nothing remembered by minute
+    assert half("2026-01-15T07:10:29Z") == "2026-01-15T07:10:00Z"
+    assert half("2026-01-15T07:10:31Z") == "2026-01-15T07:10:30Z"
+    minute = build(BucketTime, path="ts", to="minute")
+    for i in range(MINUTE_CACHE + 20):  # more minutes than remembered: each still its own bucket
+        e = 1_767_000_000 + 60 * i
+        for d in (0, 59):
+            text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e + d))
+            assert minute(text) == iso_floor(e + d, 60)
+    cache = next(c.cell_contents for c in minute.call.__closure__ if isinstance(c.cell_contents, BoundedCache))
+    assert len(cache) == MINUTE_CACHE
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1_600_000_000, 1_900_000_000), min_size=1, max_size=20),
+    st.sampled_from([60, 120, 900, 3600, 7200, 86400]),
+)
+def test_bucket_time_by_seconds_with_the_minute_memory(epochs: list[int], width: int) -> None:
+    fn = build(BucketTime, path="ts", seconds=width)
+    for e in [x + d for x in epochs for d in (0, 1, 59, -1, 60)]:
+        assert fn(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e))) == iso_floor(e, width)
+
+
 # -- generalise by prefix: one regex, the longest key first --------------------------------
 
 KEYS = st.text(alphabet="ab.*+?()[]\\|^$ 1", min_size=0, max_size=4)
