@@ -247,10 +247,11 @@ _USERINFO = re.compile(r"(?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@")
 _USERINFO_AT = re.compile(r"://(?P<userinfo>[^\s/:@]+:[^\s/@]+)@")  # the same, searched by its literal start
 # Every _SECRET match starts with one of these words, in any case as ``(?i)`` reads it (dotless
 # and dotted I are an "i", long s an "s", the Kelvin sign a "k": _CASE_FOLD), so _SECRET is tried
-# only where one begins. (Prefixes: "auth" for authorization, "sess" for session and sessid.)
+# only where one begins.
 _SECRET_START_WORDS = (
-    r"a(?:uth|pi|ccess|pp|dmin)|b(?:earer|asic)|c(?:vv|vc|red|ookie|lient)|device|jsess|key|m(?:pin|aster)|otp"
-    r"|p(?:roxy-|ass|wd|in|rivate|sk)|s(?:e(?:cret|ss)|id|igning|hared)|token|upi"
+    r"a(?:uth(?:orization|[_-]?key)|(?:pi|ccess|pp|dmin)[_-]?key)|b(?:earer|asic)|c(?:vv|vc|red(?:ential|s)|ookie"
+    r"|lient[_-]?key)|device[_-]?key|jsessionid|key|m(?:pin|aster[_-]?key)|otp|p(?:roxy-authorization|ass|wd|in"
+    r"|rivate[_-]?key|sk)|s(?:ecret|ession|essid|id|igning[_-]?key|hared[_-]?key)|token|upi[ _-]?pin"
 )
 _SECRET_START = re.compile(_SECRET_START_WORDS.encode())
 _SECRET_START_STR = re.compile(_SECRET_START_WORDS)
