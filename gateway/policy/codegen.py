@@ -196,7 +196,7 @@ def _drop_when(conditions: Sequence[Condition], ns: dict[str, Any]) -> list[str]
 def _read_path(steps: Sequence[Step]) -> list[str]:
     """``v = `` the value at ``steps`` of ``obj``, UNSET past a missing or null object (runtime.read)."""
     lines = [f"v = obj.{steps[0].attr}"]
-    return lines + [f"v = UNSET if v is UNSET or v is None else v.{step.attr}" for step in steps[1:]]
+    return lines + [f"v = v.{step.attr} if v else UNSET" for step in steps[1:]]  # v: a nested Struct, UNSET or None
 
 
 def _test(match: Any, fn: str) -> str:
@@ -324,7 +324,7 @@ def _apply(
         child_apply, child_guard = build(step.child, guard, scan, coarsen)
         ns[f"ca{i}"], ns[f"cg{i}"] = child_apply, child_guard
         lines += [f"# {step.key}{'[]' if step.array else ''}: the nested object's rules (ca{i})",
-                  f"v = obj.{step.attr}", "if v is not UNSET and v is not None:"]
+                  f"v = obj.{step.attr}", "if v:"]  # a nested Struct (always true) or a list; not UNSET, None
         if step.array:
             lines += ["    for e in v:", "        if e is not None:", f"            ca{i}(e, granted)"]
         else:
@@ -407,7 +407,7 @@ def _guard(
     for i, step in enumerate(node.children):
         assert step.child is not None  # children are the steps with a nested node
         ns[f"cg{i}"] = ns.get(f"cg{i}") or build(step.child, guard, scan, coarsen)[1]
-        lines += [f"v = obj.{step.attr}", "if v is not UNSET and v is not None:"]
+        lines += [f"v = obj.{step.attr}", "if v:"]  # a nested Struct (always true) or a list; not UNSET, None
         if step.array:
             lines += [
                 "    for e in v:",
