@@ -987,6 +987,20 @@ def test_fused_generalise_and_replace_equal_the_transform(value):
     assert fused(rep)(value) == rep(value) == "[removed]"
 
 
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.one_of(st.sampled_from(["Android 14", "Android", "iOS 17", "x", "1", "True"]),
+                                 st.text(max_size=6), st.integers(), st.booleans()), max_size=8))
+def test_fused_generalise_prefix_equals_the_transform_remembered_or_not(values):
+    gen = build(Generalise, path="x", match="prefix", map={"Android": "A", "iOS": "I", "1": "one", "true": "t"})
+    ref = build(Generalise, path="x", match="prefix", map={"Android": "A", "iOS": "I", "1": "one", "true": "t"})
+    f, inline = fused(gen), fused_only(gen)
+    for v in [*values, *values]:  # the second time remembered: inline
+        assert same(f(v), ref(v)), v
+        hit = inline(v)
+        assert hit is None or same(hit, ref(v)), v
+    assert inline(None) is inline(UNSET) is inline(1) is None  # only strings are remembered
+
+
 def test_fused_cached_transforms_equal_the_transform_hit_or_miss():
     e = env()
     cases = [
