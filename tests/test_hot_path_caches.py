@@ -205,6 +205,86 @@ def test_inline_drop_when_agrees_with_the_interpreter(msg: dict[str, Any]) -> No
         assert (generated.reason, generated.rule) == (reference.reason, reference.rule)
 
 
+# Conditions under one nested object are read together; one testing for absence among them,
+# and several holding at once, must give the interpreter's first reason.
+GROUPED_POLICY = DROP_POLICY.split("[[drop_when]]")[0] + """
+[[field]]
+path = "a.zz"
+op = "keep"
+
+[[drop_when]]
+path = "a.b.flag"
+present = true
+reason = "flagged"
+
+[[drop_when]]
+path = "a.b.c"
+one_of = ["x"]
+reason = "listed"
+
+[[drop_when]]
+path = "a.zz"
+present = false
+reason = "no_zz"
+unless = { path = "kind", present = false }
+
+[[drop_when]]
+path = "a.b.c"
+equals = 2
+reason = "two"
+
+[[drop_when]]
+path = "a.ok"
+equals = true
+reason = "ok"
+
+[[drop_when]]
+path = "a.b.flag"
+equals = 2
+reason = "flag_two"
+"""
+GROUPED = Engine([loads(GROUPED_POLICY.encode(), "g.toml")], Keyring.test())
+GROUPED_MESSAGES = st.fixed_dictionaries(
+    {},
+    optional={
+        "a": _object(["ok", "b", "zz"], st.one_of(LEAF, _object(["c", "flag"], LEAF))),
+        "kind": st.one_of(st.none(), st.just("t")),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(GROUPED_MESSAGES)
+def test_grouped_drop_when_keeps_the_order_and_absence_tests(msg: dict[str, Any]) -> None:
+    payload = json.dumps(msg).encode()
+    generated = GROUPED.process("dev/1/up", payload)
+    plan = generated.plan
+    assert plan is not None and plan.structs
+    source = GROUPED._runs[plan].__source__
+    assert "o0 = obj." in source and "o1 = o0." in source  # grouped, on two levels
+    reference = interpret(plan, payload, "cloud/up", None, {})
+    if isinstance(reference, Forward):
+        assert isinstance(generated, Forward), (msg, generated)
+    else:
+        assert not isinstance(generated, Forward), (msg, generated)
+        assert (generated.reason, generated.rule) == (reference.reason, reference.rule), msg
+
+
+def test_grouped_drop_when_examples() -> None:
+    def reason(msg: dict[str, Any]) -> str | None:
+        res = GROUPED.process("dev/1/up", json.dumps(msg).encode())
+        return None if isinstance(res, Forward) else res.reason
+
+    assert reason({"kind": "t"}) == "no_zz"  # a absent: the absence test still runs
+    assert reason({"kind": "t", "a": None}) == "no_zz"
+    assert reason({"kind": "t", "a": {"zz": 1, "b": {"c": 2, "flag": 2}}}) == "flagged"  # the first that holds
+    assert reason({"kind": "t", "a": {"zz": 1, "b": {"c": 2}}}) == "two"
+    assert reason({"kind": "t", "a": {"b": {"c": 2}}}) == "no_zz"  # before "two"
+    assert reason({"a": {"b": {"c": 2}}}) == "two"  # no kind: "unless" spares it
+    assert reason({"kind": "t", "a": {"zz": 1, "ok": True, "b": None}}) == "ok"
+    assert reason({"kind": "t", "a": {"zz": 1}}) is None
+
+
 def test_inline_drop_when_examples() -> None:
     def reason(msg: dict[str, Any]) -> str | None:
         res = ENGINE.process("dev/1/up", json.dumps(msg).encode())

@@ -176,20 +176,48 @@ def _drop_when(conditions: Sequence[Condition], ns: dict[str, Any]) -> list[str]
     """Statements that reject the message ``obj`` (a Struct) when a ``drop_when`` condition holds.
 
     The same decision as runtime.holds, with the paths read inline instead of interpreted
-    per message; the tests stay the matcher's own functions."""
-    lines: list[str] = []
+    per message; the tests stay the matcher's own functions. Consecutive conditions under one
+    nested object read it once and are skipped together when it is absent or null (where
+    each of them reads UNSET and, unless it tests for absence, does not hold): the order in
+    which conditions are tried, and so the reason of a rejection, is the policy's."""
     for i, cond in enumerate(conditions):
         rule = cond.rule
         ns[f"dt{i}"], ns[f"dk{i}"] = cond.test, (rule.path, rule.reason)
         ns[f"dr{i}"], ns[f"dp{i}"] = rule.reason, rule.path
-        lines += [f"# drop_when[{i}]: {' '.join(rule.path.split())[:60]} ({' '.join(rule.reason.split())[:40]})"]
-        lines += _read_path(cond.steps)
-        reject = [f"stats[dk{i}] += 1", f"return Reject(dr{i}, plan, dp{i})"]
         if rule.unless is not None:
             ns[f"du{i}"] = cond.unless_test
+    return _drop_group(list(enumerate(conditions)), "obj", 0)
+
+
+def _drop_group(conditions: list[tuple[int, Condition]], base: str, level: int) -> list[str]:
+    """``_drop_when`` for conditions whose paths share their first ``level`` steps, read into ``base``."""
+    lines: list[str] = []
+    k = 0
+    while k < len(conditions):
+        i, cond = conditions[k]
+        step = cond.steps[level]
+        if len(cond.steps) > level + 1 and cond.rule.present is not False:
+            run = [conditions[k]]  # the following conditions under the same nested object
+            while k + len(run) < len(conditions):
+                _, nxt = conditions[k + len(run)]
+                if len(nxt.steps) > level + 1 and nxt.rule.present is not False and nxt.steps[level] is step:
+                    run.append(conditions[k + len(run)])
+                else:
+                    break
+            if len(run) > 1:
+                lines += [f"o{level} = {base}.{step.attr}", f"if o{level}:  # a nested Struct, or absent or null"]
+                lines += _indent(_drop_group(run, f"o{level}", level + 1), 1)
+                k += len(run)
+                continue
+        rule = cond.rule
+        lines += [f"# drop_when[{i}]: {' '.join(rule.path.split())[:60]} ({' '.join(rule.reason.split())[:40]})"]
+        lines += [f"v = {base}.{step.attr}", *(f"v = v.{s.attr} if v else UNSET" for s in cond.steps[level + 1 :])]
+        reject = [f"stats[dk{i}] += 1", f"return Reject(dr{i}, plan, dp{i})"]
+        if rule.unless is not None:
             unless = _test(rule.unless, f"du{i}")
             reject = [*_read_path(cond.unless_steps or []), f"if not ({unless}):", *_indent(reject, 1)]
         lines += [f"if {_test(rule, f'dt{i}')}:", *_indent(reject, 1)]
+        k += 1
     return lines
 
 
