@@ -260,7 +260,17 @@ CLEAN_MAX_LEN = 64  # only short strings are remembered
 def _kept_scanner(plan: Plan):
     decimals = plan.coordinate_decimals
     clean: BoundedCache[tuple[Any, ...], bool] = BoundedCache(CLEAN_CACHE)
-    return lambda v, enabled, key, depth: _scan(v, enabled, decimals, key, depth, clean)
+
+    def scan(v: Any, enabled: frozenset[str], key: str, depth: int) -> str | None:
+        if v.__class__ is list and depth > 0:  # _scan's first look at a list, without its other tests
+            try:
+                if (tuple(v), enabled, key) in clean:
+                    return None
+            except TypeError:  # an object or a list inside: not remembered
+                pass
+        return _scan(v, enabled, decimals, key, depth, clean)
+
+    return scan
 
 
 def _scan(

@@ -145,6 +145,7 @@ def _fmt(x: float) -> str:
 _UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 MINUTE_CACHE = 1024  # per bucket_time rule: recent minutes' bucket texts
 ZERO_OFFSET = timedelta(0)
+UTC_SECONDS = frozenset(f":{s:02d}Z" for s in range(60))  # how a UTC text of whole seconds ends
 
 
 class BucketTime(FieldRule, tag="bucket_time"):
@@ -186,11 +187,9 @@ class BucketTime(FieldRule, tag="bucket_time"):
             nonlocal last
             try:
                 if isinstance(v, str):
-                    utc = minutes is not None and len(v) == 20 and v[19] == "Z" and v[16] == ":"
-                    if utc and v[17] in "012345" and v[18] in "0123456789":  # seconds 00-59, as the parse needs
-                        text = minutes.get(v[:16])  # type: ignore[union-attr]  # utc: not None
-                        if text is not None:
-                            return text
+                    utc = minutes is not None and len(v) == 20 and v[16:] in UTC_SECONDS
+                    if utc and (text := minutes.get(v[:16])) is not None:  # type: ignore[union-attr]
+                        return text
                     d = datetime.fromisoformat(v.strip())
                     if d.tzinfo is None:
                         d = d.replace(tzinfo=UTC)  # naive device time is taken as UTC
