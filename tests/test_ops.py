@@ -1030,6 +1030,26 @@ def test_fused_bucket_time_equals_the_transform_remembered_or_not(values, to):
     assert build(BucketTime, path="ts", seconds=30).inline is None  # buckets inside a minute: no memory
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.sampled_from(["at com.x.Lock.open(Lock.java:42)", "sync timeout", "mail a@example.com", "pwd=x1"]),
+            st.text(max_size=12),
+        ),
+        max_size=8,
+    )
+)
+def test_fused_scrub_equals_the_transform_remembered_or_not(values):
+    fn, ref = build(Scrub, path="log"), build(Scrub, path="log")
+    f, inline = fused(fn), fused_only(fn)
+    for v in [*values, *values]:  # the second time a clean text is remembered: inline
+        assert f(v) == ref(v), v
+        hit = inline(v)
+        assert hit is None or hit == ref(v) == v, v
+    assert inline("mail a@example.com") is None  # a text with a hit is never remembered
+
+
 def test_fused_cached_transforms_equal_the_transform_hit_or_miss():
     e = env()
     cases = [
