@@ -392,13 +392,17 @@ def _guard(
                     f"    scan(v, e{i}, k{i}, depth)",
                 ]
             continue
-        string = [  # words and timestamps hold no identifier; nor a value found clean before
-            f"if v and not v.isalpha() and v not in ok{i} and not {_ISO}:",
-            f"    h = find(v, e{i})",
-            "    if h:",
-            f"        {hit(f'l{i}', 'h[0][0]')}",
-            f"    if len(v) <= {VERDICT_MAX_LEN}:",
-            f"        ok{i}.put(v, True)",
+        string = [  # a value found clean before, words and timestamps hold no identifier
+            f"if v and v not in ok{i}:",  # first: most kept strings (ids, labels, words) repeat
+            "    if v.isalpha():",
+            f"        if len(v) <= {VERDICT_MAX_LEN}:",
+            f"            ok{i}.put(v, True)",
+            f"    elif not {_ISO}:",  # timestamps are not remembered: each is new
+            f"        h = find(v, e{i})",
+            "        if h:",
+            f"            {hit(f'l{i}', 'h[0][0]')}",
+            f"        if len(v) <= {VERDICT_MAX_LEN}:",
+            f"            ok{i}.put(v, True)",
         ]
         integer = [
             f"if not -{NUMBER_LIMIT} < v < {NUMBER_LIMIT}:",
