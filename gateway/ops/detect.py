@@ -688,7 +688,7 @@ def _find(text: str, enabled: frozenset[str], gated: bool = True) -> list[tuple[
             hits.append((m.start(group), m.end(group), "secret"))
         if not gated:
             hits.extend((m.start(1), m.end(1), "secret") for m in _USERINFO.finditer(text))
-        elif "://" in text:
+        elif "@" in text and "://" in text:
             hits.extend((m.start(1), m.end(1), "secret") for m in _USERINFO_AT.finditer(text))
         if not gated or (len(raw) >= 15 and _CREDENTIAL_GATE.search(raw)):  # the shortest, an AWS key id, has 20
             hits.extend((m.start(), m.end(), "secret") for m in _CREDENTIAL.finditer(text))
@@ -738,7 +738,8 @@ def _find(text: str, enabled: frozenset[str], gated: bool = True) -> list[tuple[
     if not hits:
         return []
     # Earliest first, longest first at the same start; drop what an earlier hit covers.
-    hits.sort(key=lambda h: (h[0], -h[1]))
+    if len(hits) > 1:
+        hits.sort(key=lambda h: (h[0], -h[1]))
     out: list[tuple[str, int, int]] = []
     end = -1
     for start, stop, kind in hits:
