@@ -393,11 +393,11 @@ def _guard(
                 ]
             continue
         string = [  # a value found clean before, words and timestamps hold no identifier
-            f"if v and v not in ok{i}:",  # first: most kept strings (ids, labels, words) repeat
-            "    if v.isalpha():",
+            f"if v and v not in ok{i} and not {_ISO}:",  # first: most kept strings (ids, words) repeat;
+            "    if v.isalpha():",  # timestamps are new each time, so never remembered
             f"        if len(v) <= {VERDICT_MAX_LEN}:",
             f"            ok{i}.put(v, True)",
-            f"    elif not {_ISO}:",  # timestamps are not remembered: each is new
+            "    else:",
             f"        h = find(v, e{i})",
             "        if h:",
             f"            {hit(f'l{i}', 'h[0][0]')}",
