@@ -588,6 +588,9 @@ async def main() -> int:
     ap.add_argument("--inflight", type=int, default=0,
                     help="gateway max_inflight (both sides; 0: default) and brokers' max_inflight_messages")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CANDIDATES)}")
+    ap.add_argument("--rates", default="",
+                    help="latency phases at these msg/s (comma-separated) instead of 50 %% and 80 %% of each "
+                         "candidate's median rate: to compare builds at the same load")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     names = [c for c in CANDIDATES if not args.only or c in args.only.split(",") or c == "ceiling"]
@@ -616,8 +619,8 @@ async def main() -> int:
                 res["msg_s"] = statistics.median(r["msg_s"] for r in res["runs"])
                 res["cpu_us"] = statistics.median(r["cpu_us"] for r in res["runs"])
                 res["lost"] = [args.messages - r["arrived"] for r in res["runs"]]
-                for share in (0.5, 0.8):
-                    rate = share * res["msg_s"]
+                fixed = [float(r) for r in args.rates.split(",") if r]
+                for share, rate in zip((0.5, 0.8), fixed or [0.5 * res["msg_s"], 0.8 * res["msg_s"]], strict=True):
                     base = await bench.latency("ceiling", None, rate, args.seconds)
                     lat = base if name == "ceiling" else await bench.latency(name, cands[name], rate, args.seconds)
                     res[f"lat{int(share * 100)}"] = {"rate": rate, **lat, "added_p50": lat["p50"] - base["p50"],
