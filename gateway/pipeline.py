@@ -259,8 +259,18 @@ CLEAN_MAX_LEN = 64  # only short strings are remembered
 
 def _kept_scanner(plan: Plan):
     decimals = plan.coordinate_decimals
-    clean: BoundedCache[tuple[str, frozenset[str]], bool] = BoundedCache(CLEAN_CACHE)
-    return lambda v, enabled, key, depth: _scan(v, enabled, decimals, key, depth, clean)
+    clean: BoundedCache[tuple[Any, ...], bool] = BoundedCache(CLEAN_CACHE)
+
+    def scan(v: Any, enabled: frozenset[str], key: str, depth: int) -> str | None:
+        if v.__class__ is list and depth > 0:  # _scan's first look at a list, without its other tests
+            try:
+                if (tuple(v), enabled, key) in clean:
+                    return None
+            except TypeError:  # an object or a list inside: not remembered
+                pass
+        return _scan(v, enabled, decimals, key, depth, clean)
+
+    return scan
 
 
 def _scan(
@@ -269,8 +279,8 @@ def _scan(
     """The detector an identifier in ``v`` trips, or None. Raises TooDeep past ``depth``.
 
     ``coordinate_decimals`` NO_COORDINATES: the guard is off, only the depth is checked.
-    ``clean``: a BoundedCache of short strings found clean before (labels, product names
-    inside objects repeat from message to message), or None."""
+    ``clean``: a BoundedCache of short strings, and short lists of strings, found clean
+    before (labels, product names inside objects repeat from message to message), or None."""
     cls = v.__class__
     if cls is str:
         if enabled and v and not v.isalpha():
@@ -311,12 +321,36 @@ def _scan(
     elif cls is list:
         if depth <= 0:
             raise TooDeep
-        if 2 <= len(v) <= 3 and coordinate_decimals < NO_COORDINATES and _position(v):
-            return "coordinate"
-        for x in v:
-            hit = _scan(x, enabled, coordinate_decimals, key, depth - 1, clean)
-            if hit:
+        if clean is not None and 0 < len(v) <= CLEAN_LIST:
+            try:
+                size = len("".join(v))  # a list of strings only (a product list, tags)
+            except TypeError:
+                size = CLEAN_LIST_CHARS + 1
+            if size <= CLEAN_LIST_CHARS:  # remembered whole when clean: such lists repeat
+                memo = (tuple(v), enabled, key)
+                if memo in clean:
+                    return None
+                hit = _scan_list(v, enabled, coordinate_decimals, key, depth, clean)
+                if hit is None:
+                    clean.put(memo, True)
                 return hit
+        return _scan_list(v, enabled, coordinate_decimals, key, depth, clean)
+    return None
+
+
+CLEAN_LIST = 16  # lists of up to this many strings ...
+CLEAN_LIST_CHARS = 256  # ... and characters are remembered whole when found clean
+
+
+def _scan_list(
+    v: list, enabled: frozenset[str], coordinate_decimals: int, key: str, depth: int, clean: Any
+) -> str | None:
+    if 2 <= len(v) <= 3 and coordinate_decimals < NO_COORDINATES and _position(v):
+        return "coordinate"
+    for x in v:
+        hit = _scan(x, enabled, coordinate_decimals, key, depth - 1, clean)
+        if hit:
+            return hit
     return None
 
 

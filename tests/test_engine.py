@@ -900,6 +900,26 @@ def test_leak_verdicts_are_not_remembered_and_clean_ones_do_not_hide_a_leak():
     assert eng.plans[0].stats[("t", "leak")] == 3
 
 
+def test_guard_remembers_clean_words_and_values_not_timestamps_or_leaks():
+    from gateway.policy.codegen import VERDICT_CACHE
+
+    eng = engine(KEPT_TYPES)
+    names = eng.runner(eng.plans[0]).__globals__
+    ok = next(names[f"ok{i}"] for i in range(20) if names.get(f"k{i}") == "t")
+    for _ in range(2):
+        assert forwarded(run(eng, {"t": "locked"})) == {"t": "locked"}
+        assert forwarded(run(eng, {"t": "CAB-1666"})) == {"t": "CAB-1666"}
+        assert forwarded(run(eng, {"t": "2026-11-23T10:03:44Z"})) == {"t": "2026-11-23T10:03:44Z"}
+        assert run(eng, {"t": "call +91 98765 43210"}).reason == "leak"
+        assert run(eng, {"t": "\u0664\u0661\u0661\u0661 1111 1111 1111"}).reason == "leak"  # other scripts' digits
+    assert "locked" in ok and "CAB-1666" in ok
+    assert "2026-11-23T10:03:44Z" not in ok and "call +91 98765 43210" not in ok
+    for i in range(VERDICT_CACHE + 10):  # more clean values than remembered: bounded, a leak still caught
+        assert forwarded(run(eng, {"t": f"CAB-{i}"})) == {"t": f"CAB-{i}"}
+    assert len(ok) == VERDICT_CACHE
+    assert run(eng, {"t": "mail a.b@example.com"}).reason == "leak"
+
+
 def test_payload_pseudonyms_rotate_through_process():
     eng = engine(KEPT_TYPES)
     day1 = pseudonym("dev-1", rotate="daily", epoch="2023-11-14")

@@ -67,6 +67,39 @@ def test_bucket_time_month_and_offsets_with_the_cache() -> None:
     assert calendar.timegm((2026, 1, 15, 7, 0, 0)) % 3600 == 0
 
 
+def test_bucket_time_minute_memory_keeps_invalid_seconds_and_sub_minute_buckets_apart() -> None:
+    from gateway.ops.numbers import MINUTE_CACHE
+
+    hour = build(BucketTime, path="ts", to="hour")
+    assert hour("2026-01-15T07:10:00Z") == "2026-01-15T07:00:00Z"  # the minute now remembered
+    assert hour("2026-01-15T07:10:59Z") == "2026-01-15T07:00:00Z"
+    for bad in ("2026-01-15T07:10:60Z", "2026-01-15T07:10:6xZ", "2026-01-15T07:10:x5Z", "2026-01-15T07:10::5Z"):
+        assert hour(bad) is UNSET, bad  # invalid seconds are still refused
+    assert hour("2026-01-15T07:10:30+01:00") == "2026-01-15T06:00:00Z"  # an offset is no UTC minute
+    half = build(BucketTime, path="ts", seconds=30)  # buckets inside a minute: nothing remembered by minute
+    assert half("2026-01-15T07:10:29Z") == "2026-01-15T07:10:00Z"
+    assert half("2026-01-15T07:10:31Z") == "2026-01-15T07:10:30Z"
+    minute = build(BucketTime, path="ts", to="minute")
+    for i in range(MINUTE_CACHE + 20):  # more minutes than remembered: each still its own bucket
+        e = 1_767_000_000 + 60 * i
+        for d in (0, 59):
+            text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e + d))
+            assert minute(text) == iso_floor(e + d, 60)
+    cache = next(c.cell_contents for c in minute.call.__closure__ if isinstance(c.cell_contents, BoundedCache))
+    assert len(cache) == MINUTE_CACHE
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1_600_000_000, 1_900_000_000), min_size=1, max_size=20),
+    st.sampled_from([60, 120, 900, 3600, 7200, 86400]),
+)
+def test_bucket_time_by_seconds_with_the_minute_memory(epochs: list[int], width: int) -> None:
+    fn = build(BucketTime, path="ts", seconds=width)
+    for e in [x + d for x in epochs for d in (0, 1, 59, -1, 60)]:
+        assert fn(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e))) == iso_floor(e, width)
+
+
 # -- generalise by prefix: one regex, the longest key first --------------------------------
 
 KEYS = st.text(alphabet="ab.*+?()[]\\|^$ 1", min_size=0, max_size=4)
@@ -172,6 +205,86 @@ def test_inline_drop_when_agrees_with_the_interpreter(msg: dict[str, Any]) -> No
         assert (generated.reason, generated.rule) == (reference.reason, reference.rule)
 
 
+# Conditions under one nested object are read together; one testing for absence among them,
+# and several holding at once, must give the interpreter's first reason.
+GROUPED_POLICY = DROP_POLICY.split("[[drop_when]]")[0] + """
+[[field]]
+path = "a.zz"
+op = "keep"
+
+[[drop_when]]
+path = "a.b.flag"
+present = true
+reason = "flagged"
+
+[[drop_when]]
+path = "a.b.c"
+one_of = ["x"]
+reason = "listed"
+
+[[drop_when]]
+path = "a.zz"
+present = false
+reason = "no_zz"
+unless = { path = "kind", present = false }
+
+[[drop_when]]
+path = "a.b.c"
+equals = 2
+reason = "two"
+
+[[drop_when]]
+path = "a.ok"
+equals = true
+reason = "ok"
+
+[[drop_when]]
+path = "a.b.flag"
+equals = 2
+reason = "flag_two"
+"""
+GROUPED = Engine([loads(GROUPED_POLICY.encode(), "g.toml")], Keyring.test())
+GROUPED_MESSAGES = st.fixed_dictionaries(
+    {},
+    optional={
+        "a": _object(["ok", "b", "zz"], st.one_of(LEAF, _object(["c", "flag"], LEAF))),
+        "kind": st.one_of(st.none(), st.just("t")),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(GROUPED_MESSAGES)
+def test_grouped_drop_when_keeps_the_order_and_absence_tests(msg: dict[str, Any]) -> None:
+    payload = json.dumps(msg).encode()
+    generated = GROUPED.process("dev/1/up", payload)
+    plan = generated.plan
+    assert plan is not None and plan.structs
+    source = GROUPED._runs[plan].__source__
+    assert "o0 = obj." in source and "o1 = o0." in source  # grouped, on two levels
+    reference = interpret(plan, payload, "cloud/up", None, {})
+    if isinstance(reference, Forward):
+        assert isinstance(generated, Forward), (msg, generated)
+    else:
+        assert not isinstance(generated, Forward), (msg, generated)
+        assert (generated.reason, generated.rule) == (reference.reason, reference.rule), msg
+
+
+def test_grouped_drop_when_examples() -> None:
+    def reason(msg: dict[str, Any]) -> str | None:
+        res = GROUPED.process("dev/1/up", json.dumps(msg).encode())
+        return None if isinstance(res, Forward) else res.reason
+
+    assert reason({"kind": "t"}) == "no_zz"  # a absent: the absence test still runs
+    assert reason({"kind": "t", "a": None}) == "no_zz"
+    assert reason({"kind": "t", "a": {"zz": 1, "b": {"c": 2, "flag": 2}}}) == "flagged"  # the first that holds
+    assert reason({"kind": "t", "a": {"zz": 1, "b": {"c": 2}}}) == "two"
+    assert reason({"kind": "t", "a": {"b": {"c": 2}}}) == "no_zz"  # before "two"
+    assert reason({"a": {"b": {"c": 2}}}) == "two"  # no kind: "unless" spares it
+    assert reason({"kind": "t", "a": {"zz": 1, "ok": True, "b": None}}) == "ok"
+    assert reason({"kind": "t", "a": {"zz": 1}}) is None
+
+
 def test_inline_drop_when_examples() -> None:
     def reason(msg: dict[str, Any]) -> str | None:
         res = ENGINE.process("dev/1/up", json.dumps(msg).encode())
@@ -229,6 +342,39 @@ def test_kept_object_scanner_cache_is_bounded_and_never_hides_a_hit() -> None:
     assert scan(["Product line 1", "call 98765 43210"], detect.ALL, "p", 4) == "phone"
     assert scan(["Product line 1"], frozenset({"email"}), "p", 4) is None
     cache = next(c.cell_contents for c in scan.__closure__ if isinstance(c.cell_contents, BoundedCache))
+    assert len(cache) <= SCAN_CACHE
+
+
+def test_kept_list_of_strings_remembered_whole_never_hides_a_hit() -> None:
+    import pytest
+
+    from gateway.pipeline import CLEAN_CACHE as SCAN_CACHE
+    from gateway.pipeline import CLEAN_LIST_CHARS, _kept_scanner
+    from gateway.policy.runtime import TooDeep
+
+    plan = ENGINE.plans[0]
+    assert plan.coordinate_decimals < 7
+    scan = _kept_scanner(plan)
+    for _ in range(2):  # a clean list, then the same list remembered
+        assert scan(["IoT Connectivity", "eSIM Hub"], detect.ALL, "products", 4) is None
+    # the verdict is per key and per detector set: the same list is a hit elsewhere
+    assert scan(["12.9715981"], detect.ALL, "p", 4) is None
+    assert scan(["12.9715981"], detect.ALL, "lat", 4) == "coordinate"
+    assert scan(["call 98765 43210"], frozenset({"email"}), "p", 4) is None
+    assert scan(["call 98765 43210"], detect.ALL, "p", 4) == "phone"
+    for _ in range(2):  # hits are never remembered as clean
+        assert scan(["12.971598", "77.594562"], detect.ALL, "p", 4) == "coordinate"
+        assert scan(["x", "a.b@example.com"], detect.ALL, "p", 4) == "email"
+    with pytest.raises(TooDeep):  # the depth is checked before the memory is read
+        scan(["IoT Connectivity", "eSIM Hub"], detect.ALL, "products", 0)
+    long = ["word " * 20] * 3  # more than CLEAN_LIST_CHARS: scanned every time, not remembered
+    assert sum(map(len, long)) > CLEAN_LIST_CHARS
+    assert scan(long, detect.ALL, "p", 4) is None
+    cache = next(c.cell_contents for c in scan.__closure__ if isinstance(c.cell_contents, BoundedCache))
+    assert (tuple(long), detect.ALL, "p") not in cache
+    assert (("IoT Connectivity", "eSIM Hub"), detect.ALL, "products") in cache
+    for i in range(SCAN_CACHE + 10):
+        assert scan([f"Product {i}", "eSIM Hub"], detect.ALL, "p", 4) is None
     assert len(cache) <= SCAN_CACHE
 
 

@@ -17,6 +17,7 @@ import ipaddress
 import math
 import os
 import stat
+import time
 
 import msgspec
 import pytest
@@ -985,6 +986,68 @@ def test_fused_generalise_and_replace_equal_the_transform(value):
     rep = build(Replace, path="x", value="[removed]")
     assert same(fused(gen)(value), gen(value))
     assert fused(rep)(value) == rep(value) == "[removed]"
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.one_of(st.sampled_from(["Android 14", "Android", "iOS 17", "x", "1", "True"]),
+                                 st.text(max_size=6), st.integers(), st.booleans()), max_size=8))
+def test_fused_generalise_prefix_equals_the_transform_remembered_or_not(values):
+    gen = build(Generalise, path="x", match="prefix", map={"Android": "A", "iOS": "I", "1": "one", "true": "t"})
+    ref = build(Generalise, path="x", match="prefix", map={"Android": "A", "iOS": "I", "1": "one", "true": "t"})
+    f, inline = fused(gen), fused_only(gen)
+    for v in [*values, *values]:  # the second time remembered: inline
+        assert same(f(v), ref(v)), v
+        hit = inline(v)
+        assert hit is None or same(hit, ref(v)), v
+    assert inline(None) is inline(UNSET) is inline(1) is None  # only strings are remembered
+
+
+ISO_Z = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.integers(1_600_000_000, 1_900_000_000).map(lambda e: time.strftime(ISO_Z, time.gmtime(e))),
+            st.sampled_from(["2026-01-15T07:10:60Z", "2026-01-15T07:10:5xZ", "2026-01-15T11:30:04+05:30", "x" * 20]),
+            st.integers(1_600_000_000, 1_900_000_000),
+        ),
+        max_size=8,
+    ),
+    to=st.sampled_from(["minute", "hour", "day", "month"]),
+)
+def test_fused_bucket_time_equals_the_transform_remembered_or_not(values, to):
+    e1, e2 = env(), env()
+    fn, ref = build(BucketTime, e1, path="ts", to=to), build(BucketTime, e2, path="ts", to=to)
+    f, inline = fused(fn), fused_only(fn)
+    for v in [*values, *values]:  # the second time remembered: inline
+        assert same(f(v), ref(v)) or f(v) is ref(v) is UNSET, v
+        hit = inline(v)
+        assert hit is None or same(hit, ref(v)), v
+    assert e1.stats == e2.stats  # invalid times counted alike
+    assert inline(None) is inline(UNSET) is inline(1_700_000_000) is None
+    assert build(BucketTime, path="ts", seconds=30).inline is None  # buckets inside a minute: no memory
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.sampled_from(["at com.x.Lock.open(Lock.java:42)", "sync timeout", "mail a@example.com", "pwd=x1"]),
+            st.text(max_size=12),
+        ),
+        max_size=8,
+    )
+)
+def test_fused_scrub_equals_the_transform_remembered_or_not(values):
+    fn, ref = build(Scrub, path="log"), build(Scrub, path="log")
+    f, inline = fused(fn), fused_only(fn)
+    for v in [*values, *values]:  # the second time a clean text is remembered: inline
+        assert f(v) == ref(v), v
+        hit = inline(v)
+        assert hit is None or hit == ref(v) == v, v
+    assert inline("mail a@example.com") is None  # a text with a hit is never remembered
 
 
 def test_fused_cached_transforms_equal_the_transform_hit_or_miss():

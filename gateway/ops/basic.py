@@ -135,7 +135,11 @@ class Generalise(FieldRule, tag="generalise"):
                 seen.put(v, out)
             return out
 
-        return Compiled(generalise_prefix)
+        def fuse_prefix(p: str) -> tuple[str, list[str], dict[str, Any]]:  # a remembered string without the call
+            test = f"v.__class__ is str and (r := {p}seen.get(v, {p}seen)) is not {p}seen"
+            return test, ["v = r"], {f"{p}seen": seen}
+
+        return Compiled(generalise_prefix, per_value(fuse_prefix))
 
 
 def fold(text: str) -> str:

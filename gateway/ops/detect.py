@@ -240,13 +240,22 @@ _CREDENTIAL = re.compile(
         |[sr]k_(?:live|test)_[A-Za-z0-9]{16,}+|AIza[A-Za-z0-9_-]{30,}+|glpat-[A-Za-z0-9_-]{20,}+)""",
     re.VERBOSE,
 )
-_CREDENTIAL_GATE = re.compile(
-    rb"eyJ|AKIA|ASIA|ABIA|ACCA|PRIVATE KEY|gh[pousr]_|github_pat_|xox[abposr]-|k_live_|k_test_|AIza|glpat-"
+_CREDENTIAL_GATE = re.compile(  # the forms' literal starts, as a tree: a common letter tries few branches
+    rb"eyJ|A(?:KIA|SIA|BIA|CCA|Iza)|PRIVATE KEY|g(?:h[pousr]_|ithub_pat_|lpat-)|xox[abposr]-|k_(?:live|test)_"
 )
 _USERINFO = re.compile(r"(?<=://)(?P<userinfo>[^\s/:@]+:[^\s/@]+)@")
-_SECRET_WORDS = re.compile(
-    rb"bearer|basic|pass|pwd|secret|token|key|pin|otp|auth|cred|cvv|cvc|sess|sid[=:\"' ]|cookie|psk"
+_USERINFO_AT = re.compile(r"://(?P<userinfo>[^\s/:@]+:[^\s/@]+)@")  # the same, searched by its literal start
+# Every _SECRET match starts with one of these words, in any case as ``(?i)`` reads it (dotless
+# and dotted I are an "i", long s an "s", the Kelvin sign a "k": _CASE_FOLD), so _SECRET is tried
+# only where one begins.
+_SECRET_START_WORDS = (
+    r"a(?:uth(?:orization|[_-]?key)|(?:pi|ccess|pp|dmin)[_-]?key)|b(?:earer|asic)|c(?:vv|vc|red(?:ential|s)|ookie"
+    r"|lient[_-]?key)|device[_-]?key|jsessionid|key|m(?:pin|aster[_-]?key)|otp|p(?:roxy-authorization|ass|wd|in"
+    r"|rivate[_-]?key|sk)|s(?:ecret|ession|essid|id|igning[_-]?key|hared[_-]?key)|token|upi[ _-]?pin"
 )
+_SECRET_START = re.compile(_SECRET_START_WORDS.encode())
+_SECRET_START_STR = re.compile(_SECRET_START_WORDS)
+_CASE_FOLD = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
 _AT = re.compile(
     r"""(?:(?<![\w.%+-])(?P<local>[\w.%+-]++)|"[^"\\\n]{1,64}")@(?P<domain>[\w-]++(?:\.[\w-]++)*+)"""
 )  # a local part may be quoted: "asha rao"@example.com
@@ -283,6 +292,7 @@ _IPV4_DASHED = re.compile(
 # Every _IPV4 match holds four runs of 1-3 ASCII digits joined by dots: a cheap gate (C speed)
 # before _IPV4.
 _IPV4_GATE = re.compile(rb"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")
+_IPV4_DASHED_GATE = re.compile(rb"[0-9]-[0-9]{1,3}-[0-9]{1,3}-[0-9]")  # the same for _IPV4_DASHED
 _IPV6 = re.compile(
     r"(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\d{1,3}(?:\.\d{1,3}){3})?(?:%[\w.]+)?"
     r"(?![0-9A-Fa-f:]|\.\d)",
@@ -300,6 +310,9 @@ _DIGITS = re.compile(
     rf"(?>\d*+(?:\)?{_SEP}?\(?\d++)*+\)?)",
     re.ASCII,
 )
+# Every _DIGITS match is a stretch of 8 or more digits and separators, from a digit to a digit:
+# a cheap gate (C speed) before _DIGITS tries its look-arounds at every digit.
+_DIGITS_GATE = re.compile(rb"[0-9][0-9 \t./_()-]{6,}[0-9]")
 _COARSE = re.compile(
     rf"(?<![0-9+])(?<!\d[.,])(?=\+?(?:\d[()]?{_SEP}?[()]?){{9}}\d)\+?\d++(?:[()]?{_SEP}?[()]?\d++)*+", re.ASCII
 )
@@ -612,10 +625,20 @@ def _pair(m: re.Match[str]) -> bool:
 def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]:
     """``(detector, start, end)`` for every enabled identifier (and every precise coordinate
     pair), in order, not overlapping, as spans of ``text``."""
+    return _map_back(text, enabled, gated=True)
+
+
+def find_ungated(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]:
+    """``find`` with every pattern run over the whole text, no gate skipping any: slow, the
+    reference the tests hold ``find`` to (a gate may only skip work, never a hit)."""
+    return _map_back(text, enabled, gated=False)
+
+
+def _map_back(text: str, enabled: frozenset[str], gated: bool) -> list[tuple[str, int, int]]:
     if text.isascii() and "%" not in text and "&#" not in text and "\\u" not in text:
-        return _find(text, enabled)  # the common case, read as it is
+        return _find(text, enabled, gated)  # the common case, read as it is
     norm, spans = normalise(text)
-    hits = _find(norm, enabled)
+    hits = _find(norm, enabled, gated)
     if spans is None or not hits:
         return hits
     out: list[tuple[str, int, int]] = []
@@ -628,50 +651,75 @@ def find(text: str, enabled: frozenset[str] = ALL) -> list[tuple[str, int, int]]
     return out
 
 
-def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
+def _secrets(text: str, raw: bytes) -> list[re.Match[str]]:
+    """``list(_SECRET.finditer(text))``, trying _SECRET only where a keyword it starts with
+    begins (one pass of _SECRET_START), not at every letter that may start one."""
+    if text.isascii():
+        low: str | bytes = raw.lower()
+        start: re.Pattern[str] | re.Pattern[bytes] = _SECRET_START
+    else:
+        low, start = text.translate(_CASE_FOLD).lower(), _SECRET_START_STR
+        if len(low) != len(text):  # some character lower-cases to two: positions would shift
+            return list(_SECRET.finditer(text))
+    out = []
+    c = start.search(low)  # type: ignore[arg-type]  # low and start are both str or both bytes
+    while c is not None:
+        p = c.start()
+        m = _SECRET.match(text, p)
+        if m is None:
+            c = start.search(low, p + 1)  # type: ignore[arg-type]
+        else:
+            out.append(m)
+            c = start.search(low, m.end())  # type: ignore[arg-type]  # finditer resumes at the match's end
+    return out
+
+
+def _find(text: str, enabled: frozenset[str], gated: bool = True) -> list[tuple[str, int, int]]:
+    # Each ``gated and ...`` test is a cheap necessary condition for its pattern to match
+    # (``find_ungated`` runs every pattern; tests/test_detect_gates.py holds the two equal).
     if len(text) <= 35 and ISO_TIME.fullmatch(text):
         return []
     raw = text.encode("utf-8", "surrogatepass")
     digits = len(raw) - len(raw.translate(None, _DIGIT_BYTES))
     hits: list[tuple[int, int, str]] = []
     if "secret" in enabled:
-        if _SECRET_WORDS.search(raw.lower()):
-            for m in _SECRET.finditer(text):
-                group = m.lastgroup or 0
-                hits.append((m.start(group), m.end(group), "secret"))
-        if "://" in text:
+        for m in _secrets(text, raw) if gated else _SECRET.finditer(text):
+            group = m.lastgroup or 0
+            hits.append((m.start(group), m.end(group), "secret"))
+        if not gated:
             hits.extend((m.start(1), m.end(1), "secret") for m in _USERINFO.finditer(text))
-        if len(raw) >= 15 and _CREDENTIAL_GATE.search(raw):  # the shortest form, an AWS key id, has 20
+        elif "@" in text and "://" in text:
+            hits.extend((m.start(1), m.end(1), "secret") for m in _USERINFO_AT.finditer(text))
+        if not gated or (len(raw) >= 15 and _CREDENTIAL_GATE.search(raw)):  # the shortest, an AWS key id, has 20
             hits.extend((m.start(), m.end(), "secret") for m in _CREDENTIAL.finditer(text))
-    if ("]" in text or ")" in text or "}" in text) and "email" in enabled and _AT_SPELT_GATE.search(raw):
+    spelt = "]" in text or ")" in text or "}" in text
+    if "email" in enabled and (not gated or (spelt and _AT_SPELT_GATE.search(raw))):
         # only as an e-mail: "look [at] this" is no VPA
         for m in _AT_SPELT.finditer(text):
             if _at_kind(_DOT_SPELT.sub(".", m.group("domain"))) == "email":
                 hits.append((m.start(), m.end(), "email"))
-    if "@" in text and not enabled.isdisjoint(("email", "upi_vpa")):
+    if (not gated or "@" in text) and not enabled.isdisjoint(("email", "upi_vpa")):
         for m in _AT.finditer(text):
             kind = _at(m)
             if kind:
                 hits.append((m.start(), m.end(), kind))
-    if "=" in text and "upi_vpa" in enabled and _UPI_GATE.search(raw):
+    if "upi_vpa" in enabled and (not gated or ("=" in text and _UPI_GATE.search(raw))):
         hits.extend((m.start(), m.end(), "upi_vpa") for m in _UPI_QUERY.finditer(text))
     if "ip" in enabled:
-        if digits >= 4 and _IPV4_GATE.search(raw):
+        if not gated or (digits >= 4 and text.count(".") >= 3 and _IPV4_GATE.search(raw)):
             hits.extend((m.start(), m.end(), "ip") for m in _IPV4.finditer(text) if _ipv4(text, m))
-        if digits >= 4 and text.count("-") >= 3:
+        if not gated or (digits >= 4 and text.count("-") >= 3 and _IPV4_DASHED_GATE.search(raw)):
             hits.extend((m.start(), m.end(), "ip") for m in _IPV4_DASHED.finditer(text))
-        if text.count(":") >= 2:
+        if not gated or text.count(":") >= 2:
             hits.extend((m.start(), m.end(), "ip") for m in _IPV6.finditer(text) if _ipv6(m))
-    if digits >= 8:
-        if text.count(".") >= 2 and _FIVE_DECIMALS.search(raw):
+    if not gated or digits >= 8:  # a pair holds 1.12345 and 1.1 at least
+        if not gated or (text.count(".") >= 2 and _FIVE_DECIMALS.search(raw)):
             hits.extend((m.start(), m.end(), COORDINATE) for m in _PAIR.finditer(text) if _pair(m))
-        if _FIVE_COMMA_DECIMALS.search(raw):
+        if not gated or _FIVE_COMMA_DECIMALS.search(raw):
             hits.extend((m.start(), m.end(), COORDINATE) for m in _PAIR_COMMA.finditer(text) if _comma_pair(m))
-        if "°" in text:
-            hits.extend((m.start(), m.end(), COORDINATE) for m in _DMS.finditer(text) if _dms(m))
-        # (Tests on the str: ``"-" in text`` is ten times cheaper than ``b"-" in raw``.)
-        # A UUID's groups are hex, and an all-digit one is not a UTR or phone; nor is a hash.
-        ignore = [m.span() for m in _UUID.finditer(text)] if "-" in text else []
+    if not gated or (digits >= 6 and "°" in text):  # 1°2'3.4"N 5°6'E
+        hits.extend((m.start(), m.end(), COORDINATE) for m in _DMS.finditer(text) if _dms(m))
+    if not gated or (digits >= 8 and _DIGITS_GATE.search(raw)):
         found: list[tuple[int, int, str]] = []
         budget = RUN_BUDGET
         for m in _DIGITS.finditer(text):
@@ -681,13 +729,17 @@ def _find(text: str, enabled: frozenset[str]) -> list[tuple[str, int, int]]:
                 found.extend((c.start(), c.end(), kind) for c in _COARSE.finditer(text, m.start()))
                 break
             found.extend(_digit_runs(text, m))
+        # (Tests on the str: ``"-" in text`` is ten times cheaper than ``b"-" in raw``.)
+        # A UUID's groups are hex, and an all-digit one is not a UTR or phone; nor is a hash.
+        ignore = [m.span() for m in _UUID.finditer(text)] if found and (not gated or "-" in text) else []
         for hit in found:
             if not any(a <= hit[0] and hit[1] <= b for a, b in ignore) and not _in_hash(text, hit[0], hit[1]):
                 hits.append(hit)
     if not hits:
         return []
     # Earliest first, longest first at the same start; drop what an earlier hit covers.
-    hits.sort(key=lambda h: (h[0], -h[1]))
+    if len(hits) > 1:
+        hits.sort(key=lambda h: (h[0], -h[1]))
     out: list[tuple[str, int, int]] = []
     end = -1
     for start, stop, kind in hits:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
 from typing import Any, Literal
 
 from msgspec import UNSET
 
-from gateway.ops.base import BuildEnv, Compiled, FieldRule, per_value
+from gateway.ops.base import BoundedCache, BuildEnv, Compiled, FieldRule, per_value
 
 NUMBER = int | float
 
@@ -143,6 +143,9 @@ def _fmt(x: float) -> str:
 
 
 _UNITS = {"minute": 60, "hour": 3600, "day": 86400}
+MINUTE_CACHE = 1024  # per bucket_time rule: recent minutes' bucket texts
+ZERO_OFFSET = timedelta(0)
+UTC_SECONDS = frozenset(f":{s:02d}Z" for s in range(60))  # how a UTC text of whole seconds ends
 
 
 class BucketTime(FieldRule, tag="bucket_time"):
@@ -176,11 +179,17 @@ class BucketTime(FieldRule, tag="bucket_time"):
         # The last bucket's text: consecutive messages mostly fall in one bucket, so the
         # strftime runs once per bucket, not per message. One (bucket, text) tuple, swapped whole.
         last: tuple[float, str] = (math.nan, "")
+        # With whole-minute buckets, a UTC "YYYY-MM-DDTHH:MM:SSZ" text's bucket is its minute's:
+        # recent minutes' answers, keyed by the text up to the minute, skip the parse.
+        minutes: BoundedCache[str, str] | None = BoundedCache(MINUTE_CACHE) if month or width % 60 == 0 else None
 
         def bucket_time(v: str | int | float) -> Any:
             nonlocal last
             try:
                 if isinstance(v, str):
+                    utc = minutes is not None and len(v) == 20 and v[16:] in UTC_SECONDS
+                    if utc and (text := minutes.get(v[:16])) is not None:  # type: ignore[union-attr]
+                        return text
                     d = datetime.fromisoformat(v.strip())
                     if d.tzinfo is None:
                         d = d.replace(tzinfo=UTC)  # naive device time is taken as UTC
@@ -189,6 +198,8 @@ class BucketTime(FieldRule, tag="bucket_time"):
                     if t != bucket:
                         text = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                         last = (t, text)
+                    if utc and d.utcoffset() == ZERO_OFFSET:
+                        minutes.put(v[:16], text)  # type: ignore[union-attr]
                     return text
                 if not math.isfinite(v):
                     raise ValueError
@@ -200,4 +211,12 @@ class BucketTime(FieldRule, tag="bucket_time"):
                 stats[(label, "invalid_time")] += 1
                 return UNSET
 
-        return Compiled(bucket_time)
+        if minutes is None:
+            return Compiled(bucket_time)
+
+        def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:  # a remembered minute without the call
+            test = f"v.__class__ is str and len(v) == 20 and v[16:] in {p}seconds"
+            test += f" and (r := {p}minutes.get(v[:16])) is not None"
+            return test, ["v = r"], {f"{p}minutes": minutes, f"{p}seconds": UTC_SECONDS}
+
+        return Compiled(bucket_time, per_value(fuse))

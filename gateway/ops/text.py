@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from gateway.ops import detect
-from gateway.ops.base import BoundedCache, BuildEnv, Compiled, FieldRule
+from gateway.ops.base import BoundedCache, BuildEnv, Compiled, FieldRule, per_value
 
 CLEAN_CACHE = 1024  # per scrub rule: recent texts find() returned nothing for
 CLEAN_MAX_LEN = 512  # only texts this short are remembered (at most 512 KiB per rule)
@@ -36,4 +38,7 @@ class Scrub(FieldRule, tag="scrub"):
                 clean.put(text, True)
             return out
 
-        return Compiled(scrub)
+        def fuse(p: str) -> tuple[str, list[str], dict[str, Any]]:  # a text remembered clean: as it is
+            return f"v.__class__ is str and v in {p}clean", ["v = v"], {f"{p}clean": clean}
+
+        return Compiled(scrub, per_value(fuse))

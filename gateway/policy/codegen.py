@@ -176,27 +176,55 @@ def _drop_when(conditions: Sequence[Condition], ns: dict[str, Any]) -> list[str]
     """Statements that reject the message ``obj`` (a Struct) when a ``drop_when`` condition holds.
 
     The same decision as runtime.holds, with the paths read inline instead of interpreted
-    per message; the tests stay the matcher's own functions."""
-    lines: list[str] = []
+    per message; the tests stay the matcher's own functions. Consecutive conditions under one
+    nested object read it once and are skipped together when it is absent or null (where
+    each of them reads UNSET and, unless it tests for absence, does not hold): the order in
+    which conditions are tried, and so the reason of a rejection, is the policy's."""
     for i, cond in enumerate(conditions):
         rule = cond.rule
         ns[f"dt{i}"], ns[f"dk{i}"] = cond.test, (rule.path, rule.reason)
         ns[f"dr{i}"], ns[f"dp{i}"] = rule.reason, rule.path
-        lines += [f"# drop_when[{i}]: {' '.join(rule.path.split())[:60]} ({' '.join(rule.reason.split())[:40]})"]
-        lines += _read_path(cond.steps)
-        reject = [f"stats[dk{i}] += 1", f"return Reject(dr{i}, plan, dp{i})"]
         if rule.unless is not None:
             ns[f"du{i}"] = cond.unless_test
+    return _drop_group(list(enumerate(conditions)), "obj", 0)
+
+
+def _drop_group(conditions: list[tuple[int, Condition]], base: str, level: int) -> list[str]:
+    """``_drop_when`` for conditions whose paths share their first ``level`` steps, read into ``base``."""
+    lines: list[str] = []
+    k = 0
+    while k < len(conditions):
+        i, cond = conditions[k]
+        step = cond.steps[level]
+        if len(cond.steps) > level + 1 and cond.rule.present is not False:
+            run = [conditions[k]]  # the following conditions under the same nested object
+            while k + len(run) < len(conditions):
+                _, nxt = conditions[k + len(run)]
+                if len(nxt.steps) > level + 1 and nxt.rule.present is not False and nxt.steps[level] is step:
+                    run.append(conditions[k + len(run)])
+                else:
+                    break
+            if len(run) > 1:
+                lines += [f"o{level} = {base}.{step.attr}", f"if o{level}:  # a nested Struct, or absent or null"]
+                lines += _indent(_drop_group(run, f"o{level}", level + 1), 1)
+                k += len(run)
+                continue
+        rule = cond.rule
+        lines += [f"# drop_when[{i}]: {' '.join(rule.path.split())[:60]} ({' '.join(rule.reason.split())[:40]})"]
+        lines += [f"v = {base}.{step.attr}", *(f"v = v.{s.attr} if v else UNSET" for s in cond.steps[level + 1 :])]
+        reject = [f"stats[dk{i}] += 1", f"return Reject(dr{i}, plan, dp{i})"]
+        if rule.unless is not None:
             unless = _test(rule.unless, f"du{i}")
             reject = [*_read_path(cond.unless_steps or []), f"if not ({unless}):", *_indent(reject, 1)]
         lines += [f"if {_test(rule, f'dt{i}')}:", *_indent(reject, 1)]
+        k += 1
     return lines
 
 
 def _read_path(steps: Sequence[Step]) -> list[str]:
     """``v = `` the value at ``steps`` of ``obj``, UNSET past a missing or null object (runtime.read)."""
     lines = [f"v = obj.{steps[0].attr}"]
-    return lines + [f"v = UNSET if v is UNSET or v is None else v.{step.attr}" for step in steps[1:]]
+    return lines + [f"v = v.{step.attr} if v else UNSET" for step in steps[1:]]  # v: a nested Struct, UNSET or None
 
 
 def _test(match: Any, fn: str) -> str:
@@ -324,7 +352,7 @@ def _apply(
         child_apply, child_guard = build(step.child, guard, scan, coarsen)
         ns[f"ca{i}"], ns[f"cg{i}"] = child_apply, child_guard
         lines += [f"# {step.key}{'[]' if step.array else ''}: the nested object's rules (ca{i})",
-                  f"v = obj.{step.attr}", "if v is not UNSET and v is not None:"]
+                  f"v = obj.{step.attr}", "if v:"]  # a nested Struct (always true) or a list; not UNSET, None
         if step.array:
             lines += ["    for e in v:", "        if e is not None:", f"            ca{i}(e, granted)"]
         else:
@@ -364,13 +392,17 @@ def _guard(
                     f"    scan(v, e{i}, k{i}, depth)",
                 ]
             continue
-        string = [  # words and timestamps hold no identifier; nor a value found clean before
-            f"if v and not v.isalpha() and v not in ok{i} and not {_ISO}:",
-            f"    h = find(v, e{i})",
-            "    if h:",
-            f"        {hit(f'l{i}', 'h[0][0]')}",
-            f"    if len(v) <= {VERDICT_MAX_LEN}:",
-            f"        ok{i}.put(v, True)",
+        string = [  # a value found clean before, words and timestamps hold no identifier
+            f"if v and v not in ok{i}:",  # first: most kept strings (ids, labels, words) repeat
+            "    if v.isalpha():",
+            f"        if len(v) <= {VERDICT_MAX_LEN}:",
+            f"            ok{i}.put(v, True)",
+            f"    elif not {_ISO}:",  # timestamps are not remembered: each is new
+            f"        h = find(v, e{i})",
+            "        if h:",
+            f"            {hit(f'l{i}', 'h[0][0]')}",
+            f"        if len(v) <= {VERDICT_MAX_LEN}:",
+            f"            ok{i}.put(v, True)",
         ]
         integer = [
             f"if not -{NUMBER_LIMIT} < v < {NUMBER_LIMIT}:",
@@ -407,7 +439,7 @@ def _guard(
     for i, step in enumerate(node.children):
         assert step.child is not None  # children are the steps with a nested node
         ns[f"cg{i}"] = ns.get(f"cg{i}") or build(step.child, guard, scan, coarsen)[1]
-        lines += [f"v = obj.{step.attr}", "if v is not UNSET and v is not None:"]
+        lines += [f"v = obj.{step.attr}", "if v:"]  # a nested Struct (always true) or a list; not UNSET, None
         if step.array:
             lines += [
                 "    for e in v:",
