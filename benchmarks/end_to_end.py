@@ -23,7 +23,9 @@ Per candidate (rounds interleaved, one candidate running at a time, each round a
   counted at the sink between the first and the last arrival;
 - CPU us/msg: the candidate's user+sys time (all its processes) over the same span;
 - added latency p50/p99 at 50 % and 80 % of its own median rate: a paced publisher, each
-  message's index in its kept ``time`` field, minus the no-relay path at the same rate;
+  message's index in its kept ``time`` field, minus the no-relay path at the same rate
+  (``--rates`` pins both phases' rates instead, to compare builds at the same load); in the
+  same phases, how many messages arrived after a later message of their own device;
 - restart: ``--restart`` messages queued at the site broker for its persistent session
   while it is stopped (SIGTERM), then how many reach the sink after it starts again;
 - SIGKILL: as many published at full rate, the candidate killed once a quarter of them
@@ -47,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -252,6 +254,23 @@ def _message(i: int) -> tuple[str, bytes]:
     r = dict(_RECORDS[i % len(_RECORDS)])
     r["time"] = (BASE + timedelta(milliseconds=i)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return TOPIC.format(imei=r["imei"]), json.dumps(r, separators=(",", ":")).encode()
+
+
+def _reordered(indices: Iterable[int]) -> int:
+    """Arrivals that overtook an earlier message of the same device (duplicates not counted)."""
+    newest: dict[str, int] = {}
+    seen: set[int] = set()
+    out = 0
+    for i in indices:
+        if i in seen:
+            continue
+        seen.add(i)
+        device = _RECORDS[i % len(_RECORDS)]["imei"]
+        if i < newest.get(device, -1):
+            out += 1
+        else:
+            newest[device] = i
+    return out
 
 
 def _publishes(first: int, n: int) -> list[bytes]:
@@ -520,10 +539,11 @@ class Bench:
             await sink.wait(n, 60, idle=5.0)
             cpu_us = (cand.cpu_seconds() - cpu0) / max(1, sink.count) * 1e6 if cand else 0.0
             lat = sorted((t - sent_at[i - first]) * 1e3 for t, i in sink.arrivals if first <= i < first + n)
+            reordered = _reordered(i for _, i in sink.arrivals if first <= i < first + n)
             if not lat:
-                return {"p50": float("nan"), "p99": float("nan"), "n": 0, "cpu_us": cpu_us}
+                return {"p50": float("nan"), "p99": float("nan"), "n": 0, "cpu_us": cpu_us, "reordered": 0}
             return {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "n": len(lat),
-                    "cpu_us": cpu_us}
+                    "cpu_us": cpu_us, "reordered": reordered}
         finally:
             if cand is not None:
                 cand.stop()
@@ -588,6 +608,9 @@ async def main() -> int:
     ap.add_argument("--inflight", type=int, default=0,
                     help="gateway max_inflight (both sides; 0: default) and brokers' max_inflight_messages")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(CANDIDATES)}")
+    ap.add_argument("--rates", default="",
+                    help="latency phases at these msg/s (comma-separated) instead of 50 %% and 80 %% of each "
+                         "candidate's median rate: to compare builds at the same load")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     names = [c for c in CANDIDATES if not args.only or c in args.only.split(",") or c == "ceiling"]
@@ -616,8 +639,8 @@ async def main() -> int:
                 res["msg_s"] = statistics.median(r["msg_s"] for r in res["runs"])
                 res["cpu_us"] = statistics.median(r["cpu_us"] for r in res["runs"])
                 res["lost"] = [args.messages - r["arrived"] for r in res["runs"]]
-                for share in (0.5, 0.8):
-                    rate = share * res["msg_s"]
+                fixed = [float(r) for r in args.rates.split(",") if r]
+                for share, rate in zip((0.5, 0.8), fixed or [0.5 * res["msg_s"], 0.8 * res["msg_s"]], strict=True):
                     base = await bench.latency("ceiling", None, rate, args.seconds)
                     lat = base if name == "ceiling" else await bench.latency(name, cands[name], rate, args.seconds)
                     res[f"lat{int(share * 100)}"] = {"rate": rate, **lat, "added_p50": lat["p50"] - base["p50"],
@@ -636,20 +659,22 @@ async def main() -> int:
     print(f"\n{args.messages:,} messages per round, QoS 1, publisher window {args.window}, "
           f"{args.rounds} rounds (median; all rounds in brackets)\n")
     print("| candidate | msg/s | rounds | / Node-RED | / ceiling | CPU us/msg | lost | "
-          "+p50 / +p99 ms at 50 % | +p50 / +p99 ms at 80 % | restart: arrived / queued | "
-          "SIGKILL: arrived / published (duplicates) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "+p50 / +p99 ms at 50 % | +p50 / +p99 ms at 80 % | out of device order at 50 / 80 % | "
+          "restart: arrived / queued | SIGKILL: arrived / published (duplicates) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         r = results[name]
         lat = " | ".join(f"{_fmt(r[k]['added_p50'], '.2f')} / {_fmt(r[k]['added_p99'], '.2f')}"
                          for k in ("lat50", "lat80"))
+        order = " / ".join(f"{r[k].get('reordered', 0):,}" for k in ("lat50", "lat80"))
         rs = r.get("restart")
         restart = f"{rs['arrived']:,} / {rs['queued']:,}" if rs else "-"
         cr = r.get("crash")
         crash = f"{cr['arrived']:,} / {cr['published']:,} ({cr['duplicates']:,})" if cr else "-"
         rounds = ", ".join(f"{x['msg_s']:,.0f}" for x in r["runs"])
         print(f"| {name} | {r['msg_s']:,.0f} | {rounds} | {_fmt(r['msg_s'] / nr, '.2f')}x | "
-              f"{r['msg_s'] / ceiling:.2f}x | {_fmt(r['cpu_us'])} | {r['lost']} | {lat} | {restart} | {crash} |")
+              f"{r['msg_s'] / ceiling:.2f}x | {_fmt(r['cpu_us'])} | {r['lost']} | {lat} | {order} | {restart} | "
+              f"{crash} |")
     if "gateway-x1" in results and "gateway-x2" in results:
         print(f"\ngateway x2 / x1: {results['gateway-x2']['msg_s'] / results['gateway-x1']['msg_s']:.2f}x")
     print("Latency: ceiling row = the no-relay path itself (absolute p50/p99 ms): "

@@ -42,6 +42,12 @@ def test_the_internals_it_relies_on_are_there() -> None:
     assert isinstance(c._last_bytes_received, float) and isinstance(c._last_msg_out, float)
     assert c._protocol == paho.MQTTv5 and c._sock is None
     assert paho.time_func is time.monotonic  # our keepalive stamps use the same clock
+    # A clean disconnect is told apart by the state paho's disconnect() sets before DISCONNECT is written.
+    assert c._state == paho._ConnectionState.MQTT_CS_NEW
+    c._sock = object()  # what disconnect() checks to tell "connected"; its write only reaches the queue here
+    c.disconnect()
+    assert c._state == paho._ConnectionState.MQTT_CS_DISCONNECTING and len(c._out_packet) == 1
+    c._sock = None
 
 
 class Msg(NamedTuple):
@@ -125,6 +131,46 @@ async def test_manual_acks_hold_messages_until_acknowledged(broker: Mosquitto) -
     async with second:
         await _until(lambda: len(again) == 6)
         assert [int(m.payload) for m in again] == list(range(4, 10)) and all(m.dup for m in again)
+
+
+async def test_acknowledgements_before_a_clean_disconnect_survive_an_immediate_takeover(tmp_path) -> None:
+    """PUBACKs written just before DISCONNECT all count, even when the next session with the
+    same client id (a restart) connects at once: Mosquitto reads one packet per turn of its
+    loop, and a takeover discards what it has not yet read of the old connection."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    total, acked = 400, 300
+    with Mosquitto(tmp_path / "b", extra=f"max_inflight_messages {total}\n") as broker:
+
+        def session() -> tuple[Client, list]:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 600
+            got: list = []
+            c = Client("127.0.0.1", broker.port, identifier="takeover", protocol=aiomqtt.ProtocolVersion.V5,
+                       clean_start=False, properties=props, on_message=_collect(got))
+            enable_manual_acks(c)
+            return c, got
+
+        for attempt in range(3):
+            topic = f"k{attempt}"
+            first, got = session()
+            async with first:
+                await first.subscribe(f"{topic}/#", qos=1)
+                async with aiomqtt.Client("127.0.0.1", broker.port) as producer:
+                    for i in range(total):
+                        await producer.publish(f"{topic}/x", str(i).encode(), qos=1)
+                await _until(lambda got=got: len(got) == total)
+                ack = acker(first)
+                for m in got[:acked]:
+                    ack(m.mid)
+            second, again = session()  # at once: what a restarting worker does
+            async with second:
+                await _until(lambda again=again: len(again) >= total - acked)
+                await second.unsubscribe(f"{topic}/#")
+                for m in again:
+                    second.puback(m.mid)
+            assert sorted(int(m.payload) for m in again) == list(range(acked, total)), attempt
 
 
 @pytest.mark.parametrize("limit", [7])

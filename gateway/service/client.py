@@ -36,6 +36,7 @@ tests/test_service_client.py pins them.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import threading
 import time
@@ -55,6 +56,8 @@ OnMessage = Callable[[str, bytes, int, int, bool], None]  # topic, payload, qos,
 OnPuback = Callable[[int, int], None]  # mid, 0 or the refusal's reason code (>= 0x80)
 
 READ_SIZE = 256 * 1024
+CLOSE_WAIT_S = 1.0  # a clean disconnect's bound on sending what is buffered and on the broker's close
+_DISCONNECTING = paho._ConnectionState.MQTT_CS_DISCONNECTING
 _PUBACK = Struct("!BBH").pack
 _U16 = Struct("!H").pack
 _NO_PROPS = b"\x00"
@@ -70,6 +73,22 @@ def fixed_header(first: int, length: int) -> bytes:
         out.append(byte | 0x80 if length else byte)
         if not length:
             return bytes(out)
+
+
+def _await_broker_close(sock: Any, deadline: float) -> None:
+    """After a clean DISCONNECT, wait (until ``deadline``) for the broker to close the connection.
+
+    Why: Mosquitto reads a connection's packets over several turns of its loop, and a
+    new session with the same client id (a restarting worker reconnects at once) takes
+    the old one over, discarding what it has not read yet: the PUBACKs written just
+    before DISCONNECT would be lost and their messages delivered twice. The broker
+    closes only after it has handled DISCONNECT, so everything before it has counted.
+    Whatever else it sends meanwhile is unacknowledged, so it is redelivered later."""
+    sock.shutdown(socket.SHUT_WR)
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        if not sock.recv(65536):
+            return
 
 
 class _Eof(Exception):
@@ -447,11 +466,15 @@ class Client(aiomqtt.Client):
         self._live = False
         # paho closes the socket right after "writing" DISCONNECT, which here only reached
         # our buffer: send what is buffered first (the PUBACKs before it matter most).
-        if self._wbuf:
+        clean = client._state == _DISCONNECTING  # our DISCONNECT is the buffer's last packet
+        if self._wbuf or clean:
+            deadline = time.monotonic() + CLOSE_WAIT_S
             try:
-                sock.settimeout(1.0)
+                sock.settimeout(CLOSE_WAIT_S)
                 sock.sendall(self._wbuf)
-            except OSError:
+                if clean:
+                    _await_broker_close(sock, deadline)
+            except (OSError, ValueError):
                 pass  # the connection is gone anyway; unacknowledged messages are redelivered
             self._wbuf.clear()
         if threading.get_ident() == self._thread_id:
