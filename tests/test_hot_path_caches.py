@@ -100,6 +100,28 @@ def test_bucket_time_by_seconds_with_the_minute_memory(epochs: list[int], width:
         assert fn(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e))) == iso_floor(e, width)
 
 
+def local_text(epoch: int, offset_min: int) -> str:
+    """``epoch`` written in local time with its UTC offset: ``2026-01-15T11:30:04+05:30``."""
+    sign = "+" if offset_min >= 0 else "-"
+    local = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch + 60 * offset_min))
+    return f"{local}{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1_600_000_000, 1_900_000_000), min_size=1, max_size=12),
+    st.sampled_from([60, 900, 3600, 7200, 86400]),
+    st.lists(st.sampled_from([330, -180, 0, 840, -720, 345, -570]), min_size=1, max_size=3),
+)
+def test_bucket_time_offsets_with_the_minute_memory(epochs: list[int], width: int, offsets: list[int]) -> None:
+    """Texts with a UTC offset are remembered by their local minute and offset: never another's bucket."""
+    fn = build(BucketTime, path="ts", seconds=width)
+    for e in [x + d for x in epochs for d in (0, 1, 59, -1, 60)]:
+        for off in offsets:
+            assert fn(local_text(e, off)) == iso_floor(e, width), (e, off)
+    assert fn("2026-01-15T11:30:60+05:30") is UNSET and fn("2026-01-15T11:30:04+25:30") is UNSET
+
+
 # -- generalise by prefix: one regex, the longest key first --------------------------------
 
 KEYS = st.text(alphabet="ab.*+?()[]\\|^$ 1", min_size=0, max_size=4)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import pairwise
 from typing import Any, Literal
@@ -144,7 +144,7 @@ def _fmt(x: float) -> str:
 
 _UNITS = {"minute": 60, "hour": 3600, "day": 86400}
 MINUTE_CACHE = 1024  # per bucket_time rule: recent minutes' bucket texts
-ZERO_OFFSET = timedelta(0)
+SECONDS = frozenset(f":{s:02d}" for s in range(60))
 UTC_SECONDS = frozenset(f":{s:02d}Z" for s in range(60))  # how a UTC text of whole seconds ends
 
 
@@ -179,16 +179,22 @@ class BucketTime(FieldRule, tag="bucket_time"):
         # The last bucket's text: consecutive messages mostly fall in one bucket, so the
         # strftime runs once per bucket, not per message. One (bucket, text) tuple, swapped whole.
         last: tuple[float, str] = (math.nan, "")
-        # With whole-minute buckets, a UTC "YYYY-MM-DDTHH:MM:SSZ" text's bucket is its minute's:
-        # recent minutes' answers, keyed by the text up to the minute, skip the parse.
+        # With whole-minute buckets, a "YYYY-MM-DDTHH:MM:SSZ" (or "...:SS+05:30") text's bucket is
+        # its minute's: recent minutes' answers, keyed by the text without its seconds, skip the parse.
         minutes: BoundedCache[str, str] | None = BoundedCache(MINUTE_CACHE) if month or width % 60 == 0 else None
 
         def bucket_time(v: str | int | float) -> Any:
             nonlocal last
             try:
                 if isinstance(v, str):
-                    utc = minutes is not None and len(v) == 20 and v[16:] in UTC_SECONDS
-                    if utc and (text := minutes.get(v[:16])) is not None:  # type: ignore[union-attr]
+                    key = None
+                    if minutes is None:
+                        pass
+                    elif len(v) == 20 and v[16:] in UTC_SECONDS:  # YYYY-MM-DDTHH:MM:SSZ
+                        key = v[:16]
+                    elif len(v) == 25 and v[16:19] in SECONDS and v[19] in "+-" and v[22] == ":":  # ...:SS+05:30
+                        key = v[:16] + v[19:]
+                    if key is not None and (text := minutes.get(key)) is not None:  # type: ignore[union-attr]
                         return text
                     d = datetime.fromisoformat(v.strip())
                     if d.tzinfo is None:
@@ -198,8 +204,8 @@ class BucketTime(FieldRule, tag="bucket_time"):
                     if t != bucket:
                         text = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                         last = (t, text)
-                    if utc and d.utcoffset() == ZERO_OFFSET:
-                        minutes.put(v[:16], text)  # type: ignore[union-attr]
+                    if key is not None:  # the seconds and a whole-minute offset: the minute's bucket
+                        minutes.put(key, text)  # type: ignore[union-attr]
                     return text
                 if not math.isfinite(v):
                     raise ValueError
