@@ -120,6 +120,11 @@ def test_bucket_time_offsets_with_the_minute_memory(epochs: list[int], width: in
         for off in offsets:
             assert fn(local_text(e, off)) == iso_floor(e, width), (e, off)
     assert fn("2026-01-15T11:30:60+05:30") is UNSET and fn("2026-01-15T11:30:04+25:30") is UNSET
+    hour = build(BucketTime, path="ts", to="hour")  # one local minute, three offsets, three buckets
+    assert hour("2026-01-15T11:30:04+05:30") == "2026-01-15T06:00:00Z"
+    assert hour("2026-01-15T11:30:05-03:00") == "2026-01-15T14:00:00Z"
+    assert hour("2026-01-15T11:30:06Z") == "2026-01-15T11:00:00Z"
+    assert hour("2026-01-15T11:30:07+05:30") == "2026-01-15T06:00:00Z"
 
 
 # -- generalise by prefix: one regex, the longest key first --------------------------------
