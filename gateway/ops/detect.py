@@ -703,7 +703,7 @@ def _find(text: str, enabled: frozenset[str], gated: bool = True) -> list[tuple[
             kind = _at(m)
             if kind:
                 hits.append((m.start(), m.end(), kind))
-    if "upi_vpa" in enabled and (not gated or ("=" in text and _UPI_GATE.search(raw))):
+    if "upi_vpa" in enabled and (not gated or ("?" in text and "=" in text and _UPI_GATE.search(raw))):
         hits.extend((m.start(), m.end(), "upi_vpa") for m in _UPI_QUERY.finditer(text))
     if "ip" in enabled:
         if not gated or (digits >= 4 and text.count(".") >= 3 and _IPV4_GATE.search(raw)):
