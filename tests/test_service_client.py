@@ -90,6 +90,23 @@ async def test_callbacks_deliver_every_message_in_order_and_report_every_puback(
     assert sorted(mid for mid, _ in acks) == sorted(mids) and not any(failed for _, failed in acks)
 
 
+async def test_a_long_run_of_publishes_is_written_before_the_loop_turn_ends(broker: Mosquitto) -> None:
+    """The cloud sees the first of a large read's messages while the rest are still being minimised."""
+    received: list[Msg] = []
+    acks: list[tuple[int, bool]] = []
+    sub, pub = await _pair(broker.port, received, acks)
+    payload = b"x" * 400
+    async with sub, pub:
+        await sub.subscribe("w/#", qos=1)
+        waiting = []
+        for i in range(200):  # 80 KiB in one loop turn
+            pub.publish_nowait("w/x", payload + str(i).encode(), 1)
+            waiting.append(len(pub._wbuf))
+        assert max(waiting) < 16 * 1024 + 512, max(waiting)  # written at 16 KiB, not at 80
+        await _until(lambda: len(received) == 200 and len(acks) == 200)
+    assert [int(m.payload[400:]) for m in received] == list(range(200))
+
+
 async def test_large_payloads_survive_partial_writes_and_reads(broker: Mosquitto) -> None:
     received: list[Msg] = []
     acks: list[tuple[int, bool]] = []
