@@ -352,7 +352,7 @@ def _apply(
         child_apply, child_guard = build(step.child, guard, scan, coarsen)
         ns[f"ca{i}"], ns[f"cg{i}"] = child_apply, child_guard
         lines += [f"# {step.key}{'[]' if step.array else ''}: the nested object's rules (ca{i})",
-                  f"v = obj.{step.attr}", "if v:"]  # a nested Struct (always true) or a list; not UNSET, None
+                  f"if obj.{step.attr}:", f"    v = obj.{step.attr}"]  # a Struct (always true) or a list
         if step.array:
             lines += ["    for e in v:", "        if e is not None:", f"            ca{i}(e, granted)"]
         else:
@@ -393,11 +393,11 @@ def _guard(
                 ]
             continue
         string = [  # a value found clean before, words and timestamps hold no identifier
-            f"if v and v not in ok{i}:",  # first: most kept strings (ids, labels, words) repeat
-            "    if v.isalpha():",
+            f"if v and v not in ok{i} and not {_ISO}:",  # first: most kept strings (ids, words) repeat;
+            "    if v.isalpha():",  # timestamps are new each time, so never remembered
             f"        if len(v) <= {VERDICT_MAX_LEN}:",
             f"            ok{i}.put(v, True)",
-            f"    elif not {_ISO}:",  # timestamps are not remembered: each is new
+            "    else:",
             f"        h = find(v, e{i})",
             "        if h:",
             f"            {hit(f'l{i}', 'h[0][0]')}",
@@ -439,7 +439,7 @@ def _guard(
     for i, step in enumerate(node.children):
         assert step.child is not None  # children are the steps with a nested node
         ns[f"cg{i}"] = ns.get(f"cg{i}") or build(step.child, guard, scan, coarsen)[1]
-        lines += [f"v = obj.{step.attr}", "if v:"]  # a nested Struct (always true) or a list; not UNSET, None
+        lines += [f"if obj.{step.attr}:", f"    v = obj.{step.attr}"]  # a Struct (always true) or a list
         if step.array:
             lines += [
                 "    for e in v:",
