@@ -81,10 +81,10 @@ def fixed_header(first: int, length: int) -> bytes:
 def _await_broker_close(sock: Any, deadline: float) -> None:
     """After a clean DISCONNECT, wait (until ``deadline``) for the broker to close the connection.
 
-    Why: Mosquitto reads a connection's packets over several turns of its loop, and a
-    new session with the same client id (a restarting worker reconnects at once) takes
-    the old one over, discarding what it has not read yet: the PUBACKs written just
-    before DISCONNECT would be lost and their messages delivered twice. The broker
+    Why: a new session with the same client id (a restarting worker reconnects at once)
+    takes the old one over, and Mosquitto then discards what it has not yet read of the
+    old connection: the PUBACKs written just before DISCONNECT were lost and their
+    messages delivered twice (tests/test_service_client.py, under load). The broker
     closes only after it has handled DISCONNECT, so everything before it has counted.
     Whatever else it sends meanwhile is unacknowledged, so it is redelivered later."""
     sock.shutdown(socket.SHUT_WR)
