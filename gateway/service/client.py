@@ -16,8 +16,10 @@ So the packets that are the traffic are handled here, straight from one socket b
   topic and payload themselves.
 - **out**: ``publish_nowait`` encodes a PUBLISH into the write buffer (pre-packed
   properties may be passed as bytes), ``puback`` appends four bytes; the buffer is
-  written with one ``send`` per event-loop turn (a writer is registered only if the
-  socket would block).
+  written with one ``send`` per event-loop turn, or as soon as 16 KiB of PUBLISHes
+  wait (about 40 tracker messages: a 256 KiB read is some 600 messages, and the cloud
+  should not wait for the last of them to see the first), and a writer is registered
+  only if the socket would block.
 - **everything else** (CONNACK, SUBACK, UNSUBACK, PINGRESP, DISCONNECT, AUTH, QoS 2,
   and PUBACKs of paho's own publishes) is fed to paho as whole packets through its
   ``_sock_recv``, so aiomqtt and paho keep the connection's lifecycle: CONNECT, TLS,
@@ -56,6 +58,7 @@ OnMessage = Callable[[str, bytes, int, int, bool], None]  # topic, payload, qos,
 OnPuback = Callable[[int, int], None]  # mid, 0 or the refusal's reason code (>= 0x80)
 
 READ_SIZE = 256 * 1024
+FLUSH_AT = 16 * 1024  # PUBLISHes waiting to be written: send now instead of at the end of the loop turn
 CLOSE_WAIT_S = 1.0  # a clean disconnect's bound on sending what is buffered and on the broker's close
 _DISCONNECTING = paho._ConnectionState.MQTT_CS_DISCONNECTING
 _PUBACK = Struct("!BBH").pack
@@ -78,10 +81,10 @@ def fixed_header(first: int, length: int) -> bytes:
 def _await_broker_close(sock: Any, deadline: float) -> None:
     """After a clean DISCONNECT, wait (until ``deadline``) for the broker to close the connection.
 
-    Why: Mosquitto reads a connection's packets over several turns of its loop, and a
-    new session with the same client id (a restarting worker reconnects at once) takes
-    the old one over, discarding what it has not read yet: the PUBACKs written just
-    before DISCONNECT would be lost and their messages delivered twice. The broker
+    Why: a new session with the same client id (a restarting worker reconnects at once)
+    takes the old one over, and Mosquitto then discards what it has not yet read of the
+    old connection: the PUBACKs written just before DISCONNECT were lost and their
+    messages delivered twice (tests/test_service_client.py, under load). The broker
     closes only after it has handled DISCONNECT, so everything before it has counted.
     Whatever else it sends meanwhile is unacknowledged, so it is redelivered later."""
     sock.shutdown(socket.SHUT_WR)
@@ -209,7 +212,9 @@ class Client(aiomqtt.Client):
             w += t
         w += props
         w += payload
-        if not self._flush_scheduled:
+        if len(w) >= FLUSH_AT and self._writer_fd is None:  # (a socket that would block says when it can take more)
+            self._flush()
+        elif not self._flush_scheduled:
             self._schedule_flush()
         return mid
 

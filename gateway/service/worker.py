@@ -614,7 +614,7 @@ class Worker:
 
 
 def settle_heap() -> None:
-    """Freeze what lives as long as the process (modules, compiled policies, keys, clients).
+    """Freeze what lives as long as the process (modules, compiled policies, keys, metrics).
 
     Why: a full garbage collection walks every tracked object; with the start-up heap
     that took 30-50 ms on the message path each time, a p99 latency spike
