@@ -255,3 +255,19 @@ def test_a_replayed_grant_does_not_come_back_with_a_restart(tmp_path, broker_pai
         pub.close()
         sink.close()
         gw.close()
+
+
+@pytest.mark.parametrize("template", ["consent/{device}/{purpose}", "a/b/{device}/{purpose}", "{device}/{purpose}",
+                                      "site/{device}/x/{purpose}/#", "c/{device}/{purpose}/#"])
+def test_the_quick_topic_test_answers_as_the_filter_does(template: str) -> None:
+    """``matches`` runs for every message and first compares the filter's literal start."""
+    import itertools
+
+    from gateway.policy.topics import TopicFilter
+
+    consents, plain = Consents(template), TopicFilter(template)
+    words = ["consent", "a", "b", "x", "c", "site", "$SYS", "", "consentx", "dev"]
+    for n in range(1, 5):
+        for levels in itertools.product(words, repeat=n):
+            topic = "/".join(levels)
+            assert consents.matches(topic) == (plain.match(topic.split("/")) is not None), topic

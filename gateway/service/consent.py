@@ -110,6 +110,12 @@ class Consents:
     def __init__(self, template: str, keys: Iterable[Ed25519PublicKey] = (), max_entries: int = 100_000,
                  max_clock_skew_s: int = 300, store: WatermarkStore | None = None) -> None:
         self.filter = TopicFilter(template)
+        literal = []
+        for level in self.filter.levels:
+            if level is None:
+                break
+            literal.append(level + "/")
+        self._start = "".join(literal)  # "consent/": what every matching topic starts with
         names = dict((n, i) for i, n in self.filter.names)
         if set(names) != {"device", "purpose"}:
             raise ValueError("the consent topic needs exactly the captures {device} and {purpose}")
@@ -130,7 +136,8 @@ class Consents:
         return self.filter.subscription
 
     def matches(self, topic: str) -> bool:
-        return self.filter.match(topic.split("/")) is not None
+        """Asked of every message: a topic without the filter's literal start is answered at once."""
+        return topic.startswith(self._start) and self.filter.match(topic.split("/")) is not None
 
     def configure(self, keys: Iterable[Ed25519PublicKey], max_entries: int, max_clock_skew_s: int) -> None:
         """A reload: new trusted keys and bounds apply to the next record (records in force stay)."""
