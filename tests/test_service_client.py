@@ -120,19 +120,25 @@ async def test_large_payloads_survive_partial_writes_and_reads(broker: Mosquitto
     assert all(m.payload == big for m in received)
 
 
-async def test_manual_acks_hold_messages_until_acknowledged(broker: Mosquitto) -> None:
-    """Unacknowledged QoS 1 messages come back to the next session; acknowledged ones do not."""
+def _persistent(port: int, identifier: str) -> tuple[Client, list]:
+    """A manual-ack MQTT 5 client with a persistent session, and the list its messages go to."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 600
+    got: list = []
+    c = Client("127.0.0.1", port, identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5,
+               clean_start=False, properties=props, on_message=_collect(got))
+    enable_manual_acks(c)
+    return c, got
+
+
+async def test_manual_acks_hold_messages_until_acknowledged(broker: Mosquitto) -> None:
+    """Unacknowledged QoS 1 messages come back to the next session; acknowledged ones do not."""
+
     def session() -> tuple[Client, list]:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 600
-        got: list = []
-        c = Client("127.0.0.1", broker.port, identifier="held", protocol=aiomqtt.ProtocolVersion.V5,
-                   clean_start=False, properties=props, on_message=_collect(got))
-        enable_manual_acks(c)
-        return c, got
+        return _persistent(broker.port, "held")
 
     first, got = session()
     async with first:
@@ -154,20 +160,11 @@ async def test_acknowledgements_before_a_clean_disconnect_survive_an_immediate_t
     """PUBACKs written just before DISCONNECT all count, even when the next session with the
     same client id (a restart) connects at once: a takeover discards what Mosquitto has not
     yet read of the old connection (before the fix this failed in most runs under load)."""
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
     total, acked = 400, 300
     with Mosquitto(tmp_path / "b", extra=f"max_inflight_messages {total}\n") as broker:
 
         def session() -> tuple[Client, list]:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 600
-            got: list = []
-            c = Client("127.0.0.1", broker.port, identifier="takeover", protocol=aiomqtt.ProtocolVersion.V5,
-                       clean_start=False, properties=props, on_message=_collect(got))
-            enable_manual_acks(c)
-            return c, got
+            return _persistent(broker.port, "takeover")
 
         for attempt in range(3):
             topic = f"k{attempt}"
