@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from pathlib import Path
 
 from gateway.keys import Keyring
 from gateway.pipeline import Engine
@@ -18,7 +19,7 @@ from gateway.service.worker import settle_heap
 
 
 def _engine() -> Engine:
-    return Engine([load("rules/jimi-tracksolid.toml")], Keyring.test())
+    return Engine([load(Path(__file__).parent.parent / "rules" / "jimi-tracksolid.toml")], Keyring.test())
 
 
 def test_a_full_collection_after_settling_skips_the_heap_built_before() -> None:
