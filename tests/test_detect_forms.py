@@ -63,6 +63,7 @@ def test_every_script_is_covered():
 SCRIPT = st.sampled_from([0x30, 0xFF10, 0x966, 0x660, 0x9E6, 0xE50]) | st.deferred(lambda: st.sampled_from(zeros()))
 STRONG = ["", " ", "-", "\t", "\u00a0", "\u2009", "\u202f", "\u3000", "\u2011", "\u2013", "\u2212", "\uff0d"]
 STRONG += ["  ", " - ", "\u00a0 "]  # up to three spaces and dashes
+STRONG += ["\n", "\r\n", " \n", "\u2028", "\u0085", "\x0b", "\x0c"]  # a number broken over lines
 INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]
 WEAK = [".", "/", "_"]
 SEPARATOR = st.sampled_from(STRONG + INVISIBLE + WEAK)

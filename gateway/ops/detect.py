@@ -298,9 +298,10 @@ _IPV6 = re.compile(
     r"(?![0-9A-Fa-f:]|\.\d)",
     re.ASCII,
 )
-# A run of digit groups joined by single separators: spaces, tabs and dashes (strong), or
+# A run of digit groups joined by single separators: spaces, tabs, line breaks and dashes (strong), or
 # ".", "/" and "_" (weak, see _digit_run). Letters may touch it ("card4111...", "tel98765...").
-_SEP = r"(?:[ \t-]{1,3}+|[./_])"  # "4111  1111", "4111 - 1111": up to three spaces and dashes
+# "4111  1111", "4111 - 1111", "98765\r\n43210": up to three spaces, line breaks and dashes
+_SEP = r"(?:[ \t\r\n\v\f-]{1,3}+|[./_])"
 # The pattern starts with a digit class so that the regex engine skips other characters at
 # C speed; a "+" or "(" just before the first digit is added by _digit_runs. A run holds 10
 # or more digits, or 8 after a "+": fewer is no identifier.
@@ -312,7 +313,7 @@ _DIGITS = re.compile(
 )
 # Every _DIGITS match is a stretch of 8 or more digits and separators, from a digit to a digit:
 # a cheap gate (C speed) before _DIGITS tries its look-arounds at every digit.
-_DIGITS_GATE = re.compile(rb"[0-9][0-9 \t./_()-]{6,}[0-9]")
+_DIGITS_GATE = re.compile(rb"[0-9][0-9 \t\r\n\v\f./_()-]{6,}[0-9]")
 _COARSE = re.compile(
     rf"(?<![0-9+])(?<!\d[.,])(?=\+?(?:\d[()]?{_SEP}?[()]?){{9}}\d)\+?\d++(?:[()]?{_SEP}?[()]?\d++)*+", re.ASCII
 )
@@ -353,7 +354,7 @@ _FIVE_DECIMALS = re.compile(rb"\.[0-9]{5}")  # a cheap gate (a literal first) be
 _PAIR_NUMBER = re.compile(r"[-+]?\d{1,3}\.\d+", re.ASCII)
 _DIGIT_BYTES = b"0123456789"
 _NOT_HEX = str.maketrans(dict.fromkeys("0123456789ABCDEFabcdef"))
-_ONLY_DIGITS = str.maketrans(dict.fromkeys(" \t-()+./_"))  # a digit run's digits
+_ONLY_DIGITS = str.maketrans(dict.fromkeys(" \t\r\n\v\f-()+./_"))  # a digit run's digits
 # A value that is exactly an ISO 8601 timestamp holds no identifier; timestamps
 # are the commonest kept strings with many digits, so they skip the scans.
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?)?(?:Z|[+-]\d\d:?\d\d)?", re.ASCII)
