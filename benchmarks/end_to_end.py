@@ -500,6 +500,14 @@ class Bench:
         cand.stop()
         raise RuntimeError(f"{cand.name} did not relay a probe message:\n{cand.log_tail()}")
 
+    async def finish(self, cand: Candidate | None, sink: Sink) -> None:
+        """After a phase: stop the candidate, end its persistent sessions, close the sink."""
+        if cand is not None:
+            cand.stop()
+            for sid in cand.session_ids():
+                await forget_session(self.site.port, sid)
+        sink.close()
+
     async def throughput(self, name: str, cand: Candidate | None, n: int) -> dict:
         sink = await self.sink(name)
         try:
@@ -518,11 +526,7 @@ class Bench:
                     "cpu_us": cpu / max(1, sink.count) * 1e6, "arrived": sink.count,
                     "site_us": others[0], "cloud_us": others[1], "harness_us": others[2]}
         finally:
-            if cand is not None:
-                cand.stop()
-                for sid in cand.session_ids():
-                    await forget_session(self.site.port, sid)
-            sink.close()
+            await self.finish(cand, sink)
 
     async def latency(self, name: str, cand: Candidate | None, rate: float, seconds: float) -> dict:
         """Publish-to-sink latency (ms) at ``rate`` msg/s, paced."""
@@ -545,11 +549,7 @@ class Bench:
             return {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "n": len(lat),
                     "cpu_us": cpu_us, "reordered": reordered}
         finally:
-            if cand is not None:
-                cand.stop()
-                for sid in cand.session_ids():
-                    await forget_session(self.site.port, sid)
-            sink.close()
+            await self.finish(cand, sink)
 
     async def restart(self, cand: Candidate, n: int) -> dict:
         """Queue ``n`` messages for the stopped candidate's persistent session; count what arrives."""
@@ -565,11 +565,7 @@ class Bench:
             got = {i for _, i in sink.arrivals if first <= i < first + n}
             return {"queued": n, "arrived": len(got)}
         finally:
-            cand.stop()
-            for sid in cand.session_ids():
-                await forget_session(self.site.port, sid)
-            sink.close()
-
+            await self.finish(cand, sink)
 
     async def crash(self, cand: Candidate, n: int) -> dict:
         """Publish ``n`` messages at full rate, SIGKILL the candidate after a quarter of them
@@ -588,10 +584,7 @@ class Bench:
             got = [i for _, i in sink.arrivals if first <= i < first + n]
             return {"published": n, "arrived": len(set(got)), "duplicates": len(got) - len(set(got))}
         finally:
-            cand.stop()
-            for sid in cand.session_ids():
-                await forget_session(self.site.port, sid)
-            sink.close()
+            await self.finish(cand, sink)
 
 
 def _fmt(x: float, spec: str = ",.0f") -> str:

@@ -343,15 +343,17 @@ class Spool:
             self._bytes = total
             return len(rows)
 
-    def peek(self, limit: int) -> list[Entry]:
-        """The oldest ``limit`` entries, oldest first; they stay until ``delete``."""
+    def _read(self, op: str, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        """The rows of one query; an SQLite error raises SpoolError naming ``op``."""
         with self._lock:
             try:
-                rows = self._db.execute(
-                    f"SELECT id, {_COLUMNS} FROM spool ORDER BY id LIMIT ?", (limit,)
-                ).fetchall()
+                return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
-                raise SpoolError("peek", _kind(exc), str(exc)) from None
+                raise SpoolError(op, _kind(exc), str(exc)) from None
+
+    def peek(self, limit: int) -> list[Entry]:
+        """The oldest ``limit`` entries, oldest first; they stay until ``delete``."""
+        rows = self._read("peek", f"SELECT id, {_COLUMNS} FROM spool ORDER BY id LIMIT ?", (limit,))
         return [Entry(*row) for row in rows]
 
     def delete(self, ids: Iterable[int]) -> None:
@@ -460,13 +462,8 @@ class Spool:
 
     def quarantined(self, limit: int = 1000) -> list[Quarantined]:
         """The oldest ``limit`` quarantined messages."""
-        with self._lock:
-            try:
-                rows = self._db.execute(
-                    f"SELECT id, {_COLUMNS}, quarantined, reason FROM quarantine ORDER BY id LIMIT ?", (limit,)
-                ).fetchall()
-            except sqlite3.Error as exc:
-                raise SpoolError("quarantine", _kind(exc), str(exc)) from None
+        rows = self._read("quarantine",
+                          f"SELECT id, {_COLUMNS}, quarantined, reason FROM quarantine ORDER BY id LIMIT ?", (limit,))
         return [Quarantined(*row) for row in rows]
 
     def resend(self, ids: Iterable[int] | None = None) -> int:

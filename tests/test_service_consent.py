@@ -133,7 +133,10 @@ MSG = {"device_id": "dev-1", "seq": 1, "lat": 12.971598, "lon": 77.594562, "ip":
 CONSENT = "consent/dev-1/precise_location"
 
 
-def test_only_signed_consent_unlocks_precise_location_at_the_cloud(tmp_path, broker_pair) -> None:
+def _consent_site(tmp_path, broker_pair):
+    """A gateway trusting a fresh consent issuer, a cloud sink and a site publisher; ``signed(action,
+    at)`` is the issuer's record for dev-1 (via the CLI), ``record(payload, result)`` publishes one
+    retained and waits until the gateway has counted it as ``result``."""
     local, cloud = broker_pair
     issuer = tmp_path / "issuer.key"
     pub_key = subprocess.run([GATEWAY, "consent", "keygen", str(issuer)], capture_output=True, text=True,
@@ -149,6 +152,12 @@ def test_only_signed_consent_unlocks_precise_location_at_the_cloud(tmp_path, bro
         before = gw.metric("gateway_consent_updates_total", result=result)
         pub.client.publish(CONSENT, payload, qos=1, retain=True).wait_for_publish(10)
         wait_until(lambda: gw.metric("gateway_consent_updates_total", result=result) > before, 20, result)
+
+    return gw, sink, pub, signed, record
+
+
+def test_only_signed_consent_unlocks_precise_location_at_the_cloud(tmp_path, broker_pair) -> None:
+    gw, sink, pub, signed, record = _consent_site(tmp_path, broker_pair)
 
     def lat_at_cloud() -> float:
         n = sink.count()
@@ -220,21 +229,7 @@ def test_watermarks_are_bounded(tmp_path) -> None:
 
 def test_a_replayed_grant_does_not_come_back_with_a_restart(tmp_path, broker_pair) -> None:
     """The retained revocation replaced by an older signed grant, then the gateway restarts."""
-    local, cloud = broker_pair
-    issuer = tmp_path / "issuer.key"
-    pub_key = subprocess.run([GATEWAY, "consent", "keygen", str(issuer)], capture_output=True, text=True,
-                             check=True).stdout.strip()
-    gw = Gateway(tmp_path / "gw", local.url, cloud.url, extra=f'[consent]\npublic_keys = ["{pub_key}"]')
-    sink, pub = Sink(cloud.url), Publisher(local.url)
-
-    def signed(action: str, at: int) -> bytes:
-        return subprocess.run([GATEWAY, "consent", action, "--key", str(issuer), "dev-1", "precise_location",
-                               "--issued-at", str(at)], capture_output=True, check=True).stdout.strip()
-
-    def record(payload: bytes, result: str) -> None:
-        before = gw.metric("gateway_consent_updates_total", result=result)
-        pub.client.publish(CONSENT, payload, qos=1, retain=True).wait_for_publish(10)
-        wait_until(lambda: gw.metric("gateway_consent_updates_total", result=result) > before, 20, result)
+    gw, sink, pub, signed, record = _consent_site(tmp_path, broker_pair)
 
     try:
         gw.start()

@@ -146,6 +146,14 @@ class Listener:
                 writer.close()  # graceful: the answers already written still reach the device
 
 
+def update_limits(listener: Any, limits: Any) -> None:
+    """A reload (e.g. a new allow-list): connections accepted from now on use ``limits``
+    (a listener's config Struct, with ``max_connections`` and ``max_connections_per_peer``)."""
+    if listener is not None:
+        listener.limits = limits
+        listener.max_connections, listener.max_per_peer = limits.max_connections, limits.max_connections_per_peer
+
+
 async def stop(server: asyncio.Server, listener: Any, grace: float = 5.0) -> None:
     """Stop accepting, then end every open connection of ``listener`` (anything with ``open``: task ->
     writer), cancelling one still stuck in its handler after ``grace`` seconds."""

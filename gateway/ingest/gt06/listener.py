@@ -281,10 +281,7 @@ async def serve(
 
 def update_limits(server: asyncio.Server, limits: Limits) -> None:
     """A reload (e.g. a new IMEI allow-list): connections accepted from now on use ``limits``."""
-    listener = _LISTENERS.get(server)
-    if listener is not None:
-        listener.limits = limits
-        listener.max_connections, listener.max_per_peer = limits.max_connections, limits.max_connections_per_peer
+    tcp.update_limits(_LISTENERS.get(server), limits)
 
 
 async def stop(server: asyncio.Server, grace: float = 5.0) -> None:
